@@ -1,0 +1,96 @@
+"""tenant_release: build once → deploy to dev → deploy every targeted tenant in parallel → summary.
+
+Thin wiring only: the fleet file is read when a run starts (the `plan` task), never at parse time.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from tenant_release.airflow import steps
+from tenant_release.airflow.operators import TenantDeployOperator
+from tenant_release.tags import TAG_JSON_SCHEMA_PATTERN
+
+DEFAULT_ARGS = {
+    "owner": "platform",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+@dag(
+    dag_id="tenant_release",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["tenant-release", "deploy"],
+    doc_md=__doc__,
+    params={
+        "release_tag": Param(
+            "v1.0.0",
+            type="string",
+            pattern=TAG_JSON_SCHEMA_PATTERN,
+            title="Release tag",
+            description="v1.4.0 ships to the fleet's default group; v-1.4.0-qa ships to the group qa.",
+        ),
+        "tenants": Param(
+            [],
+            type="array",
+            items={"type": "string", "pattern": "^[a-z][a-z0-9-]*$"},
+            title="Only these tenants",
+            description="Optional: narrow the run to these tenants of the tag's group.",
+        ),
+    },
+)
+def tenant_release() -> None:
+    @task(retries=0)
+    def plan() -> dict:
+        return steps.plan(get_current_context()["params"])
+
+    @task
+    def build(plan_: dict) -> dict:
+        return steps.build(plan_)
+
+    @task(retries=0)
+    def tenant_targets(plan_: dict) -> list[dict]:
+        return plan_["targets"]
+
+    @task(trigger_rule="all_done", retries=0)
+    def summary(plan_: dict) -> dict:
+        context = get_current_context()
+        ti = context["ti"]
+        return steps.summarize(
+            plan_,
+            ti.xcom_pull(task_ids="build", default=None),
+            ti.xcom_pull(task_ids="deploy_dev", default=None),
+            context["run_id"],
+        )
+
+    planned = plan()
+    artifact = build(planned)
+    deploy_dev = TenantDeployOperator(
+        task_id="deploy_dev",
+        tenant="dev",
+        target_digest="{{ ti.xcom_pull(task_ids='plan')['dev']['target_digest'] }}",
+        release_tag="{{ ti.xcom_pull(task_ids='plan')['release_tag'] }}",
+        config_path="{{ ti.xcom_pull(task_ids='plan')['config_path'] }}",
+        artifact=artifact,
+        record_history=False,
+        smoke_test=True,
+    )
+    deploy = TenantDeployOperator.partial(
+        task_id="deploy",
+        release_tag="{{ ti.xcom_pull(task_ids='plan')['release_tag'] }}",
+        config_path="{{ ti.xcom_pull(task_ids='plan')['config_path'] }}",
+        artifact=artifact,
+        map_index_template="{{ task.tenant }}",
+    ).expand_kwargs(tenant_targets(planned))
+    deploy_dev >> deploy >> summary(planned)
+
+
+tenant_release()

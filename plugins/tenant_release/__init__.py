@@ -1,0 +1,1 @@
+"""tenant-release: ship one release to a fleet of single-tenant AWS accounts."""

@@ -1,0 +1,1 @@
+"""The only part of tenant_release that imports Airflow: operators, triggers, timetables."""

@@ -1,0 +1,43 @@
+"""How Airflow tasks and triggers get their AWS sessions and their slice of the fleet file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tenant_release.aws.session import AwsSessions
+from tenant_release.config import LoadedFleet, load_fleet
+from tenant_release.errors import FleetConfigError
+from tenant_release.models import Target
+
+_session_factory: Callable[[], AwsSessions] = AwsSessions
+
+
+def aws_sessions() -> AwsSessions:
+    """Base credentials come from the standard AWS chain of the worker (and `AWS_ENDPOINT_URL` when set)."""
+    return _session_factory()
+
+
+def use_session_factory(factory: Callable[[], AwsSessions]) -> Callable[[], AwsSessions]:
+    """Swap how sessions are made (tests wrap clients with fault injectors); returns the previous factory."""
+    global _session_factory
+    previous, _session_factory = _session_factory, factory
+    return previous
+
+
+def target_digest(target: Target) -> str:
+    return hashlib.sha256(json.dumps(target.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def planned_target(*, tenant: str, digest: str, config_path: str | None) -> tuple[LoadedFleet, Target]:
+    """The tenant's settings as planned; refuses to deploy a tenant whose settings changed mid-run."""
+    loaded = load_fleet(Path(config_path) if config_path else None)
+    target = loaded.target(tenant)
+    if target_digest(target) != digest:
+        raise FleetConfigError(
+            f"tenant {tenant!r} changed in {loaded.path} after this run was planned; "
+            "re-trigger the release so that the whole run uses one version of the fleet file"
+        )
+    return loaded, target

@@ -1,0 +1,231 @@
+"""CloudFormation change-set deploys: create or update, "no changes" as its own outcome, and why a stack failed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from tenant_release import classify
+from tenant_release.errors import PermanentAwsError, RecoverableAwsError, StackFailedError
+
+log = logging.getLogger(__name__)
+
+TAG_RELEASE_VERSION = "ReleaseVersion"
+TAG_DEPLOY_DIGEST = "DeployDigest"
+TAG_MANAGED_BY = "ManagedBy"
+
+SUCCESS_STATES = frozenset({"CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE"})
+# The update failed but the stack is usable again at its previous version.
+ROLLED_BACK_STATES = frozenset({"UPDATE_ROLLBACK_COMPLETE", "IMPORT_ROLLBACK_COMPLETE"})
+NEEDS_A_PERSON_STATES = frozenset(
+    {"UPDATE_ROLLBACK_FAILED", "ROLLBACK_FAILED", "DELETE_FAILED", "CREATE_FAILED", "UPDATE_FAILED", "IMPORT_ROLLBACK_FAILED"}
+)
+FAILED_CREATE_STATE = "ROLLBACK_COMPLETE"
+TERMINAL_FAILURE_STATES = ROLLED_BACK_STATES | NEEDS_A_PERSON_STATES | {FAILED_CREATE_STATE}
+
+_FIX_FOR_STATE = {
+    "UPDATE_ROLLBACK_FAILED": "continue the rollback (aws cloudformation continue-update-rollback --stack-name {stack}), "
+    "skipping the resources that cannot roll back, then re-run this tenant",
+    "ROLLBACK_FAILED": "delete the stack after fixing what blocks its deletion, then re-run this tenant",
+    "DELETE_FAILED": "delete the stack after fixing what blocks its deletion, then re-run this tenant",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackDeployStart:
+    """What starting a deploy led to: nothing to do, or a change set that is now executing."""
+
+    unchanged: bool
+    change_set_name: str | None
+    change_set_type: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackPoll:
+    status: str
+    settled: bool
+    succeeded: bool
+
+
+def describe_stack(cloudformation: Any, stack_name: str) -> dict[str, Any] | None:
+    try:
+        stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as exc:
+        if classify.error_code(exc) == "ValidationError" and "does not exist" in classify.error_message(exc):
+            return None
+        raise
+    return stacks[0] if stacks else None
+
+
+def stack_tag(stack: dict[str, Any] | None, key: str) -> str | None:
+    for tag in (stack or {}).get("Tags") or []:
+        if tag.get("Key") == key:
+            return tag.get("Value")
+    return None
+
+
+def start_deploy(
+    cloudformation: Any,
+    *,
+    stack_name: str,
+    template_url: str,
+    parameters: dict[str, str],
+    tags: dict[str, str],
+    execution_role_arn: str,
+    change_set_name: str,
+    deploy_digest: str,
+    wait_poll: float = 2.0,
+    wait_timeout: float = 300.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> StackDeployStart:
+    """Create (or find again) the deterministic change set and execute it, unless nothing would change."""
+    stack = describe_stack(cloudformation, stack_name)
+    status = stack["StackStatus"] if stack else None
+    if status and status.endswith("_IN_PROGRESS") and status != "REVIEW_IN_PROGRESS":
+        existing = _describe_change_set(cloudformation, stack_name, change_set_name)
+        if existing and existing.get("ExecutionStatus") in {"EXECUTE_IN_PROGRESS", "EXECUTE_COMPLETE"}:
+            return StackDeployStart(unchanged=False, change_set_name=change_set_name, change_set_type=None)
+        raise RecoverableAwsError(f"stack {stack_name} is busy ({status}); waiting for it to finish")
+    if status in NEEDS_A_PERSON_STATES:
+        fix = _FIX_FOR_STATE.get(status, "inspect the stack events, repair the stack, then re-run this tenant")
+        raise PermanentAwsError(f"stack {stack_name} is in {status} and cannot be deployed. Fix: {fix.format(stack=stack_name)}")
+    if status == FAILED_CREATE_STATE:
+        # A stack whose creation rolled back holds no resources and cannot be updated: delete it and create anew.
+        log.warning("stack %s is %s from an earlier failed create; deleting it before creating again", stack_name, status)
+        cloudformation.delete_stack(StackName=stack_name)
+        _wait_until_gone(cloudformation, stack_name, poll=wait_poll, timeout=wait_timeout, sleep=sleep)
+        stack, status = None, None
+    if status in SUCCESS_STATES and stack_tag(stack, TAG_DEPLOY_DIGEST) == deploy_digest:
+        return StackDeployStart(unchanged=True, change_set_name=None, change_set_type=None)
+
+    change_set_type = "CREATE" if status in (None, "REVIEW_IN_PROGRESS") else "UPDATE"
+    existing = _describe_change_set(cloudformation, stack_name, change_set_name)
+    if existing:
+        execution = existing.get("ExecutionStatus")
+        if execution in {"EXECUTE_IN_PROGRESS", "EXECUTE_COMPLETE"}:
+            return StackDeployStart(unchanged=False, change_set_name=change_set_name, change_set_type=change_set_type)
+        if existing.get("Status") == "FAILED" and classify.is_no_changes(existing.get("StatusReason")):
+            return StackDeployStart(unchanged=True, change_set_name=None, change_set_type=None)
+        if not (existing.get("Status") == "CREATE_COMPLETE" and execution == "AVAILABLE"):
+            cloudformation.delete_change_set(StackName=stack_name, ChangeSetName=change_set_name)
+            existing = None
+    if not existing:
+        try:
+            cloudformation.create_change_set(
+                StackName=stack_name,
+                ChangeSetName=change_set_name,
+                ChangeSetType=change_set_type,
+                TemplateURL=template_url,
+                Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(parameters.items())],
+                Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
+                RoleARN=execution_role_arn,
+                Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())],
+                Description=f"tenant-release {tags.get(TAG_RELEASE_VERSION, '')}",
+            )
+        except ClientError as exc:
+            if classify.is_no_changes(classify.error_message(exc)):
+                return StackDeployStart(unchanged=True, change_set_name=None, change_set_type=None)
+            if classify.is_retriable(exc):
+                raise
+            raise PermanentAwsError(f"creating change set for {stack_name} failed: {classify.describe(exc)}") from None
+        created = _wait_for_change_set(cloudformation, stack_name, change_set_name, poll=wait_poll, timeout=wait_timeout, sleep=sleep)
+        if created.get("Status") == "FAILED":
+            reason = created.get("StatusReason", "")
+            if classify.is_no_changes(reason):
+                cloudformation.delete_change_set(StackName=stack_name, ChangeSetName=change_set_name)
+                return StackDeployStart(unchanged=True, change_set_name=None, change_set_type=None)
+            raise PermanentAwsError(f"change set {change_set_name} for {stack_name} failed: {reason}")
+    cloudformation.execute_change_set(StackName=stack_name, ChangeSetName=change_set_name)
+    log.info("executing %s change set %s on %s", change_set_type, change_set_name, stack_name)
+    return StackDeployStart(unchanged=False, change_set_name=change_set_name, change_set_type=change_set_type)
+
+
+def poll_stack(cloudformation: Any, stack_name: str) -> StackPoll:
+    stack = describe_stack(cloudformation, stack_name)
+    if stack is None:
+        return StackPoll(status="DELETE_COMPLETE", settled=True, succeeded=False)
+    status = stack["StackStatus"]
+    settled = not status.endswith("_IN_PROGRESS")
+    return StackPoll(status=status, settled=settled, succeeded=status in SUCCESS_STATES)
+
+
+def failure_reasons(cloudformation: Any, stack_name: str, *, limit: int = 5) -> list[str]:
+    """The failing resources of the latest operation, first failure first: the real cause leads."""
+    try:
+        pages = cloudformation.get_paginator("describe_stack_events").paginate(StackName=stack_name)
+        events: list[dict[str, Any]] = []
+        for page in pages:
+            events.extend(page.get("StackEvents", []))
+            if len(events) >= 200:
+                break
+    except ClientError as exc:
+        return [f"(stack events unavailable: {classify.describe(exc)})"]
+    current: list[dict[str, Any]] = []
+    for event in events:  # newest first; stop at the start of the latest operation
+        current.append(event)
+        if event.get("ResourceType") == "AWS::CloudFormation::Stack" and event.get("ResourceStatus") in {
+            "CREATE_IN_PROGRESS",
+            "UPDATE_IN_PROGRESS",
+        } and event.get("ResourceStatusReason") in {"User Initiated", None}:
+            break
+    failed = [
+        e
+        for e in reversed(current)
+        if str(e.get("ResourceStatus", "")).endswith("_FAILED") and e.get("ResourceType") != "AWS::CloudFormation::Stack"
+    ]
+    reasons = [
+        f"{e.get('LogicalResourceId')} ({e.get('ResourceType')}) {e.get('ResourceStatus')}: {e.get('ResourceStatusReason', 'no reason given')}"
+        for e in failed[:limit]
+    ]
+    return reasons
+
+
+def raise_for_failed_stack(cloudformation: Any, stack_name: str, status: str) -> None:
+    reasons = failure_reasons(cloudformation, stack_name)
+    first = reasons[0] if reasons else f"stack ended {status} with no failed resource event"
+    fix = _FIX_FOR_STATE.get(status)
+    message = f"stack {stack_name} ended {status}: {first}"
+    if fix:
+        message += f". Fix: {fix.format(stack=stack_name)}"
+    raise StackFailedError(message, stack_status=status, events=reasons)
+
+
+def _describe_change_set(cloudformation: Any, stack_name: str, name: str) -> dict[str, Any] | None:
+    try:
+        return cloudformation.describe_change_set(StackName=stack_name, ChangeSetName=name)
+    except ClientError as exc:
+        if classify.error_code(exc) in {"ChangeSetNotFound", "ChangeSetNotFoundException", "ValidationError"}:
+            return None
+        raise
+
+
+def _wait_for_change_set(
+    cloudformation: Any, stack_name: str, name: str, *, poll: float, timeout: float, sleep: Callable[[float], None]
+) -> dict[str, Any]:
+    waited = 0.0
+    while True:
+        change_set = cloudformation.describe_change_set(StackName=stack_name, ChangeSetName=name)
+        if change_set.get("Status") in {"CREATE_COMPLETE", "FAILED"}:
+            return change_set
+        if waited >= timeout:
+            raise RecoverableAwsError(f"change set {name} on {stack_name} still {change_set.get('Status')} after {timeout:.0f}s")
+        sleep(poll)
+        waited += poll
+
+
+def _wait_until_gone(
+    cloudformation: Any, stack_name: str, *, poll: float, timeout: float, sleep: Callable[[float], None]
+) -> None:
+    waited = 0.0
+    while (stack := describe_stack(cloudformation, stack_name)) is not None:
+        if stack["StackStatus"] == "DELETE_FAILED":
+            raise PermanentAwsError(f"stack {stack_name} could not be deleted (DELETE_FAILED); delete it by hand")
+        if waited >= timeout:
+            raise RecoverableAwsError(f"stack {stack_name} still deleting after {timeout:.0f}s")
+        sleep(poll)
+        waited += poll

@@ -1,0 +1,154 @@
+"""Reads and validates the fleet file; applies defaults to produce deploy targets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tenant_release import naming
+from tenant_release.errors import FleetConfigError
+from tenant_release.models import Fleet, Target, TargetSpec
+
+CONFIG_ENV_VAR = "TENANT_RELEASE_CONFIG"
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_PATH = _PROJECT_ROOT / "config" / "tenants.yaml"
+
+
+def config_path() -> Path:
+    """The fleet file: `$TENANT_RELEASE_CONFIG`, else `config/tenants.yaml` of this project."""
+    override = os.environ.get(CONFIG_ENV_VAR)
+    return Path(override).expanduser().resolve() if override else DEFAULT_CONFIG_PATH
+
+
+class LoadedFleet:
+    """A validated fleet with the digest of the text it came from (a run checks it did not change)."""
+
+    def __init__(self, *, fleet: Fleet, digest: str, path: Path | None) -> None:
+        self.fleet = fleet
+        self.digest = digest
+        self.path = path
+
+    def target(self, name: str) -> Target:
+        if name == self.fleet.dev.name:
+            return resolve_target(self.fleet, self.fleet.dev)
+        for spec in self.fleet.tenants:
+            if spec.name == name:
+                return resolve_target(self.fleet, spec)
+        raise FleetConfigError(
+            f"tenant {name!r} is not in the fleet file {self.path or '(inline)'}; "
+            f"tenants: {', '.join(t.name for t in self.fleet.tenants)}"
+        )
+
+    def tenants(self) -> list[Target]:
+        return [resolve_target(self.fleet, spec) for spec in self.fleet.tenants]
+
+
+def load_fleet(path: Path | str | None = None) -> LoadedFleet:
+    source = Path(path) if path is not None else config_path()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FleetConfigError(
+            f"fleet file {source} does not exist; create it (see config/tenants.yaml in the project) "
+            f"or point {CONFIG_ENV_VAR} at it"
+        ) from None
+    except OSError as exc:
+        raise FleetConfigError(f"fleet file {source} cannot be read: {exc.strerror}") from None
+    return parse_fleet(text, source=source)
+
+
+def parse_fleet(text: str, *, source: Path | None = None) -> LoadedFleet:
+    where = str(source) if source else "fleet file"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise FleetConfigError(f"{where} is not valid YAML{position}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise FleetConfigError(
+            f"{where} must be a mapping with the keys tooling, dev, default_group and tenants; "
+            f"got {type(raw).__name__}"
+        )
+    try:
+        fleet = Fleet.model_validate(raw)
+    except ValidationError as exc:
+        raise FleetConfigError(f"{where} is invalid:\n{describe_validation_errors(exc, raw)}") from None
+    for spec in (fleet.dev, *fleet.tenants):
+        _check_resolvable(fleet, spec, where)
+    return LoadedFleet(fleet=fleet, digest=hashlib.sha256(text.encode()).hexdigest(), path=source)
+
+
+def describe_validation_errors(exc: ValidationError, raw: dict[str, Any]) -> str:
+    """One line per problem, naming the tenant rather than only its list index."""
+    lines = []
+    for error in exc.errors():
+        location = list(error["loc"])
+        label = ".".join(str(part) for part in location) or "(top level)"
+        if len(location) >= 2 and location[0] == "tenants" and isinstance(location[1], int):
+            tenants = raw.get("tenants") or []
+            entry = tenants[location[1]] if location[1] < len(tenants) else None
+            name = entry.get("name") if isinstance(entry, dict) else None
+            field = ".".join(str(part) for part in location[2:]) or "(entry)"
+            label = f"tenant {name!r} (tenants[{location[1]}]) field {field}" if name else f"tenants[{location[1]}].{field}"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required but missing"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a known setting (check its spelling)"
+        lines.append(f"  - {label}: {message}")
+    return "\n".join(lines)
+
+
+def resolve_target(fleet: Fleet, spec: TargetSpec) -> Target:
+    """Apply the fleet defaults to one target; the result carries full ARNs and concrete names."""
+    defaults = fleet.defaults
+    region = spec.region or defaults.region
+    values = {"name": spec.name, "account_id": spec.account_id, "region": region}
+    return Target(
+        name=spec.name,
+        account_id=spec.account_id,
+        region=region,
+        groups=spec.groups,
+        deploy_role_arn=naming.role_arn(
+            account_id=spec.account_id, role_name=spec.deploy_role_name or defaults.deploy_role_name, region=region
+        ),
+        execution_role_arn=naming.role_arn(
+            account_id=spec.account_id,
+            role_name=spec.execution_role_name or defaults.execution_role_name,
+            region=region,
+        ),
+        external_id=spec.external_id,
+        artifact_bucket=naming.render_target_name(spec.artifact_bucket or defaults.artifact_bucket, **values),
+        kms_key_alias=spec.kms_key_alias or defaults.kms_key_alias,
+        stack_name=naming.render_target_name(spec.stack_name or defaults.stack_name, **values),
+        function_name=naming.render_target_name(spec.function_name or defaults.function_name, **values),
+        parameters={**defaults.parameters, **spec.parameters},
+        approval=spec.approval or defaults.approval,
+        maintenance_window=spec.maintenance_window,
+        outside_window=spec.outside_window or defaults.outside_window,
+        wave=spec.wave,
+    )
+
+
+def _check_resolvable(fleet: Fleet, spec: TargetSpec, where: str) -> None:
+    try:
+        resolve_target(fleet, spec)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise FleetConfigError(
+            f"{where}: tenant {spec.name!r}: a name pattern uses an unknown placeholder {exc}; "
+            "patterns may use {name}, {account_id} and {region}"
+        ) from None
+    if spec.maintenance_window:
+        from tenant_release.windows import MaintenanceWindow  # windows imports models only
+
+        try:
+            MaintenanceWindow.parse(spec.maintenance_window)
+        except ValueError as exc:
+            raise FleetConfigError(f"{where}: tenant {spec.name!r} field maintenance_window: {exc}") from None

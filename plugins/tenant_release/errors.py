@@ -1,0 +1,48 @@
+"""The project's exception types: each names the problem and, where one exists, the fix."""
+
+from __future__ import annotations
+
+
+class TenantReleaseError(Exception):
+    """Base class; the message is shown to users as is."""
+
+
+class FleetConfigError(TenantReleaseError):
+    """The fleet file is missing, unreadable or invalid."""
+
+
+class ReleaseTagError(TenantReleaseError):
+    """A release tag that does not follow the convention."""
+
+
+class TargetSelectionError(TenantReleaseError):
+    """A tag or tenant list that selects nothing, or names unknown tenants or groups."""
+
+
+class RecoverableAwsError(TenantReleaseError):
+    """An AWS error that may go away by itself (throttling, a stack busy with another operation)."""
+
+
+class PermanentAwsError(TenantReleaseError):
+    """An AWS error that retrying cannot fix (access denied, a bad template, a stack needing a human)."""
+
+
+class BuildError(PermanentAwsError):
+    """The release could not be packaged or its template is invalid."""
+
+
+class ChecksumMismatchError(PermanentAwsError):
+    """An artifact copy does not hash to the built artifact."""
+
+
+class StackFailedError(PermanentAwsError):
+    """A stack operation ended in a failed or rolled-back state."""
+
+    def __init__(self, message: str, *, stack_status: str, events: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.stack_status = stack_status
+        self.events = events or []
+
+
+class VerificationError(PermanentAwsError):
+    """The deployed application does not report the released version."""

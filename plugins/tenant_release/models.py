@@ -1,0 +1,292 @@
+"""Typed models of the fleet file (`config/tenants.yaml`) and of what flows between release steps."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ACCOUNT_ID_PATTERN = re.compile(r"^\d{12}$")
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
+REGION_PATTERN = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+ROLE_NAME_PATTERN = re.compile(r"^[\w+=,.@-]{1,64}$")
+EXTERNAL_ID_PATTERN = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _account_id(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(
+            f"account_id {value} was read as a number; YAML drops leading zeros and reads "
+            f"some digit strings as octal. Quote it: account_id: \"{value:012d}\""
+        )
+    if not isinstance(value, str) or not ACCOUNT_ID_PATTERN.match(value):
+        raise ValueError(f"account_id {value!r} must be a quoted string of exactly 12 digits")
+    return value
+
+
+class Outcome(str, Enum):
+    SUCCEEDED = "SUCCEEDED"
+    UNCHANGED = "UNCHANGED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+
+class ApprovalPolicy(str, Enum):
+    NONE = "none"
+    REQUIRED = "required"
+
+
+class OutsideWindowPolicy(str, Enum):
+    WAIT = "wait"
+    SKIP = "skip"
+
+
+class ToolingAccount(_Strict):
+    """The account that builds, stores and tracks releases."""
+
+    account_id: str
+    region: str = "us-east-1"
+    artifact_bucket: str
+    kms_key_alias: str = "alias/tenant-release-artifacts"
+    history_table: str = "tenant-release-history"
+    approvals_table: str = "tenant-release-approvals"
+    orchestrator_role_name: str = "tenant-release-orchestrator"
+    release_prefix: str = "releases"
+
+    _check_account = field_validator("account_id", mode="before")(_account_id)
+
+
+class TargetDefaults(_Strict):
+    """Settings every deploy target inherits unless it sets its own."""
+
+    region: str = "us-east-1"
+    deploy_role_name: str = "tenant-release-deploy"
+    execution_role_name: str = "tenant-release-cfn-execution"
+    artifact_bucket: str = "tenant-release-{account_id}-{region}"
+    kms_key_alias: str = "alias/tenant-release-tenant"
+    stack_name: str = "tenant-app-{name}"
+    function_name: str = "tenant-app-{name}"
+    parameters: dict[str, str] = Field(default_factory=dict)
+    approval: ApprovalPolicy = ApprovalPolicy.NONE
+    outside_window: OutsideWindowPolicy = OutsideWindowPolicy.WAIT
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return _parameters_as_strings(value)
+
+
+def _parameters_as_strings(value: Any) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, (dict, list)):
+            raise ValueError(f"parameter {key!r} must be a scalar (CloudFormation parameters are strings)")
+        out[str(key)] = "true" if item is True else "false" if item is False else str(item)
+    return out
+
+
+class TargetSpec(_Strict):
+    """A deploy target (a tenant, or dev) exactly as written in the fleet file; unset fields inherit."""
+
+    name: str
+    account_id: str
+    region: str | None = None
+    groups: tuple[str, ...] = ()
+    parameters: dict[str, str] = Field(default_factory=dict)
+    deploy_role_name: str | None = None
+    execution_role_name: str | None = None
+    external_id: str | None = None
+    artifact_bucket: str | None = None
+    kms_key_alias: str | None = None
+    stack_name: str | None = None
+    function_name: str | None = None
+    approval: ApprovalPolicy | None = None
+    maintenance_window: str | None = None
+    outside_window: OutsideWindowPolicy | None = None
+    wave: str | None = None
+
+    _check_account = field_validator("account_id", mode="before")(_account_id)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                f"name {value!r} must be 2-40 lowercase letters, digits or '-', starting with a letter "
+                "(it becomes part of stack, function and session names)"
+            )
+        return value
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _check_groups(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(f"groups must be a list, e.g. groups: [{value}]")
+        for group in value or ():
+            if not isinstance(group, str) or not NAME_PATTERN.match(group):
+                raise ValueError(f"group {group!r} must be lowercase letters, digits or '-'")
+        return tuple(value or ())
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return _parameters_as_strings(value)
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, value: str | None) -> str | None:
+        if value is not None and not REGION_PATTERN.match(value):
+            raise ValueError(f"region {value!r} is not an AWS region name such as eu-central-1")
+        return value
+
+    @field_validator("deploy_role_name", "execution_role_name")
+    @classmethod
+    def _check_role(cls, value: str | None) -> str | None:
+        if value is not None and not ROLE_NAME_PATTERN.match(value):
+            raise ValueError(f"role name {value!r} is not a valid IAM role name")
+        return value
+
+    @field_validator("external_id")
+    @classmethod
+    def _check_external_id(cls, value: str | None) -> str | None:
+        if value is not None and not EXTERNAL_ID_PATTERN.match(value):
+            raise ValueError("external_id must be 2-1224 characters of letters, digits and +=,.@:/-")
+        return value
+
+
+class Freeze(_Strict):
+    """A period in which no release starts, e.g. the year-end freeze. Dates are MM-DD, inclusive."""
+
+    start: str
+    end: str
+    reason: str = "change freeze"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _check_month_day(cls, value: str) -> str:
+        if not re.match(r"^(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$", str(value)):
+            raise ValueError(f"freeze date {value!r} must be MM-DD, e.g. 12-20")
+        return str(value)
+
+
+class ReleaseSchedule(_Strict):
+    """When scheduled releases may start: weekly windows, minus freezes."""
+
+    windows: tuple[str, ...] = ()
+    freezes: tuple[Freeze, ...] = ()
+
+
+class Fleet(_Strict):
+    """The whole fleet file, validated; tenants still hold their raw (uninherited) settings."""
+
+    tooling: ToolingAccount
+    dev: TargetSpec
+    defaults: TargetDefaults = TargetDefaults()
+    default_group: str
+    gated_groups: tuple[str, ...] = ()
+    schedule: ReleaseSchedule = ReleaseSchedule()
+    tenants: tuple[TargetSpec, ...]
+
+    @model_validator(mode="after")
+    def _check_fleet(self) -> Fleet:
+        seen: dict[str, int] = {}
+        for index, tenant in enumerate(self.tenants):
+            if tenant.name in seen:
+                raise ValueError(
+                    f"tenants[{index}] repeats the name {tenant.name!r} (first at tenants[{seen[tenant.name]}]); "
+                    "tenant names must be unique"
+                )
+            if tenant.name == self.dev.name:
+                raise ValueError(f"tenant name {tenant.name!r} is taken by the dev target")
+            seen[tenant.name] = index
+        if self.default_group not in self.groups():
+            raise ValueError(
+                f"default_group {self.default_group!r} names no tenant's group; groups in use: "
+                f"{', '.join(sorted(self.groups())) or 'none'}"
+            )
+        return self
+
+    def groups(self) -> set[str]:
+        return {group for tenant in self.tenants for group in tenant.groups}
+
+
+class Target(_Strict):
+    """A deploy target with defaults applied: everything one tenant's deploy needs, and no secret."""
+
+    name: str
+    account_id: str
+    region: str
+    groups: tuple[str, ...]
+    deploy_role_arn: str
+    execution_role_arn: str
+    external_id: str | None
+    artifact_bucket: str
+    kms_key_alias: str
+    stack_name: str
+    function_name: str
+    parameters: dict[str, str]
+    approval: ApprovalPolicy
+    maintenance_window: str | None
+    outside_window: OutsideWindowPolicy
+    wave: str | None = None
+
+
+class Release(_Strict):
+    """A parsed release tag."""
+
+    tag: str
+    version: str
+    group: str | None  # None: the fleet's default group
+
+
+class Artifact(_Strict):
+    """The built release in the tooling bucket."""
+
+    version: str
+    sha256: str
+    bucket: str
+    code_key: str
+    template_key: str
+    template_sha256: str
+    reused: bool = False
+
+
+class TenantResult(BaseModel):
+    """What happened to one tenant in one release: written to history and shown in the summary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str
+    account_id: str
+    region: str
+    release: str
+    version: str
+    status: Outcome
+    run_id: str
+    started_at: str
+    finished_at: str
+    version_before: str | None = None
+    version_after: str | None = None
+    artifact_uri: str | None = None
+    sha256: str | None = None
+    stack_status: str | None = None
+    reason: str | None = None
+    gated: bool = False
+    approved_by: str | None = None
+    note: str | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+Phase = Literal["waiting_for_window", "waiting_for_approval", "deploying"]

@@ -1,0 +1,80 @@
+"""One function per derived name: ARNs, artifact keys, change sets, STS session names."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_SESSION_UNSAFE = re.compile(r"[^\w+=,.@-]")
+_CHANGE_SET_UNSAFE = re.compile(r"[^a-zA-Z0-9-]")
+
+STS_NAME_MAX = 64
+SOURCE_IDENTITY_PREFIX = "tenant-release"
+
+
+def partition_for(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def role_arn(*, account_id: str, role_name: str, region: str) -> str:
+    return f"arn:{partition_for(region)}:iam::{account_id}:role/{role_name}"
+
+
+def _short_hash(*parts: str, length: int = 10) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:length]
+
+
+def _fit(text: str, limit: int, *, unsafe: re.Pattern[str], replacement: str) -> str:
+    """Sanitise and, when too long, keep the head and a hash of the whole so the name stays unique."""
+    clean = unsafe.sub(replacement, text)
+    if len(clean) <= limit:
+        return clean
+    digest = _short_hash(text, length=8)
+    return f"{clean[: limit - len(digest) - 1]}-{digest}"
+
+
+def session_name(*, release_tag: str, run_id: str) -> str:
+    """RoleSessionName: shows up in the tenant's CloudTrail as who did what, for which release and run."""
+    return _fit(f"tr-{release_tag}-{run_id}", STS_NAME_MAX, unsafe=_SESSION_UNSAFE, replacement="-")
+
+
+def source_identity(*, release_tag: str) -> str:
+    """SourceIdentity persists through role chaining and cannot be changed by the assumed session."""
+    return _fit(f"{SOURCE_IDENTITY_PREFIX}@{release_tag}", STS_NAME_MAX, unsafe=_SESSION_UNSAFE, replacement="-")
+
+
+def artifact_prefix(*, release_prefix: str, version: str, sha256: str) -> str:
+    """Where a build lives: names the version and the content hash, so a key never changes meaning."""
+    return f"{release_prefix.strip('/')}/{version}/{sha256[:16]}"
+
+
+def code_key(*, release_prefix: str, version: str, sha256: str) -> str:
+    return f"{artifact_prefix(release_prefix=release_prefix, version=version, sha256=sha256)}/app.zip"
+
+
+def template_key(*, release_prefix: str, version: str, sha256: str) -> str:
+    return f"{artifact_prefix(release_prefix=release_prefix, version=version, sha256=sha256)}/template.yaml"
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def change_set_name(*, version: str, deploy_digest: str) -> str:
+    """Deterministic: a retry finds the change set its previous attempt created instead of making another."""
+    return _fit(f"tr-{version}-{deploy_digest[:12]}", 128, unsafe=_CHANGE_SET_UNSAFE, replacement="-")
+
+
+def deploy_digest(*, template_sha256: str, code_sha256: str, parameters: dict[str, str]) -> str:
+    """What makes two deploys the same: template, code and every parameter value."""
+    flat = "\n".join(f"{key}={parameters[key]}" for key in sorted(parameters))
+    return hashlib.sha256(f"{template_sha256}\n{code_sha256}\n{flat}".encode()).hexdigest()
+
+
+def render_target_name(pattern: str, **values: str) -> str:
+    """Expand `{name}`, `{account_id}`, `{region}` in a defaults pattern such as `tenant-app-{name}`."""
+    return pattern.format(**values)

@@ -1,0 +1,30 @@
+"""Release tags: `v1.4.0` ships to the default group, `v-1.4.0-qa` ships to the group `qa`."""
+
+from __future__ import annotations
+
+import re
+
+from tenant_release.errors import ReleaseTagError
+from tenant_release.models import Release
+
+_VERSION = r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-rc\.(?:0|[1-9]\d*))?"
+_GROUP = r"[a-z][a-z0-9-]{0,38}[a-z0-9]"
+_PLAIN = re.compile(rf"^v(?P<version>{_VERSION})$")
+_GROUPED = re.compile(rf"^v-(?P<version>{_VERSION})-(?P<group>{_GROUP})$")
+
+# The same rule as a JSON-schema pattern, for the trigger form (rejects a bad tag before a run exists).
+TAG_JSON_SCHEMA_PATTERN = rf"^(v{_VERSION}|v-{_VERSION}-{_GROUP})$"
+
+TAG_HELP = "use v<MAJOR>.<MINOR>.<PATCH> (default group) or v-<MAJOR>.<MINOR>.<PATCH>-<group>, e.g. v1.4.0 or v-1.4.0-qa"
+
+
+def parse_release_tag(tag: str) -> Release:
+    """Parse a tag; the version may carry an `-rc.N` suffix, the group is lowercase."""
+    if not isinstance(tag, str):
+        raise ReleaseTagError(f"release tag must be a string, got {type(tag).__name__}; {TAG_HELP}")
+    cleaned = tag.strip()
+    if match := _PLAIN.match(cleaned):
+        return Release(tag=cleaned, version=match["version"], group=None)
+    if match := _GROUPED.match(cleaned):
+        return Release(tag=cleaned, version=match["version"], group=match["group"])
+    raise ReleaseTagError(f"release tag {tag!r} is not valid: {TAG_HELP}")

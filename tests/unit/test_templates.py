@@ -1,0 +1,524 @@
+"""Security and deployability checks of the CloudFormation templates in include/templates.
+
+Most checks read the templates themselves: moto 5.2.5 does not enforce IAM, key or bucket policies and
+drops several properties when it creates stacks (bucket policies, public access block, ownership
+controls, versioning, bucket keys, point-in-time recovery), so those can only be asserted statically.
+The moto tests show that each template creates cleanly and that the resources moto does model exist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from cfnlint.api import lint_all
+from cfnlint.decode.cfn_yaml import loads
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "include" / "templates"
+APP_TEMPLATE = TEMPLATES_DIR / "app" / "template.yaml"
+APP_HANDLER = TEMPLATES_DIR / "app" / "index.py"
+TOOLING_TEMPLATE = TEMPLATES_DIR / "tooling.yaml"
+BOOTSTRAP_TEMPLATE = TEMPLATES_DIR / "tenant-bootstrap.yaml"
+ALL_TEMPLATES = (APP_TEMPLATE, TOOLING_TEMPLATE, BOOTSTRAP_TEMPLATE)
+
+REGION = "us-east-1"
+TOOLING_ACCOUNT_ID = "000000000001"
+TOOLING_KEY_ARN = f"arn:aws:kms:{REGION}:{TOOLING_ACCOUNT_ID}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+NO_VALUE = {"Ref": "AWS::NoValue"}
+OWN_ACCOUNT_ROOT = {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+ORCHESTRATOR_ROLE_ARN = {"Fn::Sub": "arn:${AWS::Partition}:iam::${ToolingAccountId}:role/${OrchestratorRoleName}"}
+TENANT_DEPLOY_ROLE_CONDITION = {
+    "StringEquals": {"aws:PrincipalAccount": {"Ref": "TenantAccountIds"}},
+    "ArnLike": {"aws:PrincipalArn": {"Fn::Sub": "arn:${AWS::Partition}:iam::*:role/${DeployRoleName}"}},
+}
+APP_FUNCTIONS = {"Fn::Sub": "arn:${AWS::Partition}:lambda:*:${AWS::AccountId}:function:${AppNamePrefix}*"}
+APP_ROLES = {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AppNamePrefix}*"}
+APP_STACKS = {"Fn::Sub": "arn:${AWS::Partition}:cloudformation:*:${AWS::AccountId}:stack/${AppNamePrefix}*/*"}
+# Actions without resource-level permissions: the only ones an identity policy may grant on "*".
+RESOURCE_STAR_ACTIONS = {"cloudformation:ValidateTemplate"}
+
+# moto has no CloudFormation model for bucket policies; it skips them with this warning.
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..S3..BucketPolicy:UserWarning")
+
+
+# --- reading templates --------------------------------------------------------------------------
+
+
+@cache
+def _template(path: Path) -> dict[str, Any]:
+    """The template as data, short-form tags (!Sub, !If, ...) turned into their Fn:: mappings."""
+    return loads(path.read_text(encoding="utf-8"))
+
+
+def _resources(path: Path, resource_type: str) -> dict[str, dict[str, Any]]:
+    return {name: resource for name, resource in _template(path)["Resources"].items() if resource["Type"] == resource_type}
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _branches(value: Any) -> Iterator[Any]:
+    """Every concrete value a property can take: both sides of Fn::If, nothing for AWS::NoValue."""
+    if value == NO_VALUE:
+        return
+    if isinstance(value, dict) and list(value) == ["Fn::If"]:
+        _, if_true, if_false = value["Fn::If"]
+        yield from _branches(if_true)
+        yield from _branches(if_false)
+        return
+    yield value
+
+
+def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [statement for item in _listed(document["Statement"]) for statement in _branches(item)]
+
+
+def _policy_documents(path: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(kind, location, document) for every policy: kind is identity, trust, key or bucket."""
+    for name, resource in _template(path)["Resources"].items():
+        props = resource.get("Properties", {})
+        kind = resource["Type"]
+        if kind == "AWS::IAM::Role":
+            yield "trust", f"{name}.AssumeRolePolicyDocument", props["AssumeRolePolicyDocument"]
+            for policy in props.get("Policies", []):
+                yield "identity", f"{name}.{policy['PolicyName']}", policy["PolicyDocument"]
+        elif kind in {"AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"}:
+            yield "identity", name, props["PolicyDocument"]
+        elif kind == "AWS::KMS::Key":
+            yield "key", f"{name}.KeyPolicy", props["KeyPolicy"]
+        elif kind == "AWS::S3::BucketPolicy":
+            yield "bucket", name, props["PolicyDocument"]
+
+
+def _all_statements(kinds: set[str] | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path in ALL_TEMPLATES:
+        for kind, location, document in _policy_documents(path):
+            if kinds is None or kind in kinds:
+                for statement in _statements(document):
+                    yield kind, f"{path.name}:{location}", statement
+
+
+def _role_statements(path: Path, role: str) -> list[dict[str, Any]]:
+    props = _template(path)["Resources"][role]["Properties"]
+    return [s for policy in props["Policies"] for s in _statements(policy["PolicyDocument"])]
+
+
+def _statements_with_action(statements: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    return [s for s in statements if any(a.startswith(prefix) for a in _listed(s["Action"]))]
+
+
+def _by_sid(statements: list[dict[str, Any]], sid: str) -> dict[str, Any]:
+    (statement,) = [s for s in statements if s.get("Sid") == sid]
+    return statement
+
+
+def _is_wildcard_action(action: str) -> bool:
+    return action == "*" or action.endswith(":*")
+
+
+# --- cfn-lint -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ALL_TEMPLATES, ids=lambda p: p.name)
+def test_cfn_lint_reports_no_errors_or_warnings(path: Path) -> None:
+    matches = lint_all(path.read_text(encoding="utf-8"))
+    problems = [f"{m.rule.id} line {m.linenumber}: {m.message}" for m in matches if m.rule.severity in {"error", "warning"}]
+    assert problems == []
+
+
+# --- IAM: no wildcards, least privilege ---------------------------------------------------------
+
+
+def test_no_allow_statement_grants_every_action_of_a_service_on_every_resource() -> None:
+    offenders = []
+    for kind, location, statement in _all_statements():
+        if statement["Effect"] != "Allow":
+            continue
+        assert "NotAction" not in statement, location
+        assert "NotResource" not in statement, location
+        resources = _listed(statement.get("Resource", []))
+        wildcard = [a for a in _listed(statement.get("Action", [])) if _is_wildcard_action(a)]
+        # The default key policy (own account root, kms:*) only delegates the key to IAM policies.
+        key_admin = kind == "key" and statement["Principal"] == {"AWS": OWN_ACCOUNT_ROOT}
+        if wildcard and "*" in resources and not key_admin:
+            offenders.append((location, statement.get("Sid"), wildcard))
+    assert offenders == []
+
+
+def test_only_key_policies_use_a_wildcard_action_and_only_for_their_own_account_root() -> None:
+    for kind, location, statement in _all_statements():
+        if statement["Effect"] == "Allow" and any(map(_is_wildcard_action, _listed(statement["Action"]))):
+            assert kind == "key", location
+            assert statement["Principal"] == {"AWS": OWN_ACCOUNT_ROOT}, location
+
+
+def test_no_statement_mentions_lambda_star() -> None:
+    actions = {a for _, _, s in _all_statements() for a in _listed(s.get("Action", []))}
+    assert not {a for a in actions if a.lower() in {"lambda:*", "*"}}
+
+
+def test_identity_policies_use_resource_star_only_for_actions_without_resource_permissions() -> None:
+    for _, location, statement in _all_statements({"identity"}):
+        if "*" in _listed(statement["Resource"]):
+            assert set(_listed(statement["Action"])) <= RESOURCE_STAR_ACTIONS, location
+
+
+def test_orchestrator_role_reaches_only_deploy_roles_and_its_own_data() -> None:
+    statements = _role_statements(TOOLING_TEMPLATE, "OrchestratorRole")
+    sts = _statements_with_action(statements, "sts:")
+    assert sts == [_by_sid(statements, "AssumeTenantDeployRoles")]
+    assert sts[0]["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:iam::*:role/${DeployRoleName}"}
+    for statement in _statements_with_action(statements, "s3:"):
+        assert statement["Resource"] in (
+            {"Fn::Sub": "${ArtifactBucket.Arn}/${ReleasePrefix}/*"},
+            {"Fn::GetAtt": ["ArtifactBucket", "Arn"]},
+        )
+    (kms,) = _statements_with_action(statements, "kms:")
+    assert kms["Resource"] == {"Fn::GetAtt": ["ArtifactKey", "Arn"]}
+    (dynamodb,) = _statements_with_action(statements, "dynamodb:")
+    assert "dynamodb:DeleteItem" not in dynamodb["Action"]
+    assert {"Fn::Sub": "${HistoryTable.Arn}/index/by-run"} in dynamodb["Resource"]
+
+
+def test_tooling_key_and_bucket_let_tenants_only_read_releases_as_their_deploy_role() -> None:
+    template = _template(TOOLING_TEMPLATE)
+    key_policy = template["Resources"]["ArtifactKey"]["Properties"]["KeyPolicy"]
+    bucket_policy = template["Resources"]["ArtifactBucketPolicy"]["Properties"]["PolicyDocument"]
+    tenant_statements = [s for s in _statements(key_policy) + _statements(bucket_policy) if s["Principal"] == "*"]
+    allowed = [s for s in tenant_statements if s["Effect"] == "Allow"]
+    assert {tuple(_listed(s["Action"])) for s in allowed} == {
+        ("kms:Decrypt", "kms:DescribeKey"),
+        ("s3:GetObject", "s3:GetObjectVersion"),
+        ("s3:ListBucket",),
+    }
+    for statement in allowed:
+        assert TENANT_DEPLOY_ROLE_CONDITION.items() <= statement["Condition"].items(), statement["Sid"]
+    listing = _by_sid(allowed, "TenantDeployRolesListReleases")
+    assert listing["Condition"]["StringLike"] == {"s3:prefix": [{"Fn::Sub": "${ReleasePrefix}/*"}]}
+    reading = _by_sid(allowed, "TenantDeployRolesReadReleases")
+    assert reading["Resource"] == {"Fn::Sub": "${ArtifactBucket.Arn}/${ReleasePrefix}/*"}
+    # With no tenant accounts every cross-account statement disappears.
+    raw = [*key_policy["Statement"], *bucket_policy["Statement"]]
+    conditional = [item["Fn::If"] for item in raw if list(item) == ["Fn::If"]]
+    assert len(conditional) == len(allowed)
+    assert all(c[0] == "HasTenantAccounts" and c[2] == NO_VALUE for c in conditional)
+
+
+def test_deploy_role_manages_only_application_stacks_and_passes_only_the_execution_role() -> None:
+    statements = _role_statements(BOOTSTRAP_TEMPLATE, "DeployRole")
+    for statement in _statements_with_action(statements, "cloudformation:"):
+        if statement["Action"] != "cloudformation:ValidateTemplate":
+            assert statement["Resource"] == APP_STACKS
+    (pass_role,) = _statements_with_action(statements, "iam:")
+    assert pass_role["Action"] == "iam:PassRole"
+    assert pass_role["Resource"] == {"Fn::GetAtt": ["ExecutionRole", "Arn"]}
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "cloudformation.amazonaws.com"}}
+    for statement in _statements_with_action(statements, "lambda:"):
+        assert set(statement["Action"]) == {"lambda:GetFunctionConfiguration", "lambda:InvokeFunction"}
+        assert statement["Resource"] == APP_FUNCTIONS
+    tooling_kms = _by_sid(statements, "DecryptToolingReleases")
+    assert (tooling_kms["Action"], tooling_kms["Resource"]) == ("kms:Decrypt", {"Ref": "ToolingKmsKeyArn"})
+
+
+def test_execution_role_manages_only_application_functions_roles_and_logs() -> None:
+    statements = _role_statements(BOOTSTRAP_TEMPLATE, "ExecutionRole")
+    for statement in _statements_with_action(statements, "lambda:"):
+        assert statement["Resource"] == APP_FUNCTIONS
+    iam = _statements_with_action(statements, "iam:")
+    assert all(s["Resource"] == APP_ROLES for s in iam)
+    iam_actions = {a for s in iam for a in _listed(s["Action"])}
+    # Attaching a managed policy (e.g. AdministratorAccess) or dropping a boundary would escalate.
+    assert not iam_actions & {"iam:AttachRolePolicy", "iam:DeleteRolePermissionsBoundary", "iam:CreateUser"}
+    (pass_role,) = [s for s in iam if s["Action"] == "iam:PassRole"]
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}
+    for statement in _statements_with_action(statements, "logs:"):
+        if statement["Action"] != "logs:DescribeLogGroups":
+            assert statement["Resource"] == {
+                "Fn::Sub": "arn:${AWS::Partition}:logs:*:${AWS::AccountId}:log-group:/aws/lambda/${AppNamePrefix}*"
+            }
+    (s3,) = _statements_with_action(statements, "s3:")
+    assert s3["Resource"] == {"Fn::Sub": "${ArtifactBucket.Arn}/${ReleasePrefix}/*"}
+    (kms,) = _statements_with_action(statements, "kms:")
+    assert (kms["Action"], kms["Resource"]) == ("kms:Decrypt", {"Fn::GetAtt": ["ArtifactKey", "Arn"]})
+
+
+# --- trust policies -----------------------------------------------------------------------------
+
+
+def test_deploy_role_trusts_only_the_orchestrator_role() -> None:
+    trust = _template(BOOTSTRAP_TEMPLATE)["Resources"]["DeployRole"]["Properties"]["AssumeRolePolicyDocument"]
+    statements = _statements(trust)
+    assert all(s["Effect"] == "Allow" for s in statements)
+    assert all(s["Principal"] == {"AWS": ORCHESTRATOR_ROLE_ARN} for s in statements)
+    actions = {a for s in statements for a in _listed(s["Action"])}
+    assert actions == {"sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"}
+
+
+def test_deploy_role_requires_the_external_id_when_one_is_set() -> None:
+    template = _template(BOOTSTRAP_TEMPLATE)
+    trust = template["Resources"]["DeployRole"]["Properties"]["AssumeRolePolicyDocument"]
+    (assume,) = _statements_with_action(_statements(trust), "sts:AssumeRole")
+    assert assume["Condition"] == {
+        "Fn::If": ["HasExternalId", {"StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}}}, NO_VALUE]
+    }
+    assert template["Conditions"]["HasExternalId"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ExternalId"}, ""]}]}
+
+
+def test_execution_role_trusts_only_cloudformation() -> None:
+    trust = _template(BOOTSTRAP_TEMPLATE)["Resources"]["ExecutionRole"]["Properties"]["AssumeRolePolicyDocument"]
+    assert _statements(trust) == [
+        {"Effect": "Allow", "Principal": {"Service": "cloudformation.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ]
+
+
+def test_orchestrator_role_trusts_the_given_principal_or_its_own_account() -> None:
+    trust = _template(TOOLING_TEMPLATE)["Resources"]["OrchestratorRole"]["Properties"]["AssumeRolePolicyDocument"]
+    (statement,) = _statements(trust)
+    assert statement["Principal"] == {
+        "AWS": {"Fn::If": ["HasTrustedPrincipal", {"Ref": "OrchestratorTrustedPrincipalArn"}, OWN_ACCOUNT_ROOT]}
+    }
+
+
+# --- keys and buckets ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [TOOLING_TEMPLATE, BOOTSTRAP_TEMPLATE], ids=lambda p: p.name)
+def test_kms_keys_rotate(path: Path) -> None:
+    keys = _resources(path, "AWS::KMS::Key")
+    assert keys
+    assert all(key["Properties"]["EnableKeyRotation"] is True for key in keys.values())
+
+
+@pytest.mark.parametrize("path", [TOOLING_TEMPLATE, BOOTSTRAP_TEMPLATE], ids=lambda p: p.name)
+def test_buckets_are_private_owner_enforced_and_kms_encrypted(path: Path) -> None:
+    buckets = _resources(path, "AWS::S3::Bucket")
+    assert buckets
+    for bucket in buckets.values():
+        props = bucket["Properties"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }
+        assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+        (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert rule["ServerSideEncryptionByDefault"] == {
+            "SSEAlgorithm": "aws:kms",
+            "KMSMasterKeyID": {"Fn::GetAtt": ["ArtifactKey", "Arn"]},
+        }
+        assert rule["BucketKeyEnabled"] is True
+
+
+@pytest.mark.parametrize("path", [TOOLING_TEMPLATE, BOOTSTRAP_TEMPLATE], ids=lambda p: p.name)
+def test_bucket_policies_deny_insecure_transport(path: Path) -> None:
+    policies = _resources(path, "AWS::S3::BucketPolicy")
+    assert {p["Properties"]["Bucket"]["Ref"] for p in policies.values()} == set(_resources(path, "AWS::S3::Bucket"))
+    for policy in policies.values():
+        deny = _by_sid(_statements(policy["Properties"]["PolicyDocument"]), "DenyInsecureTransport")
+        assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "s3:*")
+        assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+# --- the application ----------------------------------------------------------------------------
+
+
+def test_app_template_is_plain_cloudformation_and_reports_the_release_version() -> None:
+    template = _template(APP_TEMPLATE)
+    assert "Transform" not in template
+    (function,) = _resources(APP_TEMPLATE, "AWS::Lambda::Function").values()
+    props = function["Properties"]
+    assert (props["Runtime"], props["Handler"]) == ("python3.12", "index.handler")
+    assert props["FunctionName"] == {"Ref": "ApplicationName"}
+    assert props["Environment"]["Variables"] == {
+        "RELEASE_VERSION": {"Ref": "ReleaseVersion"},
+        "TENANT_NAME": {"Ref": "TenantName"},
+        "LOG_LEVEL": {"Ref": "LogLevel"},
+    }
+    assert set(template["Outputs"]) == {"FunctionName", "FunctionArn", "ReleaseVersion"}
+
+
+def test_app_role_may_only_write_its_own_logs() -> None:
+    (statement,) = _role_statements(APP_TEMPLATE, "ExecutionRole")
+    assert set(statement["Action"]) == {"logs:CreateLogStream", "logs:PutLogEvents"}
+    assert statement["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:/aws/lambda/${ApplicationName}:*"
+    }
+
+
+def test_app_handler_returns_the_release_version_and_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELEASE_VERSION", "v1.2.3")
+    monkeypatch.setenv("TENANT_NAME", "acme")
+    spec = importlib.util.spec_from_file_location("tenant_app_index", APP_HANDLER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    response = module.handler({}, None)
+    assert response["statusCode"] == 200
+    assert json.loads(response["body"]) == {"message": "Hello!", "version": "v1.2.3", "tenant": "acme"}
+
+
+# --- creating the stacks in moto ----------------------------------------------------------------
+
+
+@pytest.fixture
+def aws(moto: None) -> boto3.Session:
+    """A session inside the shared `moto` fixture (fake credentials, moto_compat fixes applied)."""
+    return boto3.Session(region_name=REGION)
+
+
+def _create_stack(session: boto3.Session, name: str, path: Path, parameters: dict[str, str]) -> dict[str, str]:
+    """Create a stack, require CREATE_COMPLETE and return its outputs."""
+    cfn = session.client("cloudformation")
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=path.read_text(encoding="utf-8"),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    (stack,) = cfn.describe_stacks(StackName=name)["Stacks"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    return {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}
+
+
+def _bucket_kms_key(session: boto3.Session, bucket: str) -> str:
+    (rule,) = session.client("s3").get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    default = rule["ApplyServerSideEncryptionByDefault"]
+    assert default["SSEAlgorithm"] == "aws:kms"
+    return default["KMSMasterKeyID"]
+
+
+def _key_policy_sids(session: boto3.Session, key_arn: str) -> set[str]:
+    raw = session.client("kms").get_key_policy(KeyId=key_arn, PolicyName="default")["Policy"]
+    # Unpatched moto keeps a CloudFormation key policy as an object; it also keeps AWS::NoValue as null.
+    policy = raw if isinstance(raw, dict) else json.loads(raw)
+    return {s["Sid"] for s in policy["Statement"] if s}
+
+
+@pytest.mark.parametrize("tenant_accounts", ["111111111111,222222222222", ""], ids=["tenants", "no-tenants"])
+def test_tooling_stack_creates_in_moto(aws: boto3.Session, tenant_accounts: str) -> None:
+    outputs = _create_stack(
+        aws,
+        "tenant-release-tooling",
+        TOOLING_TEMPLATE,
+        {"ArtifactBucketName": "tooling-artifacts", "TenantAccountIds": tenant_accounts},
+    )
+    assert outputs["HistoryTableName"] == "tenant-release-history"
+    assert outputs["ApprovalsTableName"] == "tenant-release-approvals"
+
+    dynamodb = aws.client("dynamodb")
+    history = dynamodb.describe_table(TableName=outputs["HistoryTableName"])["Table"]
+    assert history["KeySchema"] == [
+        {"AttributeName": "tenant", "KeyType": "HASH"},
+        {"AttributeName": "release", "KeyType": "RANGE"},
+    ]
+    assert history["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    (by_run,) = history["GlobalSecondaryIndexes"]
+    assert (by_run["IndexName"], by_run["KeySchema"]) == (
+        "by-run",
+        [{"AttributeName": "run_id", "KeyType": "HASH"}, {"AttributeName": "tenant", "KeyType": "RANGE"}],
+    )
+    approvals = dynamodb.describe_table(TableName=outputs["ApprovalsTableName"])["Table"]
+    assert [k["AttributeName"] for k in approvals["KeySchema"]] == ["tenant", "release"]
+
+    assert outputs["ArtifactBucketName"] == "tooling-artifacts"
+    assert _bucket_kms_key(aws, "tooling-artifacts") == outputs["ArtifactKeyArn"]
+    kms = aws.client("kms")
+    assert kms.get_key_rotation_status(KeyId=outputs["ArtifactKeyArn"])["KeyRotationEnabled"] is True
+    aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
+    assert outputs["ArtifactKeyArn"].endswith(aliases["alias/tenant-release-artifacts"])
+    if tenant_accounts:
+        # The bootstrap resolves the key by alias with DescribeKey. Without tenants moto keeps the
+        # dropped statement as null and DescribeKey crashes on it; real CloudFormation removes it.
+        assert kms.describe_key(KeyId="alias/tenant-release-artifacts")["KeyMetadata"]["Arn"] == outputs["ArtifactKeyArn"]
+    tenant_sid = "TenantDeployRolesDecryptReleases"
+    assert (tenant_sid in _key_policy_sids(aws, outputs["ArtifactKeyArn"])) == bool(tenant_accounts)
+
+    role = aws.client("iam").get_role(RoleName="tenant-release-orchestrator")["Role"]
+    assert role["Arn"] == outputs["OrchestratorRoleArn"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"AWS": f"arn:aws:iam::{role['Arn'].split(':')[4]}:root"}
+
+
+@pytest.mark.parametrize("external_id", ["", "acme-3f9c"], ids=["no-external-id", "external-id"])
+def test_tenant_bootstrap_stack_creates_in_moto(aws: boto3.Session, external_id: str) -> None:
+    outputs = _create_stack(
+        aws,
+        "tenant-release-bootstrap",
+        BOOTSTRAP_TEMPLATE,
+        {
+            "ToolingAccountId": TOOLING_ACCOUNT_ID,
+            "ToolingArtifactBucket": "tooling-artifacts",
+            "ToolingKmsKeyArn": TOOLING_KEY_ARN,
+            "ArtifactBucketName": "acme-artifacts",
+            "ExternalId": external_id,
+        },
+    )
+    assert outputs["ArtifactBucketName"] == "acme-artifacts"
+    assert _bucket_kms_key(aws, "acme-artifacts") == outputs["ArtifactKeyArn"]
+    assert aws.client("kms").get_key_rotation_status(KeyId=outputs["ArtifactKeyArn"])["KeyRotationEnabled"] is True
+
+    iam = aws.client("iam")
+    deploy = iam.get_role(RoleName="tenant-release-deploy")["Role"]
+    assert deploy["Arn"] == outputs["DeployRoleArn"]
+    orchestrator = f"arn:aws:iam::{TOOLING_ACCOUNT_ID}:role/tenant-release-orchestrator"
+    statements = deploy["AssumeRolePolicyDocument"]["Statement"]
+    assert {json.dumps(s["Principal"]) for s in statements} == {json.dumps({"AWS": orchestrator})}
+    (assume,) = [s for s in statements if s["Action"] == "sts:AssumeRole"]
+    expected = {"StringEquals": {"sts:ExternalId": external_id}} if external_id else None
+    assert assume.get("Condition") == expected
+
+    execution = iam.get_role(RoleName="tenant-release-cfn-execution")["Role"]
+    assert execution["Arn"] == outputs["ExecutionRoleArn"]
+    assert [s["Principal"] for s in execution["AssumeRolePolicyDocument"]["Statement"]] == [
+        {"Service": "cloudformation.amazonaws.com"}
+    ]
+
+
+def test_app_stack_creates_in_moto(aws: boto3.Session) -> None:
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.write(APP_HANDLER, "index.py")
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="acme-artifacts")
+    s3.put_object(Bucket="acme-artifacts", Key="releases/v1.2.3/app.zip", Body=code.getvalue())
+
+    outputs = _create_stack(
+        aws,
+        "tenant-app-acme",
+        APP_TEMPLATE,
+        {
+            "ApplicationName": "tenant-app-acme",
+            "TenantName": "acme",
+            "CodeS3Bucket": "acme-artifacts",
+            "CodeS3Key": "releases/v1.2.3/app.zip",
+            "ReleaseVersion": "v1.2.3",
+            "MemorySize": "256",
+            "LogLevel": "DEBUG",
+        },
+    )
+    assert outputs["FunctionName"] == "tenant-app-acme"
+    assert outputs["ReleaseVersion"] == "v1.2.3"
+
+    config = aws.client("lambda").get_function_configuration(FunctionName="tenant-app-acme")
+    assert config["FunctionArn"] == outputs["FunctionArn"]
+    assert (config["Runtime"], config["Handler"], config["MemorySize"]) == ("python3.12", "index.handler", 256)
+    assert config["Environment"]["Variables"] == {
+        "RELEASE_VERSION": "v1.2.3",
+        "TENANT_NAME": "acme",
+        "LOG_LEVEL": "DEBUG",
+    }
+    assert config["Role"].endswith(":role/tenant-app-acme-role")
+    (group,) = aws.client("logs").describe_log_groups(logGroupNamePrefix="/aws/lambda/tenant-app-acme")["logGroups"]
+    assert group["retentionInDays"] == 30
