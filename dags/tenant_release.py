@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
-
 from tenant_release.airflow import steps
 from tenant_release.airflow.operators import TenantDeployOperator
 from tenant_release.tags import TAG_JSON_SCHEMA_PATTERN

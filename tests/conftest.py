@@ -22,9 +22,12 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+# moto settles stacks at once; the triggers need not wait between polls.
+os.environ.setdefault("AIRFLOW__TENANT_RELEASE__STACK_POLL_SECONDS", "0")
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import moto_compat  # noqa: E402  (lives in scripts/: the local moto server applies the same fixes)
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 

@@ -73,8 +73,7 @@ def parse_fleet(text: str, *, source: Path | None = None) -> LoadedFleet:
         raise FleetConfigError(f"{where} is not valid YAML{position}: {problem}") from None
     if not isinstance(raw, dict):
         raise FleetConfigError(
-            f"{where} must be a mapping with the keys tooling, dev, default_group and tenants; "
-            f"got {type(raw).__name__}"
+            f"{where} must be a mapping with the keys tooling, dev, default_group and tenants; got {type(raw).__name__}"
         )
     try:
         fleet = Fleet.model_validate(raw)

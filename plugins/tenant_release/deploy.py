@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -18,7 +18,7 @@ from tenant_release import classify, naming
 from tenant_release.aws import artifacts, ledger, stacks
 from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import BuildError, PermanentAwsError, StackFailedError, TenantReleaseError, VerificationError
-from tenant_release.models import Artifact, Outcome, Release, TenantResult, ToolingAccount, Target
+from tenant_release.models import Artifact, Outcome, Release, Target, TenantResult, ToolingAccount
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ RELEASE_PARAMETERS = ("ApplicationName", "TenantName", "CodeS3Bucket", "CodeS3Ke
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def build_release(sessions: AwsSessions, tooling: ToolingAccount, release: Release, targets: list[Target]) -> Artifact:
@@ -104,6 +104,7 @@ class TargetDeployment:
     run: ReleaseRun
     target: Target
     retry: classify.RetryPolicy = field(default_factory=classify.RetryPolicy)
+    record_history: bool = True  # dev is deployed like a tenant but is not a tenant of the history
 
     def client(self, service: str) -> Any:
         return self.sessions.tenant_client(
@@ -129,14 +130,28 @@ class TargetDeployment:
         )
 
     def begin(self, *, started_at: str | None = None) -> dict[str, Any]:
-        """Assume the role, copy the artifact in, start the change set. Returns the state to finish with."""
+        """Assume the role, copy the artifact in, start the change set. Returns the state to finish with.
+
+        What the stack held before is read once per run: a retry (or a resumed run) takes it from the
+        history item its earlier attempt wrote, so the outcome still says what this run changed.
+        """
         state: dict[str, Any] = {"started_at": started_at or utc_now()}
         artifact, target, call = self.run.artifact, self.target, self.retry.call
+        earlier = self.earlier_attempt()
         cloudformation = call("assume role", self.client, "cloudformation", log=log.warning)
-        before = call("read stack", stacks.describe_stack, cloudformation, target.stack_name, log=log.warning)
-        state["version_before"] = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
+        if earlier is not None:
+            state.update(
+                started_at=earlier.started_at, version_before=earlier.version_before, digest_before=earlier.digest_before
+            )
+        else:
+            before = call("read stack", stacks.describe_stack, cloudformation, target.stack_name, log=log.warning)
+            state["version_before"] = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
+            state["digest_before"] = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
+        self.record(self.result(state, status=Outcome.IN_PROGRESS))
         s3 = self.client("s3")
-        key_arn = call("resolve tenant key", artifacts.resolve_kms_key_arn, self.client("kms"), target.kms_key_alias, log=log.warning)
+        key_arn = call(
+            "resolve tenant key", artifacts.resolve_kms_key_arn, self.client("kms"), target.kms_key_alias, log=log.warning
+        )
         for key, sha in ((artifact.code_key, artifact.sha256), (artifact.template_key, artifact.template_sha256)):
             copied = call(
                 "copy artifact",
@@ -150,7 +165,9 @@ class TargetDeployment:
                 kms_key_arn=key_arn,
                 log=log.warning,
             )
-            log.info("%s s3://%s/%s (SSE-KMS %s)", "copied" if copied else "already present:", target.artifact_bucket, key, key_arn)
+            log.info(
+                "%s s3://%s/%s (SSE-KMS %s)", "copied" if copied else "already present:", target.artifact_bucket, key, key_arn
+            )
         state["artifact_uri"] = naming.s3_uri(target.artifact_bucket, artifact.code_key)
         state["kms_key_arn"] = key_arn
         digest = self.digest()
@@ -177,7 +194,9 @@ class TargetDeployment:
         return state
 
     def poll(self) -> stacks.StackPoll:
-        return self.retry.call("poll stack", stacks.poll_stack, self.client("cloudformation"), self.target.stack_name, log=log.warning)
+        return self.retry.call(
+            "poll stack", stacks.poll_stack, self.client("cloudformation"), self.target.stack_name, log=log.warning
+        )
 
     def finish(self, state: dict[str, Any], *, stack_status: str) -> TenantResult:
         """After the stack settled: explain a failure from its events, or verify the function's version."""
@@ -185,9 +204,12 @@ class TargetDeployment:
         if stack_status not in stacks.SUCCESS_STATES:
             stacks.raise_for_failed_stack(cloudformation, self.target.stack_name, stack_status)
         reported = self.retry.call("verify", self.verify, log=log.warning)
+        # UNCHANGED means this run found the stack exactly as the release wants it, not merely that the
+        # last attempt had nothing left to do.
+        unchanged = state.get("digest_before") == self.digest()
         return self.result(
             state,
-            status=Outcome.UNCHANGED if state.get("unchanged") else Outcome.SUCCEEDED,
+            status=Outcome.UNCHANGED if unchanged else Outcome.SUCCEEDED,
             stack_status=stack_status,
             version_after=reported,
         )
@@ -212,7 +234,9 @@ class TargetDeployment:
         response = self.client("lambda").invoke(FunctionName=self.target.function_name, Payload=b"{}")
         if response.get("FunctionError") or response.get("StatusCode") != 200:
             payload = response["Payload"].read()[:500]
-            raise VerificationError(f"smoke test of {self.target.function_name} failed: {response.get('FunctionError')} {payload!r}")
+            raise VerificationError(
+                f"smoke test of {self.target.function_name} failed: {response.get('FunctionError')} {payload!r}"
+            )
 
     def result(self, state: dict[str, Any], *, status: Outcome, **fields: Any) -> TenantResult:
         return TenantResult(
@@ -226,6 +250,7 @@ class TargetDeployment:
             started_at=state.get("started_at") or utc_now(),
             finished_at=utc_now(),
             version_before=state.get("version_before"),
+            digest_before=state.get("digest_before"),
             artifact_uri=state.get("artifact_uri"),
             sha256=self.run.artifact.sha256,
             **fields,
@@ -235,19 +260,46 @@ class TargetDeployment:
         stack_status = exc.stack_status if isinstance(exc, StackFailedError) else None
         return self.result(state, status=Outcome.FAILED, reason=failure_reason(exc), stack_status=stack_status)
 
+    def earlier_attempt(self) -> TenantResult | None:
+        """This tenant's history item if an earlier attempt of this same run wrote it."""
+        if not self.record_history:
+            return None
+        dynamodb = self.sessions.tooling_client("dynamodb", self.run.tooling.region)
+        found = self.retry.call(
+            "read history",
+            ledger.get,
+            dynamodb,
+            self.run.tooling.history_table,
+            tenant=self.target.name,
+            release=self.run.release.tag,
+            log=log.warning,
+        )
+        return found if found is not None and found.run_id == self.run.run_id else None
+
+    def record(self, result: TenantResult) -> None:
+        if self.record_history:
+            record_result(self.sessions, self.run.tooling, result)
+
     def run_to_completion(self, *, poll_interval: float = 5.0, timeout: float = 3600.0, sleep: Any = None) -> TenantResult:
-        """The whole deploy in one call, waiting in this thread (CLI, tests and dev deploy)."""
+        """The whole deploy in one call, waiting in this thread (CLI and tests); records the outcome."""
         import time
 
         pause = sleep or time.sleep
-        state = self.begin()
-        waited = 0.0
-        while not (polled := self.poll()).settled:
-            if waited >= timeout:
-                raise PermanentAwsError(f"stack {self.target.stack_name} still {polled.status} after {timeout:.0f}s")
-            pause(poll_interval)
-            waited += poll_interval
-        return self.finish(state, stack_status=polled.status)
+        state: dict[str, Any] = {"started_at": utc_now()}
+        try:
+            state = self.begin(started_at=state["started_at"])
+            waited = 0.0
+            while not (polled := self.poll()).settled:
+                if waited >= timeout:
+                    raise PermanentAwsError(f"stack {self.target.stack_name} still {polled.status} after {timeout:.0f}s")
+                pause(poll_interval)
+                waited += poll_interval
+            result = self.finish(state, stack_status=polled.status)
+        except Exception as exc:
+            self.record(self.failure(state, exc))
+            raise
+        self.record(result)
+        return result
 
 
 def failure_reason(exc: BaseException) -> str:

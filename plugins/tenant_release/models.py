@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,26 +23,31 @@ def _account_id(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(
             f"account_id {value} was read as a number; YAML drops leading zeros and reads "
-            f"some digit strings as octal. Quote it: account_id: \"{value:012d}\""
+            f'some digit strings as octal. Quote it: account_id: "{value:012d}"'
         )
     if not isinstance(value, str) or not ACCOUNT_ID_PATTERN.match(value):
         raise ValueError(f"account_id {value!r} must be a quoted string of exactly 12 digits")
     return value
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     UNCHANGED = "UNCHANGED"
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
+    # Written when a deploy starts: a run that ends with a tenant still IN_PROGRESS lost that tenant's worker.
+    IN_PROGRESS = "IN_PROGRESS"
 
 
-class ApprovalPolicy(str, Enum):
+FINAL_OUTCOMES = (Outcome.SUCCEEDED, Outcome.UNCHANGED, Outcome.FAILED, Outcome.SKIPPED)
+
+
+class ApprovalPolicy(StrEnum):
     NONE = "none"
     REQUIRED = "required"
 
 
-class OutsideWindowPolicy(str, Enum):
+class OutsideWindowPolicy(StrEnum):
     WAIT = "wait"
     SKIP = "skip"
 
@@ -277,6 +282,7 @@ class TenantResult(BaseModel):
     finished_at: str
     version_before: str | None = None
     version_after: str | None = None
+    digest_before: str | None = None
     artifact_uri: str | None = None
     sha256: str | None = None
     stack_status: str | None = None

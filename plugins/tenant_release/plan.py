@@ -44,8 +44,7 @@ def plan_release(loaded: LoadedFleet, release: Release, *, only_tenants: Iterabl
         unknown = [name for name in wanted if name not in all_names]
         if unknown:
             raise TargetSelectionError(
-                f"unknown tenant(s) {', '.join(repr(n) for n in unknown)}; "
-                f"tenants: {', '.join(sorted(all_names))}"
+                f"unknown tenant(s) {', '.join(repr(n) for n in unknown)}; tenants: {', '.join(sorted(all_names))}"
             )
         outside = [name for name in wanted if name not in {t.name for t in in_group}]
         if outside:

@@ -22,7 +22,7 @@ def render_table(results: Iterable[TenantResult], *, reason_width: int = 120) ->
         if len(reason) > reason_width:
             reason = reason[: reason_width - 1] + "…"
         rows.append((r.tenant, r.account_id, r.region, _version_change(r), r.status.value, reason))
-    widths = [max(len(str(c)) for c in column) for column in zip(_COLUMNS, *rows)] if rows else [len(c) for c in _COLUMNS]
+    widths = [max(len(str(c)) for c in column) for column in zip(_COLUMNS, *rows, strict=True)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*(c.upper() for c in _COLUMNS)), line.format(*("-" * w for w in widths))]
     out.extend(line.format(*row) for row in rows)

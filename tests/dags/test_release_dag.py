@@ -7,12 +7,12 @@ from pathlib import Path
 
 import boto3
 import pytest
-
-from tests.faults import Faults
 from tenant_release.airflow import runtime
 from tenant_release.aws import ledger
 from tenant_release.aws.session import AwsSessions
 from tenant_release.aws.stacks import describe_stack, stack_tag
+
+from tests.faults import Faults
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 HISTORY = "tenant-release-history"

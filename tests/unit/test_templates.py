@@ -3,7 +3,8 @@
 Most checks read the templates themselves: moto 5.2.5 does not enforce IAM, key or bucket policies and
 drops several properties when it creates stacks (bucket policies, public access block, ownership
 controls, versioning, bucket keys, point-in-time recovery), so those can only be asserted statically.
-The moto tests show that each template creates cleanly and that the resources moto does model exist.
+The moto tests (through the shared `moto` fixture: `mock_aws` with fake credentials and scripts/moto_compat)
+show that each template creates cleanly and that the resources moto does model exist.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from tenant_release import classify
 from tenant_release.airflow import runtime
 from tenant_release.airflow.triggers import StackSettledTrigger
-from tenant_release.deploy import ReleaseRun, TargetDeployment, failure_reason, record_result, utc_now
+from tenant_release.deploy import ReleaseRun, TargetDeployment, failure_reason, utc_now
 from tenant_release.errors import PermanentAwsError, TenantReleaseError
 from tenant_release.models import Artifact, TenantResult
 from tenant_release.tags import parse_release_tag
@@ -37,7 +37,7 @@ class TenantDeployOperator(BaseOperator):
         release_tag: str,
         artifact: dict[str, Any],
         config_path: str | None = None,
-        poll_interval: float = 10.0,
+        poll_interval: float | None = None,
         stack_timeout: timedelta = timedelta(hours=2),
         record_history: bool = True,
         smoke_test: bool = False,
@@ -62,7 +62,7 @@ class TenantDeployOperator(BaseOperator):
             artifact=Artifact.model_validate(self.artifact),
             tooling=loaded.fleet.tooling,
         )
-        return TargetDeployment(sessions=runtime.aws_sessions(), run=run, target=target)
+        return TargetDeployment(sessions=runtime.aws_sessions(), run=run, target=target, record_history=self.record_history)
 
     def execute(self, context: Context) -> dict[str, Any]:
         state: dict[str, Any] = {"started_at": utc_now()}
@@ -80,8 +80,11 @@ class TenantDeployOperator(BaseOperator):
         if state["unchanged"]:
             status = self._guarded(context, state, lambda: deployment.poll().status, deployment)
             return self._finish(context, deployment, state, status)
-        deadline = datetime.now(timezone.utc) + self.stack_timeout
-        self.log.info("change set %s executing; waiting for %s in the triggerer", state["change_set"], deployment.target.stack_name)
+        deadline = datetime.now(UTC) + self.stack_timeout
+        poll_interval = self.poll_interval if self.poll_interval is not None else stack_poll_seconds()
+        self.log.info(
+            "change set %s executing; waiting for %s in the triggerer", state["change_set"], deployment.target.stack_name
+        )
         self.defer(
             trigger=StackSettledTrigger(
                 tenant=self.tenant,
@@ -89,7 +92,7 @@ class TenantDeployOperator(BaseOperator):
                 config_path=self.config_path,
                 release_tag=self.release_tag,
                 run_id=context["run_id"],
-                poll_interval=self.poll_interval,
+                poll_interval=poll_interval,
                 deadline=deadline.isoformat(),
                 state=state,
             ),
@@ -102,7 +105,12 @@ class TenantDeployOperator(BaseOperator):
         deployment = self._guarded(context, state, lambda: self._deployment(context))
         if "error" in event:
             error = event["error"]
-            self._guarded(context, state, lambda: _raise(PermanentAwsError(error) if event.get("timeout") else AirflowException(error)), deployment)
+            self._guarded(
+                context,
+                state,
+                lambda: _raise(PermanentAwsError(error) if event.get("timeout") else AirflowException(error)),
+                deployment,
+            )
         return self._finish(context, deployment, state, event["stack_status"])
 
     def _finish(self, context: Context, deployment: TargetDeployment, state: dict[str, Any], status: str) -> dict[str, Any]:
@@ -112,8 +120,7 @@ class TenantDeployOperator(BaseOperator):
         self.log.info(
             "%s: %s (%s -> %s, stack %s)", result.tenant, result.status.value, result.version_before, result.version_after, status
         )
-        if self.record_history:
-            record_result(deployment.sessions, deployment.run.tooling, result)
+        deployment.record(result)
         return result.to_xcom()
 
     def _guarded(self, context: Context, state: dict[str, Any], step: Any, deployment: TargetDeployment | None = None) -> Any:
@@ -125,9 +132,9 @@ class TenantDeployOperator(BaseOperator):
             for line in getattr(exc, "events", []) or []:
                 self.log.error("stack event: %s", line)
             self.log.error("%s FAILED: %s", self.tenant, reason)
-            if deployment is not None and self.record_history:
+            if deployment is not None:
                 try:
-                    record_result(deployment.sessions, deployment.run.tooling, deployment.failure(state, exc))
+                    deployment.record(deployment.failure(state, exc))
                 except Exception as history_exc:  # the deploy's own error is the one to report
                     self.log.warning("could not record the failure in the history table: %s", failure_reason(history_exc))
             if isinstance(exc, (TenantReleaseError, AirflowFailException)) and not classify.is_retriable(exc):
@@ -135,6 +142,13 @@ class TenantDeployOperator(BaseOperator):
             if classify.error_code(exc) and not classify.is_retriable(exc):
                 raise AirflowFailException(reason) from None
             raise
+
+
+def stack_poll_seconds() -> float:
+    """`[tenant_release] stack_poll_seconds` (env AIRFLOW__TENANT_RELEASE__STACK_POLL_SECONDS), default 10."""
+    from airflow.configuration import conf
+
+    return conf.getfloat("tenant_release", "stack_poll_seconds", fallback=10.0)
 
 
 def _raise(exc: Exception) -> None:

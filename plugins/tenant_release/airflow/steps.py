@@ -59,7 +59,9 @@ def build(plan_: dict[str, Any]) -> dict[str, Any]:
     return artifact.model_dump(mode="json")
 
 
-def summarize(plan_: dict[str, Any], artifact: dict[str, Any] | None, dev_result: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
+def summarize(
+    plan_: dict[str, Any], artifact: dict[str, Any] | None, dev_result: dict[str, Any] | None, run_id: str
+) -> dict[str, Any]:
     """Collect every planned tenant's outcome from the history, fill in those that never reported, print the table."""
     loaded = load_fleet(plan_["config_path"])
     tooling = loaded.fleet.tooling
@@ -68,8 +70,8 @@ def summarize(plan_: dict[str, Any], artifact: dict[str, Any] | None, dev_result
     results: list[TenantResult] = []
     for name in plan_["tenants"]:
         result = recorded.get(name)
-        if result is None or result.run_id != run_id:
-            result = _unreported(loaded.target(name), plan_, artifact, dev_result, run_id)
+        if result is None or result.run_id != run_id or result.status == Outcome.IN_PROGRESS:
+            result = _unreported(loaded.target(name), plan_, artifact, dev_result, run_id, previous=result)
             ledger.record(dynamodb, tooling.history_table, result)
         results.append(result)
     counts = report.count_by_status(results)
@@ -88,7 +90,15 @@ def summarize(plan_: dict[str, Any], artifact: dict[str, Any] | None, dev_result
     return {"counts": counts, "tenants": {r.tenant: r.status.value for r in results}}
 
 
-def _unreported(target: Any, plan_: dict[str, Any], artifact: dict[str, Any] | None, dev_result: dict[str, Any] | None, run_id: str) -> TenantResult:
+def _unreported(
+    target: Any,
+    plan_: dict[str, Any],
+    artifact: dict[str, Any] | None,
+    dev_result: dict[str, Any] | None,
+    run_id: str,
+    *,
+    previous: TenantResult | None,
+) -> TenantResult:
     now = utc_now()
     if artifact is None:
         status, reason = Outcome.SKIPPED, "not started: the build failed (see the build task's log)"
@@ -96,6 +106,8 @@ def _unreported(target: Any, plan_: dict[str, Any], artifact: dict[str, Any] | N
         status, reason = Outcome.SKIPPED, "not started: the dev deploy or its smoke test failed (see the deploy_dev log)"
     else:
         status, reason = Outcome.FAILED, "the tenant's task ended without reporting a result (worker lost?); see its log"
+    if previous is not None and previous.run_id == run_id:  # started, then lost: keep what it knew
+        return previous.model_copy(update={"status": status, "reason": reason, "finished_at": now})
     return TenantResult(
         tenant=target.name,
         account_id=target.account_id,

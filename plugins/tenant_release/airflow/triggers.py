@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -81,6 +81,10 @@ class StackSettledTrigger(BaseTrigger):
 
         deadline = datetime.fromisoformat(self.deadline)
         while True:
+            # Wait first: a change set never settles at once on real AWS, and an event fired within
+            # milliseconds of deferring races the scheduler's handling of the deferral (seen on
+            # LocalExecutor: the resumed task was failed as "state changed externally").
+            await asyncio.sleep(self.poll_interval)
             try:
                 polled = await asyncio.to_thread(poll_stack, cloudformation, target.stack_name)
             except Exception as exc:
@@ -93,7 +97,12 @@ class StackSettledTrigger(BaseTrigger):
                     yield TriggerEvent({"stack_status": polled.status, "state": self.state})
                     return
                 self.log.info("%s: %s", target.stack_name, polled.status)
-            if datetime.now(timezone.utc) >= deadline:
-                yield TriggerEvent({"error": f"stack {target.stack_name} did not settle before {self.deadline}", "timeout": True, "state": self.state})
+            if datetime.now(UTC) >= deadline:
+                yield TriggerEvent(
+                    {
+                        "error": f"stack {target.stack_name} did not settle before {self.deadline}",
+                        "timeout": True,
+                        "state": self.state,
+                    }
+                )
                 return
-            await asyncio.sleep(self.poll_interval)

@@ -176,8 +176,7 @@ def copy_into_tenant(
     copied = head_object(s3, bucket=target_bucket, key=target_key)
     if copied is None or not _matches(copied, sha256):
         raise ChecksumMismatchError(
-            f"the copy at s3://{target_bucket}/{target_key} does not hash to the built artifact {sha256}; "
-            "it was not deployed"
+            f"the copy at s3://{target_bucket}/{target_key} does not hash to the built artifact {sha256}; it was not deployed"
         )
     return True
 

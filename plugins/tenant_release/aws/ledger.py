@@ -29,9 +29,9 @@ def record(dynamodb: Any, table: str, result: TenantResult) -> None:
 
 
 def get(dynamodb: Any, table: str, *, tenant: str, release: str) -> TenantResult | None:
-    item = dynamodb.get_item(
-        TableName=table, Key={"tenant": {"S": tenant}, "release": {"S": release}}, ConsistentRead=True
-    ).get("Item")
+    item = dynamodb.get_item(TableName=table, Key={"tenant": {"S": tenant}, "release": {"S": release}}, ConsistentRead=True).get(
+        "Item"
+    )
     return _from_item(item) if item else None
 
 

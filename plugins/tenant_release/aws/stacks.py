@@ -133,7 +133,9 @@ def start_deploy(
             if classify.is_retriable(exc):
                 raise
             raise PermanentAwsError(f"creating change set for {stack_name} failed: {classify.describe(exc)}") from None
-        created = _wait_for_change_set(cloudformation, stack_name, change_set_name, poll=wait_poll, timeout=wait_timeout, sleep=sleep)
+        created = _wait_for_change_set(
+            cloudformation, stack_name, change_set_name, poll=wait_poll, timeout=wait_timeout, sleep=sleep
+        )
         if created.get("Status") == "FAILED":
             reason = created.get("StatusReason", "")
             if classify.is_no_changes(reason):
@@ -168,21 +170,26 @@ def failure_reasons(cloudformation: Any, stack_name: str, *, limit: int = 5) -> 
     current: list[dict[str, Any]] = []
     for event in events:  # newest first; stop at the start of the latest operation
         current.append(event)
-        if event.get("ResourceType") == "AWS::CloudFormation::Stack" and event.get("ResourceStatus") in {
-            "CREATE_IN_PROGRESS",
-            "UPDATE_IN_PROGRESS",
-        } and event.get("ResourceStatusReason") in {"User Initiated", None}:
+        if (
+            event.get("ResourceType") == "AWS::CloudFormation::Stack"
+            and event.get("ResourceStatus")
+            in {
+                "CREATE_IN_PROGRESS",
+                "UPDATE_IN_PROGRESS",
+            }
+            and event.get("ResourceStatusReason") in {"User Initiated", None}
+        ):
             break
     failed = [
         e
         for e in reversed(current)
         if str(e.get("ResourceStatus", "")).endswith("_FAILED") and e.get("ResourceType") != "AWS::CloudFormation::Stack"
     ]
-    reasons = [
-        f"{e.get('LogicalResourceId')} ({e.get('ResourceType')}) {e.get('ResourceStatus')}: {e.get('ResourceStatusReason', 'no reason given')}"
+    return [
+        f"{e.get('LogicalResourceId')} ({e.get('ResourceType')}) {e.get('ResourceStatus')}: "
+        f"{e.get('ResourceStatusReason', 'no reason given')}"
         for e in failed[:limit]
     ]
-    return reasons
 
 
 def raise_for_failed_stack(cloudformation: Any, stack_name: str, status: str) -> None:
