@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
-from tenant_release.airflow import steps
-from tenant_release.airflow.operators import TenantDeployOperator
+from tenant_release.airflow import runtime, steps
+from tenant_release.airflow.operators import ReleaseGateOperator, TenantDeployOperator
 from tenant_release.tags import TAG_JSON_SCHEMA_PATTERN
 
 DEFAULT_ARGS = {
@@ -44,12 +44,19 @@ DEFAULT_ARGS = {
             title="Only these tenants",
             description="Optional: narrow the run to these tenants of the tag's group.",
         ),
+        "override_freeze": Param(
+            "",
+            type="string",
+            maxLength=500,
+            title="Override a change freeze (reason)",
+            description="Empty: a run inside a freeze period is refused. A reason here ships anyway and is recorded.",
+        ),
     },
 )
 def tenant_release() -> None:
     @task(retries=0)
     def plan() -> dict:
-        return steps.plan(get_current_context()["params"])
+        return steps.plan(get_current_context()["params"], now=runtime.utcnow())
 
     @task
     def build(plan_: dict) -> dict:
@@ -67,6 +74,7 @@ def tenant_release() -> None:
             plan_,
             ti.xcom_pull(task_ids="build", default=None),
             ti.xcom_pull(task_ids="deploy_dev", default=None),
+            ti.xcom_pull(task_ids="approve_release", default=None),
             context["run_id"],
         )
 
@@ -82,6 +90,7 @@ def tenant_release() -> None:
         record_history=False,
         smoke_test=True,
     )
+    gate = ReleaseGateOperator(task_id="approve_release")
     deploy = TenantDeployOperator.partial(
         task_id="deploy",
         release_tag="{{ ti.xcom_pull(task_ids='plan')['release_tag'] }}",
@@ -89,7 +98,7 @@ def tenant_release() -> None:
         artifact=artifact,
         map_index_template="{{ task.tenant }}",
     ).expand_kwargs(tenant_targets(planned))
-    deploy_dev >> deploy >> summary(planned)
+    deploy_dev >> gate >> deploy >> summary(planned)
 
 
 tenant_release()

@@ -24,6 +24,8 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 # moto settles stacks at once; the triggers need not wait between polls.
 os.environ.setdefault("AIRFLOW__TENANT_RELEASE__STACK_POLL_SECONDS", "0")
+os.environ.setdefault("AIRFLOW__TENANT_RELEASE__APPROVAL_POLL_SECONDS", "0")
+os.environ.setdefault("AIRFLOW__TENANT_RELEASE__WINDOW_POLL_SECONDS", "0")
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import moto_compat  # noqa: E402  (lives in scripts/: the local moto server applies the same fixes)

@@ -19,6 +19,41 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = _PROJECT_ROOT / "config" / "tenants.yaml"
 
 
+class _WrittenInt(int):
+    """An unquoted YAML integer that remembers how it was written (`044444444444` is octal to YAML)."""
+
+    yaml_text: str
+
+
+class _UnquotedDigits(str):
+    """Unquoted digits YAML 1.1 keeps as text (`012345678901`) but YAML 1.2 tools read as a number."""
+
+    yaml_text: str
+
+
+class _FleetLoader(yaml.SafeLoader):
+    """SafeLoader that marks unquoted numbers, so an unquoted account id is reported as the user wrote it."""
+
+
+def _construct_int(loader: _FleetLoader, node: yaml.ScalarNode) -> int:
+    value = _WrittenInt(loader.construct_yaml_int(node))
+    value.yaml_text = node.value
+    return value
+
+
+def _construct_str(loader: _FleetLoader, node: yaml.ScalarNode) -> str:
+    text = loader.construct_yaml_str(node)
+    if node.style is None and text.isascii() and text.isdigit():
+        marked = _UnquotedDigits(text)
+        marked.yaml_text = text
+        return marked
+    return text
+
+
+_FleetLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_FleetLoader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+
+
 def config_path() -> Path:
     """The fleet file: `$TENANT_RELEASE_CONFIG`, else `config/tenants.yaml` of this project."""
     override = os.environ.get(CONFIG_ENV_VAR)
@@ -65,7 +100,7 @@ def load_fleet(path: Path | str | None = None) -> LoadedFleet:
 def parse_fleet(text: str, *, source: Path | None = None) -> LoadedFleet:
     where = str(source) if source else "fleet file"
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_FleetLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -239,6 +239,8 @@ class TargetDeployment:
             )
 
     def result(self, state: dict[str, Any], *, status: Outcome, **fields: Any) -> TenantResult:
+        fields.setdefault("note", "; ".join(state.get("notes") or []) or None)
+        fields.setdefault("approved_by", state.get("approved_by"))
         return TenantResult(
             tenant=self.target.name,
             account_id=self.target.account_id,

@@ -20,13 +20,21 @@ class _Strict(BaseModel):
 
 
 def _account_id(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
+    written = getattr(value, "yaml_text", None)  # the fleet loader marks unquoted numbers with their text
+    if written is not None or (isinstance(value, int) and not isinstance(value, bool)):
+        shown = written or str(value)
         raise ValueError(
-            f"account_id {value} was read as a number; YAML drops leading zeros and reads "
-            f'some digit strings as octal. Quote it: account_id: "{value:012d}"'
+            f"account_id {shown} is not quoted, so YAML reads it as a number (dropping leading zeros, or as "
+            f'octal) and it may name another account. Quote it: account_id: "{shown}"'
         )
     if not isinstance(value, str) or not ACCOUNT_ID_PATTERN.match(value):
         raise ValueError(f"account_id {value!r} must be a quoted string of exactly 12 digits")
+    return value
+
+
+def _region(value: str | None) -> str | None:
+    if value is not None and not REGION_PATTERN.match(value):
+        raise ValueError(f"region {value!r} is not an AWS region name such as eu-central-1")
     return value
 
 
@@ -65,6 +73,7 @@ class ToolingAccount(_Strict):
     release_prefix: str = "releases"
 
     _check_account = field_validator("account_id", mode="before")(_account_id)
+    _check_region = field_validator("region")(_region)
 
 
 class TargetDefaults(_Strict):
@@ -80,6 +89,8 @@ class TargetDefaults(_Strict):
     parameters: dict[str, str] = Field(default_factory=dict)
     approval: ApprovalPolicy = ApprovalPolicy.NONE
     outside_window: OutsideWindowPolicy = OutsideWindowPolicy.WAIT
+
+    _check_region = field_validator("region")(_region)
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -199,6 +210,7 @@ class Fleet(_Strict):
     defaults: TargetDefaults = TargetDefaults()
     default_group: str
     gated_groups: tuple[str, ...] = ()
+    approval_timeout_hours: float = Field(default=72.0, gt=0, le=24 * 30)
     schedule: ReleaseSchedule = ReleaseSchedule()
     tenants: tuple[TargetSpec, ...]
 

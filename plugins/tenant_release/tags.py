@@ -7,7 +7,8 @@ import re
 from tenant_release.errors import ReleaseTagError
 from tenant_release.models import Release
 
-_VERSION = r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-rc\.(?:0|[1-9]\d*))?"
+# [0-9], not \d: Python's \d also matches non-ASCII digits, which the browser's form check rejects.
+_VERSION = r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?:-rc\.(?:0|[1-9][0-9]*))?"
 _GROUP = r"[a-z][a-z0-9-]{0,38}[a-z0-9]"
 _PLAIN = re.compile(rf"^v(?P<version>{_VERSION})$")
 _GROUPED = re.compile(rf"^v-(?P<version>{_VERSION})-(?P<group>{_GROUP})$")

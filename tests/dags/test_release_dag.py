@@ -35,6 +35,20 @@ def faults() -> Iterator[Faults]:
     runtime.use_session_factory(previous)
 
 
+def approve(release: str, tenant: str = "*", *, approved: bool = True, by: str = "release-manager") -> None:
+    """Answer an approval the way an external system does: a record in the tooling account's approvals table."""
+    from tenant_release.aws.approvals import put_decision
+
+    put_decision(
+        boto3.client("dynamodb", region_name="us-east-1"),
+        "tenant-release-approvals",
+        tenant=tenant,
+        release=release,
+        approved=approved,
+        decided_by=by,
+    )
+
+
 def tenant_client(service: str, account: str, region: str):
     creds = boto3.client("sts", region_name="us-east-1").assume_role(
         RoleArn=f"arn:aws:iam::{account}:role/inspector", RoleSessionName="test"
@@ -83,6 +97,7 @@ def test_release_deploys_its_group_and_isolates_a_tenant_whose_role_cannot_be_as
         when=lambda kwargs: kwargs["RoleArn"].startswith("arn:aws:iam::222222222222:"),
     )
 
+    approve("v1.4.0")  # prod is gated
     run = release_dag.test(run_conf={"release_tag": "v1.4.0"})
 
     assert str(run.state) == "failed"  # a failed tenant fails the run, so the UI shows it
@@ -112,6 +127,7 @@ def test_release_deploys_its_group_and_isolates_a_tenant_whose_role_cannot_be_as
     assert acme.artifact_uri.startswith("s3://tenant-release-111111111111-eu-central-1/releases/1.4.0/")
     assert acme.version_before is None and acme.version_after == "1.4.0"
     assert len(acme.sha256) == 64
+    assert acme.gated and acme.approved_by == "release-manager (dynamodb, release gate)"
 
 
 def test_group_tag_and_second_release_only_touch_their_tenants(bootstrapped, release_dag, faults):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tenant_release.aws.session import AwsSessions
@@ -13,6 +14,25 @@ from tenant_release.errors import FleetConfigError
 from tenant_release.models import Target
 
 _session_factory: Callable[[], AwsSessions] = AwsSessions
+_clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
+
+
+def utcnow() -> datetime:
+    """The time maintenance windows are judged by (a test can move it)."""
+    return _clock()
+
+
+def use_clock(clock: Callable[[], datetime]) -> Callable[[], datetime]:
+    global _clock
+    previous, _clock = _clock, clock
+    return previous
+
+
+def setting(name: str, fallback: float) -> float:
+    """`[tenant_release] <name>` from Airflow's configuration (env AIRFLOW__TENANT_RELEASE__<NAME>)."""
+    from airflow.configuration import conf
+
+    return conf.getfloat("tenant_release", name, fallback=fallback)
 
 
 def aws_sessions() -> AwsSessions:

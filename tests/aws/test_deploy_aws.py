@@ -1,0 +1,566 @@
+"""The AWS layer against moto: build once, then per tenant assume → copy → change set → verify, and the history.
+
+No Airflow. One moto world per module (bootstrap and the two builds cost seconds); every test starts from
+bootstrapped accounts with no application stack, no tenant copy and an empty history. moto cannot throttle,
+deny, roll back or corrupt a copy, so `tests.faults` injects those around the real moto clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+import moto_compat
+from tenant_release import naming
+from tenant_release.aws import ledger
+from tenant_release.aws.bootstrap import bootstrap_fleet
+from tenant_release.aws.session import AwsSessions
+from tenant_release.aws.stacks import describe_stack, stack_tag
+from tenant_release.classify import RetryPolicy
+from tenant_release.config import LoadedFleet, load_fleet
+from tenant_release.deploy import ReleaseRun, TargetDeployment, build_release
+from tenant_release.errors import (
+    ChecksumMismatchError,
+    PermanentAwsError,
+    RecoverableAwsError,
+    StackFailedError,
+)
+from tenant_release.models import Artifact, Outcome, TenantResult
+from tenant_release.tags import parse_release_tag
+from tests.faults import Faults
+
+FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet.yaml"
+TOOLING = "123456789012"
+ACME, GLOBEX, INITECH, UMBRELLA = "111111111111", "222222222222", "333333333333", "044444444444"
+TOOLING_KEY_ALIAS = "alias/tenant-release-artifacts"
+TENANT_KEY_ALIAS = "alias/tenant-release-tenant"
+HISTORY = "tenant-release-history"
+
+
+@dataclass
+class World:
+    loaded: LoadedFleet
+    artifacts: dict[str, Artifact]
+    _clients: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+
+    def inspect(self, service: str, account: str, region: str) -> Any:
+        """A plain client acting in `account`, outside the code under test (moto lets any role be assumed)."""
+        key = (service, account, region)
+        if key not in self._clients:
+            if account == TOOLING:
+                self._clients[key] = boto3.client(service, region_name=region)
+            else:
+                creds = boto3.client("sts", region_name="us-east-1").assume_role(
+                    RoleArn=f"arn:aws:iam::{account}:role/inspector", RoleSessionName="inspector"
+                )["Credentials"]
+                self._clients[key] = boto3.client(
+                    service,
+                    region_name=region,
+                    aws_access_key_id=creds["AccessKeyId"],
+                    aws_secret_access_key=creds["SecretAccessKey"],
+                    aws_session_token=creds["SessionToken"],
+                )
+        return self._clients[key]
+
+    def deployment(
+        self,
+        sessions: AwsSessions,
+        tenant: str,
+        *,
+        version: str = "1.4.0",
+        run_id: str = "run-1",
+        retry: RetryPolicy | None = None,
+    ) -> TargetDeployment:
+        run = ReleaseRun(
+            release=parse_release_tag(f"v{version}"),
+            run_id=run_id,
+            artifact=self.artifacts[version],
+            tooling=self.loaded.fleet.tooling,
+        )
+        return TargetDeployment(
+            sessions=sessions,
+            run=run,
+            target=self.loaded.target(tenant),
+            retry=retry or RetryPolicy(sleep=_no_sleep),
+        )
+
+    def stack(self, account: str, region: str, name: str) -> dict[str, Any] | None:
+        return describe_stack(self.inspect("cloudformation", account, region), name)
+
+    def function_config(self, tenant: str) -> dict[str, Any]:
+        target = self.loaded.target(tenant)
+        client = self.inspect("lambda", target.account_id, target.region)
+        return client.get_function_configuration(FunctionName=target.function_name)
+
+    def key_arn(self, account: str, region: str, alias: str) -> str:
+        return self.inspect("kms", account, region).describe_key(KeyId=alias)["KeyMetadata"]["Arn"]
+
+    def history(self) -> Any:
+        return self.inspect("dynamodb", TOOLING, self.loaded.fleet.tooling.region)
+
+
+def _no_sleep(_: float) -> None:
+    return None
+
+
+def deploy(deployment: TargetDeployment) -> TenantResult:
+    return deployment.run_to_completion(sleep=_no_sleep)
+
+
+def count(faults: Faults, account: str, operation: str) -> int:
+    return sum(1 for _, acct, name in faults.calls if (acct, name) == (account, operation))
+
+
+def with_status(status: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    def rewrite(response: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**response, "Stacks": [{**stack, "StackStatus": status} for stack in response["Stacks"]]}
+
+    return rewrite
+
+
+def recorder(into: list[dict[str, Any]]) -> Callable[[dict[str, Any]], bool]:
+    """A `when=` that never injects anything, only remembers each call's arguments."""
+
+    def when(kwargs: dict[str, Any]) -> bool:
+        into.append(kwargs)
+        return False
+
+    return when
+
+
+def _delete_change_sets_with_their_stack(env: pytest.MonkeyPatch) -> None:
+    """moto 5.2.5 keeps a deleted stack's change sets and finds them by name alone, so a stack created again
+    under the same name "finds" the old, executed change set of our deterministic name and creates nothing.
+    AWS deletes a stack's change sets with the stack; so does this patch (scripts/moto_compat.py is the
+    place for it once the owners agree)."""
+    from moto.cloudformation.models import CloudFormationBackend
+
+    original = CloudFormationBackend.delete_stack
+
+    def delete_stack(self: Any, name_or_stack_id: str) -> None:
+        doomed = {s.stack_id for s in self.stacks.values() if name_or_stack_id in (s.stack_id, s.name)}
+        original(self, name_or_stack_id)
+        for change_set_id in [key for key, cs in self.change_sets.items() if cs.stack_id in doomed]:
+            del self.change_sets[change_set_id]
+
+    env.setattr(CloudFormationBackend, "delete_stack", delete_stack)
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "MOTO_ACCOUNT_ID"):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        moto_compat.apply()
+        _delete_change_sets_with_their_stack(env)
+        with mock_aws(config={"lambda": {"use_docker": False}}):
+            loaded = load_fleet(FLEET)
+            bootstrap_fleet(AwsSessions(), loaded, sleep=_no_sleep)
+            sessions = AwsSessions()
+            artifacts = {
+                version: build_release(sessions, loaded.fleet.tooling, parse_release_tag(f"v{version}"), loaded.tenants())
+                for version in ("1.4.0", "1.5.0")
+            }
+            yield World(loaded=loaded, artifacts=artifacts)
+
+
+@pytest.fixture(autouse=True)
+def clean_slate(world: World) -> Iterator[None]:
+    """Remove what a test deployed: application stacks, tenant copies, history items."""
+    yield
+    for target in [world.loaded.target("dev"), *world.loaded.tenants()]:
+        cloudformation = world.inspect("cloudformation", target.account_id, target.region)
+        if describe_stack(cloudformation, target.stack_name) is not None:
+            cloudformation.delete_stack(StackName=target.stack_name)
+        s3 = world.inspect("s3", target.account_id, target.region)
+        listed = s3.list_object_versions(Bucket=target.artifact_bucket, Prefix="releases/")
+        doomed = [
+            {"Key": item["Key"], "VersionId": item["VersionId"]}
+            for item in [*listed.get("Versions", []), *listed.get("DeleteMarkers", [])]
+        ]
+        if doomed:
+            s3.delete_objects(Bucket=target.artifact_bucket, Delete={"Objects": doomed})
+    dynamodb = world.history()
+    for item in dynamodb.scan(TableName=HISTORY)["Items"]:
+        dynamodb.delete_item(TableName=HISTORY, Key={"tenant": item["tenant"], "release": item["release"]})
+
+
+@pytest.fixture
+def faults() -> Faults:
+    return Faults()
+
+
+@pytest.fixture
+def sessions(faults: Faults) -> AwsSessions:
+    return AwsSessions(client_hook=faults.hook)
+
+
+# --- build ---------------------------------------------------------------------------------------------------
+
+
+def test_build_publishes_one_encrypted_artifact_per_version_and_reuses_it(world: World, sessions: AwsSessions) -> None:
+    tooling = world.loaded.fleet.tooling
+    artifact = world.artifacts["1.4.0"]
+    s3 = world.inspect("s3", TOOLING, tooling.region)
+    tooling_key = world.key_arn(TOOLING, tooling.region, TOOLING_KEY_ALIAS)
+
+    assert artifact.bucket == tooling.artifact_bucket
+    assert re.fullmatch(r"releases/1\.4\.0/[0-9a-f]{16}/app\.zip", artifact.code_key)
+    assert re.fullmatch(r"releases/1\.4\.0/[0-9a-f]{16}/template\.yaml", artifact.template_key)
+    for key, sha in ((artifact.code_key, artifact.sha256), (artifact.template_key, artifact.template_sha256)):
+        head = s3.head_object(Bucket=artifact.bucket, Key=key)
+        assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", tooling_key)
+        body = s3.get_object(Bucket=artifact.bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == sha == head["Metadata"]["sha256"]
+
+    def versions() -> int:
+        return len(s3.list_object_versions(Bucket=artifact.bucket, Prefix="releases/1.4.0/").get("Versions", []))
+
+    stored = versions()
+    again = build_release(sessions, tooling, parse_release_tag("v1.4.0"), world.loaded.tenants())
+
+    assert again.reused is True
+    assert (again.code_key, again.sha256) == (artifact.code_key, artifact.sha256)
+    assert versions() == stored == 2  # code and template, each written once
+    assert world.artifacts["1.5.0"].code_key.startswith("releases/1.5.0/")
+
+
+# --- per tenant deploy ---------------------------------------------------------------------------------------
+
+
+def test_each_tenant_gets_its_own_encrypted_copy_and_stack_in_its_own_account(world: World, sessions: AwsSessions) -> None:
+    tooling_key = world.key_arn(TOOLING, "us-east-1", TOOLING_KEY_ALIAS)
+    artifact = world.artifacts["1.4.0"]
+
+    results = {name: deploy(world.deployment(sessions, name)) for name in ("acme", "globex", "initech")}
+
+    for name, result in results.items():
+        target = world.loaded.target(name)
+        account, region = target.account_id, target.region
+        assert (result.status, result.version_before, result.version_after) == (Outcome.SUCCEEDED, None, "1.4.0")
+
+        bucket = f"tenant-release-{account}-{region}"
+        assert result.artifact_uri == f"s3://{bucket}/{artifact.code_key}"
+        copy = world.inspect("s3", account, region).head_object(Bucket=bucket, Key=artifact.code_key)
+        tenant_key = world.key_arn(account, region, TENANT_KEY_ALIAS)
+        assert copy["SSEKMSKeyId"] == tenant_key != tooling_key
+        assert f":{account}:" in tenant_key
+        assert copy["Metadata"]["sha256"] == artifact.sha256
+
+        stack = world.stack(account, region, f"tenant-app-{name}")
+        assert stack is not None and stack["StackStatus"] == "CREATE_COMPLETE"
+        assert stack_tag(stack, "ReleaseVersion") == "1.4.0"
+        assert stack["RoleARN"] == f"arn:aws:iam::{account}:role/tenant-release-cfn-execution"
+        assert world.function_config(name)["Environment"]["Variables"]["RELEASE_VERSION"] == "1.4.0"
+
+    # Nowhere else: not in the tooling account, not in another tenant's account sharing the region.
+    for account, region in ((TOOLING, "eu-central-1"), (TOOLING, "us-east-1"), (GLOBEX, "eu-central-1")):
+        assert world.stack(account, region, "tenant-app-acme") is None
+    assert world.stack(UMBRELLA, "us-east-1", "tenant-app-globex") is None
+    assert world.stack(TOOLING, "us-east-1", "tenant-app-globex") is None
+
+    # Parameters: defaults merged with the tenant's own.
+    assert world.function_config("acme")["MemorySize"] == 256
+    assert world.function_config("globex")["MemorySize"] == 128
+    assert world.function_config("initech")["Environment"]["Variables"]["LOG_LEVEL"] == "DEBUG"
+
+
+def test_same_version_again_is_unchanged_and_a_new_version_updates(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    first = deploy(world.deployment(sessions, "globex", run_id="run-1"))
+    assert first.status == Outcome.SUCCEEDED
+    change_sets, copies = count(faults, GLOBEX, "create_change_set"), count(faults, GLOBEX, "copy_object")
+
+    again = deploy(world.deployment(sessions, "globex", run_id="run-2"))
+
+    assert (again.status, again.version_before, again.version_after) == (Outcome.UNCHANGED, "1.4.0", "1.4.0")
+    assert count(faults, GLOBEX, "create_change_set") == change_sets  # no change set for nothing to do
+    assert count(faults, GLOBEX, "copy_object") == copies  # the verified copy is reused
+
+    newer = deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-3"))
+
+    assert (newer.status, newer.version_before, newer.version_after) == (Outcome.SUCCEEDED, "1.4.0", "1.5.0")
+    assert stack_tag(world.stack(GLOBEX, "us-east-1", "tenant-app-globex"), "ReleaseVersion") == "1.5.0"
+    assert world.function_config("globex")["Environment"]["Variables"]["RELEASE_VERSION"] == "1.5.0"
+    recorded = ledger.get(world.history(), HISTORY, tenant="globex", release="v1.5.0")
+    assert recorded is not None and (recorded.status, recorded.run_id) == (Outcome.SUCCEEDED, "run-3")
+
+
+# --- faults --------------------------------------------------------------------------------------------------
+
+
+def test_throttled_copy_is_retried_with_backoff(world: World, sessions: AwsSessions, faults: Faults) -> None:
+    throttle = faults.add(
+        service="s3", operation="copy_object", account=ACME, code="ThrottlingException", message="Rate exceeded", times=2
+    )
+    sleeps: list[float] = []
+    retry = RetryPolicy(base_delay=1.0, sleep=sleeps.append, rng=random.Random(3))
+
+    result = deploy(world.deployment(sessions, "acme", retry=retry))
+
+    assert result.status == Outcome.SUCCEEDED
+    assert throttle.hits == 2
+    assert count(faults, ACME, "copy_object") == 4  # code: 2 throttled + 1, template: 1
+    assert len(sleeps) == 2 and 0 < sleeps[0] <= 1.0 and 0 < sleeps[1] <= 2.0
+
+
+def test_denied_assume_role_names_the_role_and_the_fix_and_spares_the_others(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    denied_role = "arn:aws:iam::222222222222:role/tenant-release-deploy"
+    deny = faults.add(
+        service="sts",
+        operation="assume_role",
+        account="tooling",
+        code="AccessDenied",
+        message=f"User: arn:aws:sts::{TOOLING}:assumed-role/tenant-release-orchestrator/x is not authorized to "
+        f"perform: sts:AssumeRole on resource: {denied_role}",
+        when=lambda kwargs: kwargs["RoleArn"] == denied_role,
+    )
+    sleeps: list[float] = []
+
+    with pytest.raises(PermanentAwsError) as caught:
+        deploy(world.deployment(sessions, "globex", retry=RetryPolicy(sleep=sleeps.append)))
+
+    message = str(caught.value)
+    assert f"cannot assume {denied_role} for tenant 'globex'" in message
+    assert "AccessDenied" in message and "Fix:" in message and "tenant-release bootstrap" in message
+    assert (deny.hits, sleeps) == (1, [])  # a denial is not retried
+    assert world.stack(GLOBEX, "us-east-1", "tenant-app-globex") is None
+    failed = ledger.get(world.history(), HISTORY, tenant="globex", release="v1.4.0")
+    assert failed is not None and failed.status == Outcome.FAILED and denied_role in failed.reason
+
+    for name in ("acme", "umbrella"):
+        assert deploy(world.deployment(sessions, name)).status == Outcome.SUCCEEDED
+    assert stack_tag(world.stack(UMBRELLA, "us-east-1", "tenant-app-umbrella"), "ReleaseVersion") == "1.4.0"
+
+
+def test_rolled_back_update_is_explained_by_the_resource_that_failed_first(world: World, faults: Faults) -> None:
+    events_added: list[int] = []
+    stack_name = "tenant-app-umbrella"
+
+    def failing_events(parsed: dict[str, Any], **_: Any) -> None:
+        # Newest first, as CloudFormation lists them: the Function failed, then the rollback cancelled the rest.
+        stack_arn = f"arn:aws:cloudformation:us-east-1:{UMBRELLA}:stack/{stack_name}/1"
+        common = {"StackId": stack_arn, "StackName": stack_name, "Timestamp": "2026-11-23T10:00:00Z"}
+        parsed["StackEvents"] = [
+            {**common, "EventId": "5", "LogicalResourceId": stack_name, "ResourceType": "AWS::CloudFormation::Stack",
+             "ResourceStatus": "UPDATE_ROLLBACK_COMPLETE"},
+            {**common, "EventId": "4", "LogicalResourceId": "LogGroup", "ResourceType": "AWS::Logs::LogGroup",
+             "ResourceStatus": "UPDATE_FAILED", "ResourceStatusReason": "Resource update cancelled"},
+            {**common, "EventId": "3", "LogicalResourceId": "Function", "ResourceType": "AWS::Lambda::Function",
+             "ResourceStatus": "UPDATE_FAILED",
+             "ResourceStatusReason": 'Resource handler returned message: "Memory size 3000 is not valid"'},
+            {**common, "EventId": "2", "LogicalResourceId": stack_name, "ResourceType": "AWS::CloudFormation::Stack",
+             "ResourceStatus": "UPDATE_IN_PROGRESS", "ResourceStatusReason": "User Initiated"},
+            *parsed.get("StackEvents", []),
+        ]
+        events_added.append(1)
+
+    def hook(service: str, account: str, client: Any) -> Any:
+        # The stack events are read through a paginator, which `Faults` does not wrap: rewrite at botocore level.
+        if (service, account) == ("cloudformation", UMBRELLA):
+            client.meta.events.register("after-call.cloudformation.DescribeStackEvents", failing_events)
+        return faults.hook(service, account, client)
+
+    sessions = AwsSessions(client_hook=hook)
+    assert deploy(world.deployment(sessions, "umbrella", run_id="run-1")).status == Outcome.SUCCEEDED
+    executed: list[dict[str, Any]] = []
+    faults.add(service="cloudformation", operation="execute_change_set", account=UMBRELLA, when=recorder(executed))
+    faults.add(
+        service="cloudformation",
+        operation="describe_stacks",
+        account=UMBRELLA,
+        when=lambda kwargs: bool(executed) and kwargs.get("StackName") == stack_name,
+        rewrite=with_status("UPDATE_ROLLBACK_COMPLETE"),
+    )
+
+    with pytest.raises(StackFailedError) as caught:
+        deploy(world.deployment(sessions, "umbrella", version="1.5.0", run_id="run-2"))
+
+    assert len(executed) == 1 and events_added
+    failure = caught.value
+    assert failure.stack_status == "UPDATE_ROLLBACK_COMPLETE"
+    assert str(failure).startswith(
+        f"stack {stack_name} ended UPDATE_ROLLBACK_COMPLETE: Function (AWS::Lambda::Function) UPDATE_FAILED: "
+        'Resource handler returned message: "Memory size 3000 is not valid"'
+    )
+    recorded = ledger.get(world.history(), HISTORY, tenant="umbrella", release="v1.5.0")
+    assert recorded is not None and recorded.status == Outcome.FAILED
+    assert recorded.stack_status == "UPDATE_ROLLBACK_COMPLETE" and "Memory size 3000 is not valid" in recorded.reason
+
+
+def test_stack_whose_rollback_failed_is_left_for_a_person(world: World, sessions: AwsSessions, faults: Faults) -> None:
+    assert deploy(world.deployment(sessions, "initech", run_id="run-1")).status == Outcome.SUCCEEDED
+    faults.add(
+        service="cloudformation",
+        operation="describe_stacks",
+        account=INITECH,
+        rewrite=with_status("UPDATE_ROLLBACK_FAILED"),
+    )
+    change_sets = count(faults, INITECH, "create_change_set")
+    sleeps: list[float] = []
+
+    with pytest.raises(PermanentAwsError) as caught:
+        deploy(world.deployment(sessions, "initech", version="1.5.0", run_id="run-2", retry=RetryPolicy(sleep=sleeps.append)))
+
+    assert "tenant-app-initech is in UPDATE_ROLLBACK_FAILED" in str(caught.value)
+    assert "continue-update-rollback --stack-name tenant-app-initech" in str(caught.value)
+    assert count(faults, INITECH, "create_change_set") == change_sets
+    assert sleeps == []
+
+
+def test_busy_stack_is_waited_for_then_reported_as_recoverable(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    assert deploy(world.deployment(sessions, "acme", run_id="run-1")).status == Outcome.SUCCEEDED
+    faults.add(service="cloudformation", operation="describe_stacks", account=ACME, rewrite=with_status("UPDATE_IN_PROGRESS"))
+    change_sets = count(faults, ACME, "create_change_set")
+    sleeps: list[float] = []
+
+    with pytest.raises(RecoverableAwsError, match="tenant-app-acme is busy"):
+        deploy(world.deployment(sessions, "acme", version="1.5.0", run_id="run-2", retry=RetryPolicy(attempts=3, sleep=sleeps.append)))
+
+    assert len(sleeps) == 2  # retried within the attempt before giving the task's own retry a chance
+    assert count(faults, ACME, "create_change_set") == change_sets
+
+
+def test_stack_left_by_a_failed_create_is_deleted_and_created_again(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    executed: list[dict[str, Any]] = []
+    deleted: list[dict[str, Any]] = []
+    change_sets: list[dict[str, Any]] = []
+    faults.add(service="cloudformation", operation="execute_change_set", account=GLOBEX, when=recorder(executed))
+    faults.add(service="cloudformation", operation="delete_stack", account=GLOBEX, when=recorder(deleted))
+    faults.add(service="cloudformation", operation="create_change_set", account=GLOBEX, when=recorder(change_sets))
+    # The first create "fails": from its execution until someone deletes the stack, it reads ROLLBACK_COMPLETE.
+    faults.add(
+        service="cloudformation",
+        operation="describe_stacks",
+        account=GLOBEX,
+        when=lambda kwargs: bool(executed) and not deleted,
+        rewrite=with_status("ROLLBACK_COMPLETE"),
+    )
+
+    with pytest.raises(StackFailedError) as caught:
+        deploy(world.deployment(sessions, "globex", run_id="run-1"))
+    assert caught.value.stack_status == "ROLLBACK_COMPLETE"
+
+    result = deploy(world.deployment(sessions, "globex", run_id="run-2"))
+
+    assert [kwargs["StackName"] for kwargs in deleted] == ["tenant-app-globex"]
+    assert [kwargs["ChangeSetType"] for kwargs in change_sets] == ["CREATE", "CREATE"]
+    assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "1.4.0")
+    assert result.version_before is None  # the failed create never ran a version
+    stack = world.stack(GLOBEX, "us-east-1", "tenant-app-globex")
+    assert stack["StackStatus"] == "CREATE_COMPLETE" and stack_tag(stack, "ReleaseVersion") == "1.4.0"
+
+
+def test_copy_that_does_not_hash_to_the_build_is_not_deployed(world: World, sessions: AwsSessions, faults: Faults) -> None:
+    copied: list[dict[str, Any]] = []
+    faults.add(service="s3", operation="copy_object", account=ACME, when=recorder(copied))
+    wrong = base64.b64encode(hashlib.sha256(b"tampered").digest()).decode()
+    faults.add(
+        service="s3",
+        operation="head_object",
+        account=ACME,
+        when=lambda kwargs: bool(copied),
+        rewrite=lambda response, kwargs: {**response, "ChecksumSHA256": wrong},
+    )
+    artifact = world.artifacts["1.4.0"]
+    sleeps: list[float] = []
+
+    with pytest.raises(ChecksumMismatchError) as caught:
+        deploy(world.deployment(sessions, "acme", retry=RetryPolicy(sleep=sleeps.append)))
+
+    assert f"s3://tenant-release-{ACME}-eu-central-1/{artifact.code_key}" in str(caught.value)
+    assert artifact.sha256 in str(caught.value) and "not deployed" in str(caught.value)
+    assert sleeps == []
+    assert count(faults, ACME, "create_change_set") == 0
+    assert world.stack(ACME, "eu-central-1", "tenant-app-acme") is None
+
+
+# --- history -------------------------------------------------------------------------------------------------
+
+
+def history_item(tenant: str, release: str, run_id: str, status: Outcome, **fields: Any) -> TenantResult:
+    return TenantResult(
+        tenant=tenant,
+        account_id=world_accounts[tenant],
+        region="us-east-1",
+        release=release,
+        version=release.removeprefix("v"),
+        status=status,
+        run_id=run_id,
+        started_at="2026-11-23T10:00:00+00:00",
+        finished_at="2026-11-23T10:02:00+00:00",
+        **fields,
+    )
+
+
+world_accounts = {"acme": ACME, "globex": GLOBEX, "initech": INITECH}
+
+
+def test_history_round_trips_and_finds_a_run_by_its_id(world: World) -> None:
+    dynamodb = world.history()
+    started = history_item("acme", "v1.4.0", "run-a", Outcome.IN_PROGRESS)
+    acme = history_item("acme", "v1.4.0", "run-a", Outcome.SUCCEEDED, version_after="1.4.0", sha256="ab" * 32)
+    globex = history_item("globex", "v1.4.0", "run-a", Outcome.FAILED, reason="AccessDenied: nope")
+    older = history_item("acme", "v1.3.0", "run-b", Outcome.UNCHANGED, version_before="1.3.0", version_after="1.3.0")
+    for result in (started, acme, globex, older):
+        ledger.record(dynamodb, HISTORY, result)
+
+    assert ledger.get(dynamodb, HISTORY, tenant="acme", release="v1.4.0") == acme  # the later write wins
+    assert ledger.get(dynamodb, HISTORY, tenant="acme", release="v1.3.0") == older
+    assert ledger.get(dynamodb, HISTORY, tenant="initech", release="v1.4.0") is None
+    assert ledger.get_many(dynamodb, HISTORY, tenants=["acme", "globex", "initech"], release="v1.4.0") == {
+        "acme": acme,
+        "globex": globex,
+    }
+    assert sorted(ledger.for_run(dynamodb, HISTORY, "run-a"), key=lambda r: r.tenant) == [acme, globex]
+    assert ledger.for_run(dynamodb, HISTORY, "run-b") == [older]
+    assert ledger.for_run(dynamodb, HISTORY, "run-z") == []
+
+
+# --- sessions ------------------------------------------------------------------------------------------------
+
+
+def test_tenant_sessions_act_in_the_tenant_account_under_a_named_traceable_session(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    assumed: list[dict[str, Any]] = []
+    faults.add(service="sts", operation="assume_role", account="tooling", when=recorder(assumed))
+    acme = world.deployment(sessions, "acme", run_id="manual__2026-11-23T10:00:00+00:00")
+    globex = world.deployment(sessions, "globex", run_id="manual__2026-11-23T10:00:00+00:00")
+
+    identity = acme.client("sts").get_caller_identity()
+    acme.client("s3")
+    acme.client("cloudformation")
+    globex.client("sts")
+
+    assert identity["Account"] == ACME
+    assert identity["Arn"] == f"arn:aws:sts::{ACME}:assumed-role/tenant-release-deploy/{acme.run.session_name}"
+    assert [call["RoleArn"] for call in assumed] == [  # one assume per tenant, shared by its clients
+        f"arn:aws:iam::{ACME}:role/tenant-release-deploy",
+        f"arn:aws:iam::{GLOBEX}:role/tenant-release-deploy",
+    ]
+    acme_call, globex_call = assumed
+    assert acme_call["RoleSessionName"] == acme.run.session_name
+    assert acme_call["SourceIdentity"] == naming.source_identity(release_tag="v1.4.0") == globex_call["SourceIdentity"]
+    assert acme_call["ExternalId"] == "acme-ext-0001"
+    assert "ExternalId" not in globex_call
