@@ -145,6 +145,9 @@ class TargetDeployment:
             )
         else:
             before = call("read stack", stacks.describe_stack, cloudformation, target.stack_name, log=log.warning)
+            if before is not None and before.get("StackStatus") in {stacks.FAILED_CREATE_STATE, "REVIEW_IN_PROGRESS"}:
+                # Tagged with the version it tried, but it holds no resources: nothing was deployed before.
+                before = None
             state["version_before"] = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
             state["digest_before"] = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
         self.record(self.result(state, status=Outcome.IN_PROGRESS))

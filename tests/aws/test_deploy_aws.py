@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import moto_compat
 import pytest
 from moto import mock_aws
-
-import moto_compat
 from tenant_release import naming
 from tenant_release.aws import ledger
 from tenant_release.aws.bootstrap import bootstrap_fleet
@@ -37,6 +36,7 @@ from tenant_release.errors import (
 )
 from tenant_release.models import Artifact, Outcome, TenantResult
 from tenant_release.tags import parse_release_tag
+
 from tests.faults import Faults
 
 FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet.yaml"
@@ -51,6 +51,7 @@ HISTORY = "tenant-release-history"
 class World:
     loaded: LoadedFleet
     artifacts: dict[str, Artifact]
+    base_session: boto3.Session  # shared: a new session reloads every service model (~0.1 s each)
     _clients: dict[tuple[str, str, str], Any] = field(default_factory=dict)
 
     def inspect(self, service: str, account: str, region: str) -> Any:
@@ -138,21 +139,34 @@ def recorder(into: list[dict[str, Any]]) -> Callable[[dict[str, Any]], bool]:
     return when
 
 
-def _delete_change_sets_with_their_stack(env: pytest.MonkeyPatch) -> None:
-    """moto 5.2.5 keeps a deleted stack's change sets and finds them by name alone, so a stack created again
-    under the same name "finds" the old, executed change set of our deterministic name and creates nothing.
-    AWS deletes a stack's change sets with the stack; so does this patch (scripts/moto_compat.py is the
-    place for it once the owners agree)."""
+def _make_moto_cloudformation_like_aws(env: pytest.MonkeyPatch) -> None:
+    """Two moto 5.2.5 gaps the deploy logic depends on (candidates for scripts/moto_compat.py):
+
+    - executing a change set leaves the stack's tags as they were, where AWS applies the change set's tags
+      (ours carry ReleaseVersion and DeployDigest, read back as "version before" and for "unchanged");
+    - a deleted stack keeps its change sets, and they are found by name alone, so a stack created again
+      under the same name "finds" the old executed change set of our deterministic name and creates
+      nothing; AWS deletes a stack's change sets with the stack.
+    """
     from moto.cloudformation.models import CloudFormationBackend
 
-    original = CloudFormationBackend.delete_stack
+    original_execute = CloudFormationBackend.execute_change_set
+    original_delete = CloudFormationBackend.delete_stack
+
+    def execute_change_set(self: Any, change_set_name: str, stack_name: str | None = None) -> None:
+        original_execute(self, change_set_name, stack_name)
+        for change_set in self.change_sets.values():
+            named = change_set_name in (change_set.change_set_id, change_set.change_set_name)
+            if named and stack_name in (None, change_set.stack_name, change_set.stack_id) and change_set.tags:
+                change_set.stack.tags = dict(change_set.tags)
 
     def delete_stack(self: Any, name_or_stack_id: str) -> None:
         doomed = {s.stack_id for s in self.stacks.values() if name_or_stack_id in (s.stack_id, s.name)}
-        original(self, name_or_stack_id)
+        original_delete(self, name_or_stack_id)
         for change_set_id in [key for key, cs in self.change_sets.items() if cs.stack_id in doomed]:
             del self.change_sets[change_set_id]
 
+    env.setattr(CloudFormationBackend, "execute_change_set", execute_change_set)
     env.setattr(CloudFormationBackend, "delete_stack", delete_stack)
 
 
@@ -165,16 +179,17 @@ def world() -> Iterator[World]:
         env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         env.setenv("AWS_DEFAULT_REGION", "us-east-1")
         moto_compat.apply()
-        _delete_change_sets_with_their_stack(env)
+        _make_moto_cloudformation_like_aws(env)
         with mock_aws(config={"lambda": {"use_docker": False}}):
             loaded = load_fleet(FLEET)
             bootstrap_fleet(AwsSessions(), loaded, sleep=_no_sleep)
-            sessions = AwsSessions()
+            base_session = boto3.Session()
+            sessions = AwsSessions(base_session)
             artifacts = {
                 version: build_release(sessions, loaded.fleet.tooling, parse_release_tag(f"v{version}"), loaded.tenants())
                 for version in ("1.4.0", "1.5.0")
             }
-            yield World(loaded=loaded, artifacts=artifacts)
+            yield World(loaded=loaded, artifacts=artifacts, base_session=base_session)
 
 
 @pytest.fixture(autouse=True)
@@ -204,8 +219,8 @@ def faults() -> Faults:
 
 
 @pytest.fixture
-def sessions(faults: Faults) -> AwsSessions:
-    return AwsSessions(client_hook=faults.hook)
+def sessions(world: World, faults: Faults) -> AwsSessions:
+    return AwsSessions(world.base_session, client_hook=faults.hook)
 
 
 # --- build ---------------------------------------------------------------------------------------------------
@@ -278,9 +293,7 @@ def test_each_tenant_gets_its_own_encrypted_copy_and_stack_in_its_own_account(wo
     assert world.function_config("initech")["Environment"]["Variables"]["LOG_LEVEL"] == "DEBUG"
 
 
-def test_same_version_again_is_unchanged_and_a_new_version_updates(
-    world: World, sessions: AwsSessions, faults: Faults
-) -> None:
+def test_same_version_again_is_unchanged_and_a_new_version_updates(world: World, sessions: AwsSessions, faults: Faults) -> None:
     first = deploy(world.deployment(sessions, "globex", run_id="run-1"))
     assert first.status == Outcome.SUCCEEDED
     change_sets, copies = count(faults, GLOBEX, "create_change_set"), count(faults, GLOBEX, "copy_object")
@@ -358,15 +371,37 @@ def test_rolled_back_update_is_explained_by_the_resource_that_failed_first(world
         stack_arn = f"arn:aws:cloudformation:us-east-1:{UMBRELLA}:stack/{stack_name}/1"
         common = {"StackId": stack_arn, "StackName": stack_name, "Timestamp": "2026-11-23T10:00:00Z"}
         parsed["StackEvents"] = [
-            {**common, "EventId": "5", "LogicalResourceId": stack_name, "ResourceType": "AWS::CloudFormation::Stack",
-             "ResourceStatus": "UPDATE_ROLLBACK_COMPLETE"},
-            {**common, "EventId": "4", "LogicalResourceId": "LogGroup", "ResourceType": "AWS::Logs::LogGroup",
-             "ResourceStatus": "UPDATE_FAILED", "ResourceStatusReason": "Resource update cancelled"},
-            {**common, "EventId": "3", "LogicalResourceId": "Function", "ResourceType": "AWS::Lambda::Function",
-             "ResourceStatus": "UPDATE_FAILED",
-             "ResourceStatusReason": 'Resource handler returned message: "Memory size 3000 is not valid"'},
-            {**common, "EventId": "2", "LogicalResourceId": stack_name, "ResourceType": "AWS::CloudFormation::Stack",
-             "ResourceStatus": "UPDATE_IN_PROGRESS", "ResourceStatusReason": "User Initiated"},
+            {
+                **common,
+                "EventId": "5",
+                "LogicalResourceId": stack_name,
+                "ResourceType": "AWS::CloudFormation::Stack",
+                "ResourceStatus": "UPDATE_ROLLBACK_COMPLETE",
+            },
+            {
+                **common,
+                "EventId": "4",
+                "LogicalResourceId": "LogGroup",
+                "ResourceType": "AWS::Logs::LogGroup",
+                "ResourceStatus": "UPDATE_FAILED",
+                "ResourceStatusReason": "Resource update cancelled",
+            },
+            {
+                **common,
+                "EventId": "3",
+                "LogicalResourceId": "Function",
+                "ResourceType": "AWS::Lambda::Function",
+                "ResourceStatus": "UPDATE_FAILED",
+                "ResourceStatusReason": 'Resource handler returned message: "Memory size 3000 is not valid"',
+            },
+            {
+                **common,
+                "EventId": "2",
+                "LogicalResourceId": stack_name,
+                "ResourceType": "AWS::CloudFormation::Stack",
+                "ResourceStatus": "UPDATE_IN_PROGRESS",
+                "ResourceStatusReason": "User Initiated",
+            },
             *parsed.get("StackEvents", []),
         ]
         events_added.append(1)
@@ -377,7 +412,7 @@ def test_rolled_back_update_is_explained_by_the_resource_that_failed_first(world
             client.meta.events.register("after-call.cloudformation.DescribeStackEvents", failing_events)
         return faults.hook(service, account, client)
 
-    sessions = AwsSessions(client_hook=hook)
+    sessions = AwsSessions(world.base_session, client_hook=hook)
     assert deploy(world.deployment(sessions, "umbrella", run_id="run-1")).status == Outcome.SUCCEEDED
     executed: list[dict[str, Any]] = []
     faults.add(service="cloudformation", operation="execute_change_set", account=UMBRELLA, when=recorder(executed))
@@ -424,24 +459,24 @@ def test_stack_whose_rollback_failed_is_left_for_a_person(world: World, sessions
     assert sleeps == []
 
 
-def test_busy_stack_is_waited_for_then_reported_as_recoverable(
-    world: World, sessions: AwsSessions, faults: Faults
-) -> None:
+def test_busy_stack_is_waited_for_then_reported_as_recoverable(world: World, sessions: AwsSessions, faults: Faults) -> None:
     assert deploy(world.deployment(sessions, "acme", run_id="run-1")).status == Outcome.SUCCEEDED
     faults.add(service="cloudformation", operation="describe_stacks", account=ACME, rewrite=with_status("UPDATE_IN_PROGRESS"))
     change_sets = count(faults, ACME, "create_change_set")
     sleeps: list[float] = []
 
     with pytest.raises(RecoverableAwsError, match="tenant-app-acme is busy"):
-        deploy(world.deployment(sessions, "acme", version="1.5.0", run_id="run-2", retry=RetryPolicy(attempts=3, sleep=sleeps.append)))
+        deploy(
+            world.deployment(
+                sessions, "acme", version="1.5.0", run_id="run-2", retry=RetryPolicy(attempts=3, sleep=sleeps.append)
+            )
+        )
 
     assert len(sleeps) == 2  # retried within the attempt before giving the task's own retry a chance
     assert count(faults, ACME, "create_change_set") == change_sets
 
 
-def test_stack_left_by_a_failed_create_is_deleted_and_created_again(
-    world: World, sessions: AwsSessions, faults: Faults
-) -> None:
+def test_stack_left_by_a_failed_create_is_deleted_and_created_again(world: World, sessions: AwsSessions, faults: Faults) -> None:
     executed: list[dict[str, Any]] = []
     deleted: list[dict[str, Any]] = []
     change_sets: list[dict[str, Any]] = []
@@ -501,7 +536,7 @@ def test_copy_that_does_not_hash_to_the_build_is_not_deployed(world: World, sess
 def history_item(tenant: str, release: str, run_id: str, status: Outcome, **fields: Any) -> TenantResult:
     return TenantResult(
         tenant=tenant,
-        account_id=world_accounts[tenant],
+        account_id={"acme": ACME, "globex": GLOBEX}[tenant],
         region="us-east-1",
         release=release,
         version=release.removeprefix("v"),
@@ -511,9 +546,6 @@ def history_item(tenant: str, release: str, run_id: str, status: Outcome, **fiel
         finished_at="2026-11-23T10:02:00+00:00",
         **fields,
     )
-
-
-world_accounts = {"acme": ACME, "globex": GLOBEX, "initech": INITECH}
 
 
 def test_history_round_trips_and_finds_a_run_by_its_id(world: World) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 from botocore.exceptions import ClientError
-
 from tenant_release import naming
 from tenant_release.classify import RetryPolicy, is_no_changes, is_retriable
 from tenant_release.config import CONFIG_ENV_VAR, config_path, load_fleet, parse_fleet
@@ -99,9 +98,7 @@ def test_role_arns_use_the_partition_of_the_tenant_region() -> None:
     loaded = parse_fleet(FLEET)
 
     assert loaded.target("panda").deploy_role_arn == "arn:aws-cn:iam::444444444444:role/tenant-release-deploy"
-    assert loaded.target("fedco").execution_role_arn == (
-        "arn:aws-us-gov:iam::555555555555:role/tenant-release-cfn-execution"
-    )
+    assert loaded.target("fedco").execution_role_arn == ("arn:aws-us-gov:iam::555555555555:role/tenant-release-cfn-execution")
 
 
 def test_minimal_fleet_is_valid() -> None:
@@ -395,9 +392,7 @@ def test_permanent_errors(exc: Exception) -> None:
 
 def test_no_changes_in_both_wordings() -> None:
     assert is_no_changes("No updates are to be performed.")
-    assert is_no_changes(
-        "The submitted information didn't contain changes. Submit different information to create a change set."
-    )
+    assert is_no_changes("The submitted information didn't contain changes. Submit different information to create a change set.")
     assert not is_no_changes("Template format error")
     assert not is_no_changes(None) and not is_no_changes("")
 
@@ -451,9 +446,7 @@ def test_retry_gives_up_after_attempts_and_reraises_the_last_error() -> None:
     assert len(calls) == 3
 
 
-@pytest.mark.parametrize(
-    "error", [client_error("AccessDenied"), PermanentAwsError("stack needs a person"), KeyError("bug")]
-)
+@pytest.mark.parametrize("error", [client_error("AccessDenied"), PermanentAwsError("stack needs a person"), KeyError("bug")])
 def test_permanent_error_is_not_retried(error: Exception) -> None:
     sleeps: list[float] = []
     calls: list[int] = []

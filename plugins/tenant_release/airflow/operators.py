@@ -289,9 +289,8 @@ class TenantDeployOperator(BaseOperator):
     def _wait_for_window(self, deployment: TargetDeployment, state: dict[str, Any], window: MaintenanceWindow) -> None:
         now = runtime.utcnow()
         if window.is_open(now):
-            if state.get("window_waits"):
-                self._note(state, f"waited for maintenance window {window}")
-            state["window_checked_at"] = now.isoformat()
+            waited = "waited for" if state.get("window_waits") else "inside"
+            self._note(state, f"{waited} maintenance window {window}; deploy started {now.isoformat(timespec='seconds')}")
             return
         if state.get("window_waits") and deployment.target.outside_window == OutsideWindowPolicy.SKIP:
             self._skip(deployment, state, f"missed its maintenance window {window} (outside_window: skip)")

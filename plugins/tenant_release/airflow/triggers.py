@@ -177,7 +177,7 @@ class ApprovalRecordTrigger(BaseTrigger):
         except Exception as exc:  # an unreachable API must not end the wait
             self.log.warning("could not read the approval request: %s", exc)
             return None
-        if not (response.response_received and response.chosen_options):
+        if response is None or not (response.response_received and response.chosen_options):
             return None
         user = response.responded_by_user
         return {

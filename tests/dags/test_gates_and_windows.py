@@ -1,0 +1,160 @@
+"""Approval gates, per-tenant sign-off, maintenance windows and freezes, run through dag.test() against moto."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import pytest
+from tenant_release.airflow import runtime
+from tenant_release.aws.approvals import approval_key
+
+from tests.dags.test_release_dag import approve, deployed_version, history, task_states
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture
+def gates_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "tenants.yaml"
+    shutil.copy(FIXTURES / "fleet_gates.yaml", path)
+    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(path))
+    return path
+
+
+@pytest.fixture
+def gated(moto: None, gates_fleet: Path):
+    from tenant_release.aws.bootstrap import bootstrap_fleet
+    from tenant_release.aws.session import AwsSessions
+    from tenant_release.config import load_fleet
+
+    bootstrap_fleet(AwsSessions(), load_fleet(gates_fleet), sleep=lambda _: None)
+
+
+@pytest.fixture
+def release_dag(airflow_db: None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags" / "tenant_release.py"))
+    return bag.dags["tenant_release"]
+
+
+@pytest.fixture
+def clock() -> Iterator[Callable[[datetime, timedelta], None]]:
+    """A controllable clock: starts where the test says and moves by `step` each time it is read."""
+    previous = runtime.use_clock(lambda: datetime.now(UTC))
+
+    def set_clock(start: datetime, step: timedelta = timedelta(0)) -> None:
+        moments = {"now": start}
+
+        def now() -> datetime:
+            current = moments["now"]
+            moments["now"] = current + step
+            return current
+
+        runtime.use_clock(now)
+
+    yield set_clock
+    runtime.use_clock(previous)
+
+
+def conf(tag: str, **extra: object) -> dict:
+    return {"release_tag": tag, "tenants": [], "override_freeze": "", **extra}
+
+
+def test_gate_approved_ships_and_the_summary_says_who_approved(gated, release_dag, clock):
+    clock(datetime(2027, 3, 2, 12, tzinfo=UTC))
+    approve("v2.0.0", by="release-manager")
+    run = release_dag.test(run_conf=conf("v2.0.0"))
+    assert str(run.state) == "success"
+    assert deployed_version("111111111111", "us-east-1", "acme") == "2.0.0"
+    record = history()[("acme", "v2.0.0")]
+    assert record.gated and record.approved_by == "release-manager (dynamodb, release gate)"
+
+
+def test_gate_rejected_touches_no_tenant_and_names_who_rejected(gated, release_dag, clock):
+    clock(datetime(2027, 3, 2, 12, tzinfo=UTC))
+    approve("v2.0.0", approved=False, by="cto")
+    run = release_dag.test(run_conf=conf("v2.0.0"))
+    assert str(run.state) == "failed"
+    states = task_states(run)
+    assert states[("approve_release", -1)] == "failed"
+    assert deployed_version("123456789012", "us-east-1", "dev") == "2.0.0"  # dev ran before the gate
+    assert deployed_version("111111111111", "us-east-1", "acme") is None
+    record = history()[("acme", "v2.0.0")]
+    assert record.status.value == "SKIPPED"
+    assert "release gate was rejected" in record.reason
+
+
+def test_per_tenant_approval_by_record_rejection_and_timeout(gated, release_dag, clock):
+    clock(datetime(2027, 3, 2, 12, tzinfo=UTC))
+    # wayne: approved by an external system writing an S3 object; bruce: rejected in DynamoDB;
+    # lois: nobody answers (times out); clark: needs no approval.
+    boto3.client("s3", region_name="us-east-1").put_object(
+        Bucket="tr-test-artifacts",
+        Key=approval_key(tenant="wayne", release="v-2.0.0-regulated"),
+        Body=json.dumps({"decision": "approve", "decided_by": "ticket-4711"}).encode(),
+    )
+    approve("v-2.0.0-regulated", "bruce", approved=False, by="bruce-ciso")
+    run = release_dag.test(run_conf=conf("v-2.0.0-regulated"))
+
+    assert str(run.state) == "success"  # skipped tenants are not failures
+    records = history()
+    assert records[("wayne", "v-2.0.0-regulated")].status.value == "SUCCEEDED"
+    assert records[("wayne", "v-2.0.0-regulated")].approved_by == "ticket-4711 (s3)"
+    assert deployed_version("222222222222", "us-east-1", "wayne") == "2.0.0"
+
+    bruce = records[("bruce", "v-2.0.0-regulated")]
+    assert bruce.status.value == "SKIPPED" and bruce.reason == "rejected by bruce-ciso via dynamodb"
+    assert deployed_version("333333333333", "us-east-1", "bruce") is None
+
+    lois = records[("lois", "v-2.0.0-regulated")]
+    assert lois.status.value == "SKIPPED" and lois.reason.startswith("approval timed out")
+    assert deployed_version("555555555555", "us-east-1", "lois") is None
+
+    assert records[("clark", "v-2.0.0-regulated")].status.value == "SUCCEEDED"
+    assert deployed_version("444444444444", "us-east-1", "clark") == "2.0.0"
+    states = task_states(run)
+    assert states[("deploy", "bruce")] == "skipped" and states[("deploy", "lois")] == "skipped"
+
+
+def test_tenant_outside_its_window_waits_until_it_opens(gated, release_dag, clock):
+    # Saturday 2027-01-09 22:00 UTC; diana's window opens Sunday 02:00 Berlin = 01:00 UTC.
+    # The clock moves 20 minutes each time it is read.
+    clock(datetime(2027, 1, 9, 22, tzinfo=UTC), timedelta(minutes=20))
+    run = release_dag.test(run_conf=conf("v-2.0.0-windowed", tenants=["diana"]))
+    assert str(run.state) == "success"
+    diana = history()[("diana", "v-2.0.0-windowed")]
+    assert diana.status.value == "SUCCEEDED"
+    assert deployed_version("666666666666", "us-east-1", "diana") == "2.0.0"
+    started = datetime.fromisoformat(diana.note.split("deploy started ")[1].split(";")[0])
+    assert datetime(2027, 1, 10, 1, tzinfo=UTC) <= started < datetime(2027, 1, 10, 4, tzinfo=UTC)
+    assert "waited for maintenance window Sun 02:00-05:00 Europe/Berlin" in diana.note
+
+
+def test_missed_window_with_skip_policy_is_skipped_not_deployed(gated, release_dag, clock):
+    # steve's one-hour window (Sun 01:00-02:00 UTC) is closed at the first look (00:30) and over before the
+    # clock, jumping 3 h a read, looks again.
+    clock(datetime(2027, 3, 6, 21, 30, tzinfo=UTC), timedelta(hours=3))
+    run = release_dag.test(run_conf=conf("v-2.0.0-windowed", tenants=["steve"]))
+    steve = history()[("steve", "v-2.0.0-windowed")]
+    assert steve.status.value == "SKIPPED" and "missed its maintenance window" in steve.reason
+    assert deployed_version("777777777777", "us-east-1", "steve") is None
+    assert str(run.state) == "success"
+
+
+def test_manual_run_inside_a_freeze_is_refused_unless_overridden(gated, release_dag, clock):
+    clock(datetime(2027, 12, 24, 10, tzinfo=UTC))
+    refused = release_dag.test(run_conf=conf("v-2.0.0-regulated", tenants=["clark"]))
+    assert str(refused.state) == "failed"
+    assert task_states(refused)[("plan", -1)] == "failed"
+    assert deployed_version("123456789012", "us-east-1", "dev") is None
+
+    allowed = release_dag.test(run_conf=conf("v-2.0.0-regulated", tenants=["clark"], override_freeze="hotfix INC-99"))
+    assert str(allowed.state) == "success"
+    clark = history()[("clark", "v-2.0.0-regulated")]
+    assert "override: hotfix INC-99" in clark.note and "year-end change freeze" in clark.note
