@@ -7,6 +7,7 @@ for CloudFormation holds no worker slot.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -109,9 +110,21 @@ class ReleaseGateOperator(ApprovalOperator):
             return {"gated": False}
         artifact = ti.xcom_pull(task_ids="build") or {}
         dev = ti.xcom_pull(task_ids="deploy_dev") or {}
+        from tenant_release.aws.approvals import find_decision
         from tenant_release.config import load_fleet
 
         fleet = load_fleet(plan["config_path"]).fleet
+        sessions = runtime.aws_sessions()
+        recorded = find_decision(
+            sessions.tooling_client("dynamodb", fleet.tooling.region),
+            sessions.tooling_client("s3", fleet.tooling.region),
+            table=fleet.tooling.approvals_table,
+            bucket=fleet.tooling.artifact_bucket,
+            tenant=RELEASE_WIDE,
+            release=plan["release_tag"],
+        )
+        if recorded is not None:  # decided ahead, e.g. when the release was queued for a window
+            return self.resume(context, {"approval": asdict(recorded)})
         tenants = "\n".join(f"- {name}" for name in plan["tenants"])
         subject = f"Ship {plan['release_tag']} to {len(plan['tenants'])} tenant(s) of group {plan['group']}?"
         body = (
