@@ -304,6 +304,7 @@ def wait_for(stack: Stack, what: str, probe: Any, timeout: float, interval: floa
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
+        ensure_running(stack)
         try:
             result = probe()
             if result:
@@ -312,6 +313,20 @@ def wait_for(stack: Stack, what: str, probe: Any, timeout: float, interval: floa
             last_error = exc
         time.sleep(interval)
     raise SystemExit(f"gave up waiting for {what} after {timeout:.0f}s ({last_error}); see the logs in {stack.state_dir}")
+
+
+def ensure_running(stack: Stack) -> None:
+    """Stop waiting as soon as a component has exited (an import error, a locked database...): say why, from its log."""
+    pids = read_pids(stack)
+    for name in pids:
+        if not alive(pids[name]):
+            log = stack.state_dir / f"{name}.log"
+            try:
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+            except OSError:
+                tail = []
+            say("\n".join("    " + line for line in tail))
+            raise SystemExit(f"{name} exited (pid {pids[name]}); last lines of {log} above")
 
 
 def run_checked(command: list[str], env: dict[str, str], what: str) -> None:
@@ -325,6 +340,18 @@ def run_checked(command: list[str], env: dict[str, str], what: str) -> None:
 
 
 # --- up -------------------------------------------------------------------------------------------------------
+
+
+def forget_dead(stack: Stack, pids: dict[str, int]) -> dict[str, int]:
+    """Drop components that exited since the last `up` (stopping what their group left behind); they start again."""
+    for name, pid in list(pids.items()):
+        if not alive(pid):
+            if group_alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+            del pids[name]
+    stack.state_dir.mkdir(parents=True, exist_ok=True)
+    stack.pids_file.write_text(json.dumps(pids))
+    return pids
 
 
 def check_same_stack(stack: Stack, pids: dict[str, int]) -> None:
@@ -348,7 +375,7 @@ def up(stack: Stack, tag: str, timeout: float) -> int:
     timings: dict[str, float] = {}
     env = environment(stack)
     prepare_airflow_home(stack)
-    pids = read_pids(stack)
+    pids = forget_dead(stack, read_pids(stack))
     check_same_stack(stack, pids)
     stack.settings_file.write_text(json.dumps(stack.settings(), indent=2))
 
@@ -454,6 +481,7 @@ def follow(stack: Stack, run_id: str, timeout: float) -> str:
     names: list[str] = []
     failures = 0
     while time.monotonic() < deadline:
+        ensure_running(stack)
         try:
             token = login(stack)
             order = order or task_order(stack, token)
@@ -491,18 +519,19 @@ def mapped_names(stack: Stack, run_id: str, token: str) -> list[str]:
         if isinstance(value, str):
             value = json.loads(value)
         return [str(item["tenant"]) for item in value]
-    except (urllib.error.URLError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        say(f"DEBUG mapped_names {exc!r}")
+    except (urllib.error.URLError, ValueError, TypeError, KeyError, AttributeError):
         return []
 
 
 def ti_label(ti: dict[str, Any], names: list[str]) -> str:
-    if ti["map_index"] < 0:
+    index = ti["map_index"]
+    if index < 0:
         return ti["task_id"]
+    # Until the template renders, the API shows the plain index as the rendered name.
     label = ti.get("rendered_map_index")
-    if not label and ti["task_id"] == MAPPED_TASK and ti["map_index"] < len(names):
-        label = names[ti["map_index"]]
-    return f"{ti['task_id']}[{label or ti['map_index']}]"
+    if (not label or label == str(index)) and ti["task_id"] == MAPPED_TASK and index < len(names):
+        label = names[index]
+    return f"{ti['task_id']}[{label or index}]"
 
 
 def task_instances(stack: Stack, run_id: str, token: str) -> list[dict[str, Any]]:

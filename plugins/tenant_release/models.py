@@ -69,6 +69,7 @@ class ToolingAccount(_Strict):
     kms_key_alias: str = "alias/tenant-release-artifacts"
     history_table: str = "tenant-release-history"
     approvals_table: str = "tenant-release-approvals"
+    queue_table: str = "tenant-release-queue"
     orchestrator_role_name: str = "tenant-release-orchestrator"
     release_prefix: str = "releases"
 

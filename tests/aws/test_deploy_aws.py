@@ -139,37 +139,6 @@ def recorder(into: list[dict[str, Any]]) -> Callable[[dict[str, Any]], bool]:
     return when
 
 
-def _make_moto_cloudformation_like_aws(env: pytest.MonkeyPatch) -> None:
-    """Two moto 5.2.5 gaps the deploy logic depends on (candidates for scripts/moto_compat.py):
-
-    - executing a change set leaves the stack's tags as they were, where AWS applies the change set's tags
-      (ours carry ReleaseVersion and DeployDigest, read back as "version before" and for "unchanged");
-    - a deleted stack keeps its change sets, and they are found by name alone, so a stack created again
-      under the same name "finds" the old executed change set of our deterministic name and creates
-      nothing; AWS deletes a stack's change sets with the stack.
-    """
-    from moto.cloudformation.models import CloudFormationBackend
-
-    original_execute = CloudFormationBackend.execute_change_set
-    original_delete = CloudFormationBackend.delete_stack
-
-    def execute_change_set(self: Any, change_set_name: str, stack_name: str | None = None) -> None:
-        original_execute(self, change_set_name, stack_name)
-        for change_set in self.change_sets.values():
-            named = change_set_name in (change_set.change_set_id, change_set.change_set_name)
-            if named and stack_name in (None, change_set.stack_name, change_set.stack_id) and change_set.tags:
-                change_set.stack.tags = dict(change_set.tags)
-
-    def delete_stack(self: Any, name_or_stack_id: str) -> None:
-        doomed = {s.stack_id for s in self.stacks.values() if name_or_stack_id in (s.stack_id, s.name)}
-        original_delete(self, name_or_stack_id)
-        for change_set_id in [key for key, cs in self.change_sets.items() if cs.stack_id in doomed]:
-            del self.change_sets[change_set_id]
-
-    env.setattr(CloudFormationBackend, "execute_change_set", execute_change_set)
-    env.setattr(CloudFormationBackend, "delete_stack", delete_stack)
-
-
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     with pytest.MonkeyPatch.context() as env:
@@ -179,7 +148,6 @@ def world() -> Iterator[World]:
         env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         env.setenv("AWS_DEFAULT_REGION", "us-east-1")
         moto_compat.apply()
-        _make_moto_cloudformation_like_aws(env)
         with mock_aws(config={"lambda": {"use_docker": False}}):
             loaded = load_fleet(FLEET)
             bootstrap_fleet(AwsSessions(), loaded, sleep=_no_sleep)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import socket
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def test_every_dag_has_tags_retries_and_a_doc(dagbag):
 def test_release_dag_shape(dagbag):
     dag = dagbag.dags["tenant_release"]
     order = ["plan", "build", "deploy_dev", "approve_release", "deploy", "summary"]
-    for upstream, downstream in zip(order, order[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(order):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream}"
     assert dag.get_task("summary").trigger_rule == "all_done"
     deploy = dag.get_task("deploy")
@@ -64,12 +65,11 @@ def test_release_tag_param_rejects_a_bad_tag_before_a_run_exists(dagbag):
 
 def test_parsing_opens_no_connection_and_reads_no_fleet_file(monkeypatch, airflow_db, tmp_path):
     import botocore.session
-
     import tenant_release.config as config
 
     touched: list[str] = []
 
-    def no_connect(self, address):  # noqa: ANN001
+    def no_connect(self, address):
         touched.append(f"socket connect {address}")
         raise OSError("no network at parse time")
 

@@ -148,6 +148,7 @@ def test_group_tag_and_second_release_only_touch_their_tenants(bootstrapped, rel
     newer = release_dag.test(run_conf={"release_tag": "v-1.5.0-qa", "tenants": []})
     assert str(newer.state) == "success"
     assert function_version("333333333333", "eu-west-1", "initech") == "1.5.0"
+    assert deployed_version("333333333333", "eu-west-1", "initech") == "1.5.0"
     upgraded = history()[("initech", "v-1.5.0-qa")]
     assert (upgraded.version_before, upgraded.version_after, upgraded.status.value) == ("1.4.0", "1.5.0", "SUCCEEDED")
 

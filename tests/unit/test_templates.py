@@ -189,6 +189,7 @@ def test_orchestrator_role_reaches_only_deploy_roles_and_its_own_data() -> None:
     (dynamodb,) = _statements_with_action(statements, "dynamodb:")
     assert "dynamodb:DeleteItem" not in dynamodb["Action"]
     assert {"Fn::Sub": "${HistoryTable.Arn}/index/by-run"} in dynamodb["Resource"]
+    assert {"Fn::GetAtt": ["QueueTable", "Arn"]} in dynamodb["Resource"]
 
 
 def test_tooling_key_and_bucket_let_tenants_only_read_releases_as_their_deploy_role() -> None:
@@ -432,6 +433,11 @@ def test_tooling_stack_creates_in_moto(aws: boto3.Session, tenant_accounts: str)
     )
     approvals = dynamodb.describe_table(TableName=outputs["ApprovalsTableName"])["Table"]
     assert [k["AttributeName"] for k in approvals["KeySchema"]] == ["tenant", "release"]
+    queue = dynamodb.describe_table(TableName=outputs["QueueTableName"])["Table"]
+    assert (outputs["QueueTableName"], queue["KeySchema"]) == (
+        "tenant-release-queue",
+        [{"AttributeName": "release", "KeyType": "HASH"}],
+    )
 
     assert outputs["ArtifactBucketName"] == "tooling-artifacts"
     assert _bucket_kms_key(aws, "tooling-artifacts") == outputs["ArtifactKeyArn"]

@@ -97,6 +97,9 @@ class ReleaseGateOperator(ApprovalOperator):
     answer within `approval_timeout_hours`) fails the gate, so no tenant is touched.
     """
 
+    # What a rejection means for this run (a subclass gating something other than a deploy says its own).
+    rejected_consequence = "no tenant was touched"
+
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("subject", "Release gate")
         kwargs.setdefault("retries", 0)
@@ -108,8 +111,6 @@ class ReleaseGateOperator(ApprovalOperator):
         if not plan["gated"]:
             self.log.info("group %s is not gated; going on without approval", plan["group"])
             return {"gated": False}
-        artifact = ti.xcom_pull(task_ids="build") or {}
-        dev = ti.xcom_pull(task_ids="deploy_dev") or {}
         from tenant_release.aws.approvals import find_decision
         from tenant_release.config import load_fleet
 
@@ -125,15 +126,7 @@ class ReleaseGateOperator(ApprovalOperator):
         )
         if recorded is not None:  # decided ahead, e.g. when the release was queued for a window
             return self.resume(context, {"approval": asdict(recorded)})
-        tenants = "\n".join(f"- {name}" for name in plan["tenants"])
-        subject = f"Ship {plan['release_tag']} to {len(plan['tenants'])} tenant(s) of group {plan['group']}?"
-        body = (
-            f"**Release** {plan['release_tag']} (version {plan['version']})\n\n"
-            f"**Artifact** `s3://{artifact.get('bucket')}/{artifact.get('code_key')}` sha256 `{artifact.get('sha256')}`\n\n"
-            f"**Dev** {dev.get('status', 'unknown')}: version {dev.get('version_before') or '-'} -> "
-            f"{dev.get('version_after') or '-'}, smoke test passed\n\n"
-            f"**Tenants about to be deployed** ({len(plan['tenants'])}):\n{tenants}\n"
-        )
+        subject, body = self.describe_request(ti, plan)
         self.subject, self.body = subject, body
         _request_approval(
             self,
@@ -147,6 +140,21 @@ class ReleaseGateOperator(ApprovalOperator):
             state={},
         )
 
+    def describe_request(self, ti: Any, plan: dict[str, Any]) -> tuple[str, str]:
+        """The question shown to the approver (subject, Markdown body), from the run's plan, build and dev XComs."""
+        artifact = ti.xcom_pull(task_ids="build") or {}
+        dev = ti.xcom_pull(task_ids="deploy_dev") or {}
+        tenants = "\n".join(f"- {name}" for name in plan["tenants"])
+        subject = f"Ship {plan['release_tag']} to {len(plan['tenants'])} tenant(s) of group {plan['group']}?"
+        body = (
+            f"**Release** {plan['release_tag']} (version {plan['version']})\n\n"
+            f"**Artifact** `s3://{artifact.get('bucket')}/{artifact.get('code_key')}` sha256 `{artifact.get('sha256')}`\n\n"
+            f"**Dev** {dev.get('status', 'unknown')}: version {dev.get('version_before') or '-'} -> "
+            f"{dev.get('version_after') or '-'}, smoke test passed\n\n"
+            f"**Tenants about to be deployed** ({len(plan['tenants'])}):\n{tenants}\n"
+        )
+        return subject, body
+
     def resume(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         if "error" in event:
             raise AirflowException(f"waiting for the release gate failed: {event['error']}")
@@ -155,7 +163,7 @@ class ReleaseGateOperator(ApprovalOperator):
             raise AirflowFailException(f"the release gate got an answer it does not understand: {event}")
         described = _describe_approval(approval)
         if not approval["approved"]:
-            raise AirflowFailException(f"release {described}; no tenant was touched")
+            raise AirflowFailException(f"release {described}; {self.rejected_consequence}")
         self.log.info("release %s", described)
         return {
             "gated": True,

@@ -63,6 +63,7 @@ def bootstrap_fleet(
                 "KmsKeyAlias": tooling.kms_key_alias,
                 "HistoryTableName": tooling.history_table,
                 "ApprovalsTableName": tooling.approvals_table,
+                "QueueTableName": tooling.queue_table,
                 "OrchestratorRoleName": tooling.orchestrator_role_name,
                 "OrchestratorTrustedPrincipalArn": tooling_principal_arn,
                 "TenantAccountIds": ",".join(sorted({t.account_id for t in targets})),

@@ -1,0 +1,245 @@
+"""Glue of the release-queue DAGs: queue a release for the next release window, and ship it when the window opens.
+
+`tenant_release_queue` validates a tag like the release DAG's plan does, asks for the release gate now and
+queues the tag; `tenant_release_scheduled` (on `ReleaseWindowTimetable`) takes the oldest queued release at a
+window and triggers `tenant_release` for it. The release-wide approval record (tenant `*`) written or kept at
+queue time is what lets the triggered run's gate pass at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from tenant_release.airflow import runtime
+from tenant_release.airflow.operators import ReleaseGateOperator
+from tenant_release.airflow.timetables import ReleaseWindowTimetable
+from tenant_release.aws import release_queue
+from tenant_release.aws.approvals import RELEASE_WIDE, put_decision
+from tenant_release.config import LoadedFleet, config_path, load_fleet
+from tenant_release.errors import FleetConfigError, TenantReleaseError
+from tenant_release.models import ReleaseSchedule, ToolingAccount
+from tenant_release.plan import plan_release
+from tenant_release.tags import parse_release_tag
+from tenant_release.windows import ReleaseCalendar
+
+log = logging.getLogger(__name__)
+
+RELEASE_DAG_ID = "tenant_release"
+
+
+# --- the scheduled DAG's timetable (read when the DAG file is parsed) -----------------------------------------
+
+
+def release_window_timetable(path: Path | str | None = None) -> ReleaseWindowTimetable:
+    """The timetable of `tenant_release_scheduled`, from the fleet file's `schedule` section.
+
+    The only parse-time read of the fleet file: a timetable is fixed when the DAG is serialized, so the
+    windows must be known then. A missing or invalid file, or one without windows, fails the import with
+    the reason (shown as the DAG's import error).
+    """
+    source = Path(path) if path is not None else config_path()
+    try:
+        stat = source.stat()
+    except OSError:
+        stat = None  # load_fleet says what is wrong with the path, in the same words as everywhere else
+    try:
+        schedule = _schedule(str(source), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    except FleetConfigError as exc:
+        raise FleetConfigError(f"tenant_release_scheduled takes its release windows from the fleet file: {exc}") from None
+    return ReleaseWindowTimetable.from_schedule(schedule)
+
+
+@lru_cache(maxsize=4)
+def _schedule(path: str, mtime_ns: int, size: int) -> ReleaseSchedule:
+    # Keyed by modification time and size: a re-parse in the same process reads the file again only when it changed.
+    loaded = load_fleet(path)
+    if not loaded.fleet.schedule.windows:
+        raise FleetConfigError(
+            f"{path} lists no release windows, so a queued release would never ship; add them under schedule.windows, "
+            "e.g. windows: ['Tue 02:00-04:00 UTC', 'Thu 02:00-04:00 UTC']"
+        )
+    return loaded.fleet.schedule
+
+
+# --- tenant_release_queue ---------------------------------------------------------------------------------------
+
+
+def _queue_client(tooling: ToolingAccount) -> Any:
+    return runtime.aws_sessions().tooling_client("dynamodb", tooling.region)
+
+
+def plan_queued(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+    """Check the tag and tenants as `tenant_release`'s plan does, and that the tag can be queued.
+
+    A change freeze does not block queueing (the release waits for the first window after it). The result has
+    the keys the release gate reads from a `plan` XCom.
+    """
+    try:
+        loaded = load_fleet()
+        release = parse_release_tag(params["release_tag"])
+        narrowed = bool(params.get("tenants"))
+        selected = plan_release(loaded, release, only_tenants=params.get("tenants") or None)
+        tooling = loaded.fleet.tooling
+        release_queue.check_can_enqueue(_queue_client(tooling), tooling.queue_table, release.tag)
+    except TenantReleaseError as exc:
+        raise AirflowFailException(str(exc)) from None
+    calendar = ReleaseCalendar.from_schedule(loaded.fleet.schedule)
+    opens = calendar.next_release_start(now)
+    if opens is None:
+        raise AirflowFailException(
+            f"{loaded.path} has no release window that opens outside a freeze in the next two years, so {release.tag} "
+            "would never ship; add windows under schedule.windows, or trigger tenant_release directly"
+        )
+    freeze = calendar.freeze_at(now)
+    if freeze is not None:
+        log.info("change freeze %s (%s) now: %s waits for the first window after it", freeze, freeze.reason, release.tag)
+    log.info(
+        "queueing %s (version %s) for group %s: %s; next release window opens %s",
+        release.tag,
+        release.version,
+        selected.group,
+        ", ".join(selected.tenant_names) if narrowed else f"every tenant of the group ({len(selected.targets)} now)",
+        opens.isoformat(),
+    )
+    return {
+        "release_tag": release.tag,
+        "version": release.version,
+        "group": selected.group,
+        "gated": selected.gated,
+        "config_path": str(loaded.path),
+        "tenants": selected.tenant_names,
+        # Empty: the whole group as the fleet file lists it when the release ships.
+        "requested_tenants": selected.tenant_names if narrowed else [],
+        "next_window": opens.isoformat(),
+        "windows": [str(window) for window in calendar.windows],
+    }
+
+
+class QueuedReleaseGateOperator(ReleaseGateOperator):
+    """The release gate, asked when a release is queued rather than when it ships.
+
+    Same semantics as `ReleaseGateOperator` (ungated groups pass, an existing release-wide record decides at
+    once, Reject or timeout fails). An approval given in Airflow is also written as the release-wide approval
+    record (tenant `*`), so the scheduled `tenant_release` run's gate finds it and passes without asking again.
+    Nothing has been built yet, so the request shows the plan and the window, not an artifact or a dev result.
+    """
+
+    rejected_consequence = "nothing was queued"
+
+    def describe_request(self, ti: Any, plan: dict[str, Any]) -> tuple[str, str]:
+        tenants = "\n".join(f"- {name}" for name in plan["tenants"])
+        narrowed = "only these tenants" if plan["requested_tenants"] else "every tenant of the group when it ships; now"
+        count = len(plan["tenants"])
+        subject = f"Queue {plan['release_tag']} for the next release window ({count} tenant(s) of {plan['group']})?"
+        body = (
+            f"**Release** {plan['release_tag']} (version {plan['version']}) to group {plan['group']}\n\n"
+            f"**When** at the next release window outside a freeze, first opening {plan['next_window']} "
+            f"(windows: {', '.join(plan['windows'])})\n\n"
+            f"**Tenants** ({narrowed}: {count}):\n{tenants}\n\n"
+            "Approving records the release-wide approval: the scheduled release run will not ask again. The build and "
+            "the dev deploy happen at the window; if either fails, no tenant is touched."
+        )
+        return subject, body
+
+    def resume(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        result = super().resume(context, event)  # raises on a rejection or timeout
+        if result["source"] == "ui":  # a record-based answer is already on record
+            plan = context["ti"].xcom_pull(task_ids="plan")
+            tooling = load_fleet(plan["config_path"]).fleet.tooling
+            put_decision(
+                runtime.aws_sessions().tooling_client("dynamodb", tooling.region),
+                tooling.approvals_table,
+                tenant=RELEASE_WIDE,
+                release=plan["release_tag"],
+                approved=True,
+                decided_by=result["approved_by"],
+                note=f"approved in Airflow when queued ({context['run_id']})",
+            )
+            self.log.info("recorded the release-wide approval of %s for the scheduled run", plan["release_tag"])
+        return result
+
+
+def enqueue_planned(plan_: dict[str, Any], gate: dict[str, Any] | None, *, queued_by: str) -> dict[str, Any]:
+    approved_by = f"{gate['approved_by']} ({gate['source']})" if gate and gate.get("gated") else None
+    try:
+        tooling = load_fleet(plan_["config_path"]).fleet.tooling
+        entry = release_queue.enqueue(
+            _queue_client(tooling),
+            tooling.queue_table,
+            release_tag=plan_["release_tag"],
+            tenants=plan_["requested_tenants"],
+            queued_by=queued_by,
+            approved_by=approved_by,
+        )
+    except TenantReleaseError as exc:
+        raise AirflowFailException(str(exc)) from None
+    log.info("%s; ships at the first release window from %s", entry.describe(), plan_["next_window"])
+    return entry.to_dict()
+
+
+# --- tenant_release_scheduled -----------------------------------------------------------------------------------
+
+
+def _fleet_and_queue(config: str | None = None) -> tuple[LoadedFleet, Any]:
+    try:
+        loaded = load_fleet(config)
+    except TenantReleaseError as exc:
+        raise AirflowFailException(str(exc)) from None
+    return loaded, _queue_client(loaded.fleet.tooling)
+
+
+def take_queued_release(*, run_id: str, now: datetime) -> dict[str, Any]:
+    """The oldest queued release and how to trigger it; skips, saying why, in a freeze, outside a window, or when empty.
+
+    Judged against the fleet file and the clock now, not when the run was scheduled: a freeze added since the DAG
+    was parsed, or a run that starts after its window closed, ships nothing.
+    """
+    loaded, dynamodb = _fleet_and_queue()
+    table = loaded.fleet.tooling.queue_table
+    try:
+        entry = release_queue.next_queued(dynamodb, table)
+    except TenantReleaseError as exc:
+        raise AirflowFailException(str(exc)) from None
+    waiting = f"{entry.release} stays queued" if entry else "nothing is queued anyway"
+    calendar = ReleaseCalendar.from_schedule(loaded.fleet.schedule)
+    next_start = calendar.next_release_start(now)
+    later = f"the next release window opens {next_start.isoformat()}" if next_start else "no release window opens"
+    freeze = calendar.freeze_at(now)
+    if freeze is not None:
+        raise AirflowSkipException(f"inside the change freeze {freeze} ({freeze.reason}): {waiting}; {later}")
+    if not any(window.is_open(now) for window in calendar.windows):
+        raise AirflowSkipException(
+            f"no release window is open at {now.isoformat(timespec='seconds')} (windows: "
+            f"{', '.join(str(w) for w in calendar.windows) or 'none'}): {waiting}; {later}. To ship now, trigger "
+            f"{RELEASE_DAG_ID} directly"
+        )
+    if entry is None:
+        raise AirflowSkipException("nothing queued: queue a release with the tenant_release_queue DAG")
+    log.info("taking %s (%d queued tenant(s); approved by %s)", entry.describe(), len(entry.tenants), entry.approved_by or "-")
+    return {
+        "release_tag": entry.release,
+        "tenants": list(entry.tenants),
+        # The release run refuses a freeze on its own; the override stays empty so that check still applies.
+        "conf": {"release_tag": entry.release, "tenants": list(entry.tenants), "override_freeze": ""},
+        # Fixed per scheduled run and release: a retry of the trigger finds the run it created instead of a second one.
+        "trigger_run_id": f"queued__{entry.release}__{run_id}",
+    }
+
+
+def mark_dispatched(taken: dict[str, Any]) -> dict[str, Any]:
+    loaded, dynamodb = _fleet_and_queue()
+    try:
+        entry = release_queue.mark_dispatched(
+            dynamodb, loaded.fleet.tooling.queue_table, taken["release_tag"], run_id=taken["trigger_run_id"]
+        )
+    except TenantReleaseError as exc:
+        raise AirflowFailException(str(exc)) from None
+    log.info("%s", entry.describe())
+    return entry.to_dict()

@@ -1,0 +1,271 @@
+"""The release queue in the tooling account: releases waiting for the next release window (one item per tag).
+
+DynamoDB table `tooling.queue_table`, key `release` (the tag). An item is QUEUED (by `tenant_release_queue`),
+then DISPATCHED (the scheduled DAG triggered `tenant_release`; `run_id` names that run) or CANCELLED (a person
+changed their mind). Items are never deleted: the queue doubles as the record of what was scheduled, by whom.
+A tag is queued once: queueing it again while it waits, or after it was dispatched, is refused; after a cancel
+it may be queued again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from tenant_release import classify
+from tenant_release.errors import TenantReleaseError
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+# `release` and `status` are DynamoDB reserved words: every expression names attributes through placeholders.
+
+
+class ReleaseQueueError(TenantReleaseError):
+    """A queue operation that cannot be done as asked (duplicate, unknown or already dispatched release)."""
+
+
+class QueueStatus(StrEnum):
+    QUEUED = "QUEUED"
+    DISPATCHED = "DISPATCHED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueuedRelease:
+    release: str
+    status: QueueStatus
+    tenants: tuple[str, ...]  # empty: every tenant of the tag's group, as the fleet file lists them at ship time
+    queued_at: str
+    queued_by: str
+    approved_by: str | None = None
+    dispatched_at: str | None = None
+    run_id: str | None = None  # the tenant_release run that ships it
+    cancelled_at: str | None = None
+    cancelled_by: str | None = None
+
+    def describe(self) -> str:
+        """One line for logs and error messages."""
+        who = f"queued by {self.queued_by} at {self.queued_at}"
+        if self.status == QueueStatus.DISPATCHED:
+            return f"{self.release} was dispatched at {self.dispatched_at} to tenant_release run {self.run_id} ({who})"
+        if self.status == QueueStatus.CANCELLED:
+            return f"{self.release} was cancelled by {self.cancelled_by} at {self.cancelled_at} ({who})"
+        return f"{self.release} is queued ({who})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "release": self.release,
+            "status": self.status.value,
+            "tenants": list(self.tenants),
+            "queued_at": self.queued_at,
+            "queued_by": self.queued_by,
+            "approved_by": self.approved_by,
+            "dispatched_at": self.dispatched_at,
+            "run_id": self.run_id,
+            "cancelled_at": self.cancelled_at,
+            "cancelled_by": self.cancelled_by,
+        }
+
+
+def _timestamp(now: datetime | None) -> str:
+    # Microseconds: the queue is ordered by this text, and two releases may be queued within a second.
+    return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _to_item(entry: QueuedRelease) -> dict[str, Any]:
+    data = {k: v for k, v in entry.to_dict().items() if v is not None}
+    return {k: _serializer.serialize(v) for k, v in data.items()}
+
+
+def _from_item(item: dict[str, Any]) -> QueuedRelease:
+    data = {k: _deserializer.deserialize(v) for k, v in item.items()}
+    return QueuedRelease(
+        release=data["release"],
+        status=QueueStatus(data["status"]),
+        tenants=tuple(data.get("tenants") or ()),
+        queued_at=data["queued_at"],
+        queued_by=data["queued_by"],
+        approved_by=data.get("approved_by"),
+        dispatched_at=data.get("dispatched_at"),
+        run_id=data.get("run_id"),
+        cancelled_at=data.get("cancelled_at"),
+        cancelled_by=data.get("cancelled_by"),
+    )
+
+
+@contextmanager
+def _queue_table(table: str) -> Iterator[None]:
+    """Name the fix for the one error every call can hit after an upgrade: the table was never created."""
+    try:
+        yield
+    except ClientError as exc:
+        if classify.error_code(exc) == "ResourceNotFoundException":
+            raise ReleaseQueueError(
+                f"the release queue table {table!r} does not exist in the tooling account; run `tenant-release "
+                "bootstrap` to create it (or set tooling.queue_table in the fleet file to the table's name)"
+            ) from None
+        raise
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    return classify.error_code(exc) == "ConditionalCheckFailedException"
+
+
+def get(dynamodb: Any, table: str, release_tag: str) -> QueuedRelease | None:
+    with _queue_table(table):
+        item = dynamodb.get_item(TableName=table, Key={"release": {"S": release_tag}}, ConsistentRead=True).get("Item")
+    return _from_item(item) if item else None
+
+
+def _refused_enqueue(existing: QueuedRelease | None, release_tag: str) -> str:
+    if existing is None:  # cancelled and gone between our write and read: nothing to explain but a retry
+        return f"{release_tag} could not be queued because it changed at the same moment; try again"
+    if existing.status == QueueStatus.DISPATCHED:
+        return (
+            f"{existing.describe()}; a queued release ships once. To ship it again trigger tenant_release directly, "
+            "or queue a new tag"
+        )
+    return (
+        f"{existing.describe()} and ships at the next release window. To change its tenants, cancel it first "
+        f"(tenant-release queue cancel {release_tag}) and queue it again"
+    )
+
+
+def check_can_enqueue(dynamodb: Any, table: str, release_tag: str) -> None:
+    """Refuse early (before anyone is asked to approve) a tag that is queued or was dispatched already."""
+    existing = get(dynamodb, table, release_tag)
+    if existing is not None and existing.status != QueueStatus.CANCELLED:
+        raise ReleaseQueueError(_refused_enqueue(existing, release_tag))
+
+
+def enqueue(
+    dynamodb: Any,
+    table: str,
+    *,
+    release_tag: str,
+    tenants: Iterable[str],
+    queued_by: str,
+    approved_by: str | None,
+    now: datetime | None = None,
+) -> QueuedRelease:
+    """Queue a release for the next window; refuses a tag that is already queued or was dispatched."""
+    entry = QueuedRelease(
+        release=release_tag,
+        status=QueueStatus.QUEUED,
+        tenants=tuple(tenants),
+        queued_at=_timestamp(now),
+        queued_by=queued_by,
+        approved_by=approved_by,
+    )
+    with _queue_table(table):
+        try:
+            dynamodb.put_item(
+                TableName=table,
+                Item=_to_item(entry),
+                # A cancelled tag may be queued again; anything else under the same tag is refused.
+                ConditionExpression="attribute_not_exists(#release) OR #status = :cancelled",
+                ExpressionAttributeNames={"#release": "release", "#status": "status"},
+                ExpressionAttributeValues={":cancelled": {"S": QueueStatus.CANCELLED.value}},
+            )
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            raise ReleaseQueueError(_refused_enqueue(get(dynamodb, table, release_tag), release_tag)) from None
+    return entry
+
+
+def list_queue(dynamodb: Any, table: str, *, statuses: Iterable[QueueStatus] | None = None) -> list[QueuedRelease]:
+    """Every item (or those in `statuses`), oldest first. The queue is short: a scan is the right tool."""
+    wanted = {QueueStatus(s) for s in statuses} if statuses is not None else None
+    entries: list[QueuedRelease] = []
+    with _queue_table(table):
+        for page in dynamodb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+            entries.extend(_from_item(item) for item in page.get("Items", []))
+    if wanted is not None:
+        entries = [e for e in entries if e.status in wanted]
+    return sorted(entries, key=lambda e: (e.queued_at, e.release))
+
+
+def next_queued(dynamodb: Any, table: str) -> QueuedRelease | None:
+    """The oldest QUEUED release, or None when nothing waits."""
+    waiting = list_queue(dynamodb, table, statuses=[QueueStatus.QUEUED])
+    return waiting[0] if waiting else None
+
+
+def mark_dispatched(dynamodb: Any, table: str, release_tag: str, *, run_id: str, now: datetime | None = None) -> QueuedRelease:
+    """QUEUED → DISPATCHED with the tenant_release run that ships it. Repeating it for the same run is a no-op."""
+    with _queue_table(table):
+        try:
+            item = dynamodb.update_item(
+                TableName=table,
+                Key={"release": {"S": release_tag}},
+                UpdateExpression="SET #status = :dispatched, #run_id = :run, dispatched_at = if_not_exists(dispatched_at, :now)",
+                ConditionExpression="#status = :queued OR (#status = :dispatched AND #run_id = :run)",
+                ExpressionAttributeNames={"#status": "status", "#run_id": "run_id"},
+                ExpressionAttributeValues={
+                    ":queued": {"S": QueueStatus.QUEUED.value},
+                    ":dispatched": {"S": QueueStatus.DISPATCHED.value},
+                    ":run": {"S": run_id},
+                    ":now": {"S": _timestamp(now)},
+                },
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            existing = get(dynamodb, table, release_tag)
+            if existing is None:
+                raise ReleaseQueueError(
+                    f"{release_tag} is not in the release queue, yet tenant_release run {run_id} was triggered for it; "
+                    "check that run, and queue releases only through tenant_release_queue"
+                ) from None
+            if existing.status == QueueStatus.CANCELLED:
+                raise ReleaseQueueError(
+                    f"{existing.describe()} while it was being dispatched: tenant_release run {run_id} was already "
+                    "triggered; mark that run failed in the Airflow UI if the release must not ship"
+                ) from None
+            raise ReleaseQueueError(
+                f"{existing.describe()}, not to run {run_id}: two runs took the same release; check both"
+            ) from None
+    return _from_item(item)
+
+
+def cancel(dynamodb: Any, table: str, release_tag: str, *, cancelled_by: str, now: datetime | None = None) -> QueuedRelease:
+    """QUEUED → CANCELLED: the release will not ship at a window (it may be queued again later)."""
+    with _queue_table(table):
+        try:
+            item = dynamodb.update_item(
+                TableName=table,
+                Key={"release": {"S": release_tag}},
+                UpdateExpression="SET #status = :cancelled, cancelled_by = :by, cancelled_at = :now",
+                ConditionExpression="#status = :queued",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":queued": {"S": QueueStatus.QUEUED.value},
+                    ":cancelled": {"S": QueueStatus.CANCELLED.value},
+                    ":by": {"S": cancelled_by},
+                    ":now": {"S": _timestamp(now)},
+                },
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            existing = get(dynamodb, table, release_tag)
+            if existing is None:
+                waiting = ", ".join(e.release for e in list_queue(dynamodb, table, statuses=[QueueStatus.QUEUED])) or "none"
+                raise ReleaseQueueError(f"{release_tag} is not in the release queue; queued releases: {waiting}") from None
+            if existing.status == QueueStatus.DISPATCHED:
+                raise ReleaseQueueError(
+                    f"{existing.describe()}; cancelling the queue entry cannot stop it: mark that tenant_release run "
+                    "failed in the Airflow UI instead"
+                ) from None
+            raise ReleaseQueueError(f"{existing.describe()}; nothing to cancel") from None
+    return _from_item(item)

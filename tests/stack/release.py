@@ -1,0 +1,190 @@
+"""One real release through `scripts/local_stack.py up` on an isolated stack, and the checks both stack tests share."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import local_stack  # scripts/ is on sys.path (tests/conftest.py)
+from tenant_release.aws import ledger
+from tenant_release.aws.stacks import TAG_RELEASE_VERSION, describe_stack, stack_tag
+from tenant_release.config import load_fleet
+from tenant_release.models import Outcome
+from tenant_release.plan import plan_release
+from tenant_release.tags import parse_release_tag
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "local_stack.py"
+CONFIG = ROOT / "config" / "tenants.yaml"
+TAG = "v1.0.0"  # a plain tag: the fleet's default group
+# Well under the 3 minutes a stack test may take: the follow loop gives up first and says where the run is.
+FOLLOW_TIMEOUT = 130
+UP_TIMEOUT = 170
+# moto settles stacks at once: short polls keep a run around a minute (the defaults are for real AWS).
+FAST_POLLS = {
+    "AIRFLOW__TENANT_RELEASE__STACK_POLL_SECONDS": "2",
+    "AIRFLOW__TENANT_RELEASE__APPROVAL_POLL_SECONDS": "2",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_environment() -> dict[str, str]:
+    """The test process's environment without what the unit-test setup put there (AIRFLOW_HOME, unit-test mode...)."""
+    dropped = ("AIRFLOW", "AWS_", "TENANT_RELEASE_", "MOTO_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    env.update(FAST_POLLS)
+    env["TENANT_RELEASE_CONFIG"] = str(CONFIG)
+    return env
+
+
+@dataclass
+class StackRun:
+    state_dir: Path
+    args: list[str]
+    returncode: int | None = None
+    output: str = ""
+
+    @property
+    def stack(self) -> local_stack.Stack:
+        return local_stack.Stack(state_dir=self.state_dir)
+
+    def last_run(self) -> dict:
+        import json
+
+        return json.loads((self.state_dir / "last_run.json").read_text())
+
+    def log_tails(self, lines: int = 40) -> str:
+        parts = []
+        for log in sorted(self.state_dir.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {log.name} (last {lines} lines)\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+
+@contextmanager
+def isolated_stack(state_dir: Path, *extra_args: str) -> Iterator[StackRun]:
+    """Run `up` on free ports in `state_dir`; always `down` afterwards and check that no process of it is left."""
+    args = [
+        "up",
+        "--tag",
+        TAG,
+        "--timeout",
+        str(FOLLOW_TIMEOUT),
+        "--state-dir",
+        str(state_dir),
+        "--api-port",
+        str(free_port()),
+        "--moto-port",
+        str(free_port()),
+        "--worker-log-port",
+        str(free_port()),
+        "--trigger-log-port",
+        str(free_port()),
+        *extra_args,
+    ]
+    run = StackRun(state_dir=state_dir, args=args)
+    failed = False
+    try:
+        try:
+            result = subprocess.run(
+                [sys.executable, str(SCRIPT), *args],
+                env=clean_environment(),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=UP_TIMEOUT,
+                check=False,
+            )
+            run.returncode, run.output = result.returncode, result.stdout + result.stderr
+        except subprocess.TimeoutExpired as exc:  # run() has killed `up`; the stack itself is still running
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+            run.output = out + f"\n(local_stack.py up killed after {UP_TIMEOUT}s)"
+        print(run.output)  # pytest shows it when the test fails
+        yield run
+    except BaseException:
+        failed = True
+        print(run.log_tails())
+        raise
+    finally:
+        down = subprocess.run(
+            [sys.executable, str(SCRIPT), "down", "--state-dir", str(state_dir)],
+            env=clean_environment(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        print(down.stdout + down.stderr)
+        left = local_stack.stragglers(run.stack)
+        # Do not hide the test's own failure behind this one.
+        assert failed or not left, f"`down` left processes of the stack running: {left}"
+
+
+def assert_release_succeeded(run: StackRun) -> None:
+    """Same outcome whatever the executor and metadata DB: every tenant of the default group on 1.0.0."""
+    assert run.returncode == 0, f"local_stack.py up exited {run.returncode}; output above"
+    facts = run.last_run()
+    run_id = facts["run_id"]
+
+    # Which tenants the release was for: the fleet file's default group, as the DAG's plan task computes it.
+    loaded = load_fleet(CONFIG)
+    plan = plan_release(loaded, parse_release_tag(TAG))
+    assert plan.group == loaded.fleet.default_group
+    targets = {t.name: t for t in plan.targets}
+    assert targets, "the default group of config/tenants.yaml is empty"
+
+    # Airflow: the DAG run and every tenant's task instance succeeded.
+    stack = local_stack.Stack(state_dir=run.state_dir, api_port=int(facts["api_url"].rsplit(":", 1)[1]))
+    token = local_stack.login(stack)
+    dag_run = local_stack.http("GET", f"{stack.api_url}/api/v2/dags/{local_stack.DAG_ID}/dagRuns/{run_id}", token=token)
+    assert dag_run["state"] == "success"
+    deploys = [ti for ti in local_stack.task_instances(stack, run_id, token) if ti["task_id"] == local_stack.MAPPED_TASK]
+    assert {ti["rendered_map_index"]: ti["state"] for ti in deploys} == dict.fromkeys(targets, "success")
+
+    # History table (tooling account) and each tenant's stack tag (its own account), read straight from moto.
+    aws = {
+        "endpoint_url": facts["moto_url"],
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+    }
+    tooling = loaded.fleet.tooling
+    dynamodb = boto3.client("dynamodb", region_name=tooling.region, **aws)
+    history = ledger.get_many(dynamodb, tooling.history_table, tenants=targets, release=TAG)
+    assert {name: (r.status, r.version, r.run_id) for name, r in history.items()} == dict.fromkeys(
+        targets, (Outcome.SUCCEEDED, "1.0.0", run_id)
+    )
+    sts = boto3.client("sts", region_name="us-east-1", **aws)
+    for name, target in targets.items():
+        creds = sts.assume_role(RoleArn=f"arn:aws:iam::{target.account_id}:role/stack-test", RoleSessionName="stack-test")
+        cloudformation = boto3.client(
+            "cloudformation",
+            region_name=target.region,
+            endpoint_url=facts["moto_url"],
+            aws_access_key_id=creds["Credentials"]["AccessKeyId"],
+            aws_secret_access_key=creds["Credentials"]["SecretAccessKey"],
+            aws_session_token=creds["Credentials"]["SessionToken"],
+        )
+        assert stack_tag(describe_stack(cloudformation, target.stack_name), TAG_RELEASE_VERSION) == "1.0.0", name
+
+    # What a person sees: progress in DAG order, then the summary table with every tenant.
+    lines = run.output.splitlines()
+    progress = [line.strip() for line in lines if line.startswith("  ") and line.rstrip().endswith(": success")]
+    assert progress[0] == "plan: success"
+    assert progress[-1] == "summary: success"
+    assert all(f"deploy[{name}]: success" in progress for name in targets)
+    table = lines[lines.index(next(line for line in lines if line.startswith("TENANT "))) :]
+    for name in targets:
+        assert any(line.startswith(f"{name} ") and "SUCCEEDED" in line for line in table), name
