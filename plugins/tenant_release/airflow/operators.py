@@ -111,19 +111,10 @@ class ReleaseGateOperator(ApprovalOperator):
         if not plan["gated"]:
             self.log.info("group %s is not gated; going on without approval", plan["group"])
             return {"gated": False}
-        from tenant_release.aws.approvals import find_decision
         from tenant_release.config import load_fleet
 
         fleet = load_fleet(plan["config_path"]).fleet
-        sessions = runtime.aws_sessions()
-        recorded = find_decision(
-            sessions.tooling_client("dynamodb", fleet.tooling.region),
-            sessions.tooling_client("s3", fleet.tooling.region),
-            table=fleet.tooling.approvals_table,
-            bucket=fleet.tooling.artifact_bucket,
-            tenant=RELEASE_WIDE,
-            release=plan["release_tag"],
-        )
+        recorded = runtime.recorded_decision(fleet.tooling, tenant=RELEASE_WIDE, release=plan["release_tag"])
         if recorded is not None:  # decided ahead, e.g. when the release was queued for a window
             return self.resume(context, {"approval": asdict(recorded)})
         subject, body = self.describe_request(ti, plan)
@@ -287,25 +278,8 @@ class TenantDeployOperator(BaseOperator):
         )
 
     def _recorded_decision(self, deployment: TargetDeployment) -> dict[str, Any] | None:
-        from tenant_release.aws.approvals import find_decision
-
-        tooling, sessions = deployment.run.tooling, deployment.sessions
-        decision = find_decision(
-            sessions.tooling_client("dynamodb", tooling.region),
-            sessions.tooling_client("s3", tooling.region),
-            table=tooling.approvals_table,
-            bucket=tooling.artifact_bucket,
-            tenant=deployment.target.name,
-            release=self.release_tag,
-        )
-        if decision is None:
-            return None
-        return {
-            "approved": decision.approved,
-            "decided_by": decision.decided_by,
-            "source": decision.source,
-            "note": decision.note,
-        }
+        decision = runtime.recorded_decision(deployment.run.tooling, tenant=deployment.target.name, release=self.release_tag)
+        return asdict(decision) if decision is not None else None
 
     def _wait_for_window(self, deployment: TargetDeployment, state: dict[str, Any], window: MaintenanceWindow) -> None:
         now = runtime.utcnow()

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tenant_release.aws.approvals import Decision, find_decision
 from tenant_release.aws.session import AwsSessions
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.errors import FleetConfigError
-from tenant_release.models import Target
+from tenant_release.models import Target, ToolingAccount
 
 _session_factory: Callable[[], AwsSessions] = AwsSessions
 _clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
@@ -45,6 +46,19 @@ def use_session_factory(factory: Callable[[], AwsSessions]) -> Callable[[], AwsS
     global _session_factory
     previous, _session_factory = _session_factory, factory
     return previous
+
+
+def recorded_decision(tooling: ToolingAccount, *, tenant: str, release: str) -> Decision | None:
+    """An approval record for this tenant (or `*`: the release gate) and release, from DynamoDB or S3."""
+    sessions = aws_sessions()
+    return find_decision(
+        sessions.tooling_client("dynamodb", tooling.region),
+        sessions.tooling_client("s3", tooling.region),
+        table=tooling.approvals_table,
+        bucket=tooling.artifact_bucket,
+        tenant=tenant,
+        release=release,
+    )
 
 
 def target_digest(target: Target) -> str:

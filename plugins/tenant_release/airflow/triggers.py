@@ -151,19 +151,10 @@ class ApprovalRecordTrigger(BaseTrigger):
         )
 
     def _lookup(self) -> Any:
-        from tenant_release.aws.approvals import find_decision
         from tenant_release.config import load_fleet
 
         tooling = load_fleet(self.config_path).fleet.tooling
-        sessions = runtime.aws_sessions()
-        return find_decision(
-            sessions.tooling_client("dynamodb", tooling.region),
-            sessions.tooling_client("s3", tooling.region),
-            table=tooling.approvals_table,
-            bucket=tooling.artifact_bucket,
-            tenant=self.tenant,
-            release=self.release_tag,
-        )
+        return runtime.recorded_decision(tooling, tenant=self.tenant, release=self.release_tag)
 
     async def _ui_answer(self) -> dict[str, Any] | None:
         if not self.ti_id:
