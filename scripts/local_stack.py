@@ -132,7 +132,7 @@ def environment(stack: Stack) -> dict[str, str]:
     stack.state_dir.mkdir(parents=True, exist_ok=True)
     secret_file = stack.state_dir / "jwt_secret"
     if not secret_file.exists():
-        secret_file.write_text(secrets.token_urlsafe(32))
+        secret_file.write_text(secrets.token_urlsafe(64))  # PyJWT warns below 64 bytes for HS512
     env = dict(os.environ)
     env.update(
         {
@@ -167,6 +167,12 @@ def environment(stack: Stack) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # A task's supervisor notices that its process deferred only at its next wake-up, up to
+    # `min_heartbeat_interval` (5 s) later. If the trigger fires before the scheduler has that
+    # executor event, the event arrives for a task instance that is queued again and the scheduler
+    # fails it ("state changed externally": a needless retry, seen here with 2 s stack polls).
+    # 1 s narrows that window and frees task slots sooner, for one heartbeat per running task a second.
+    env.setdefault("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", "1")
     if stack.is_sqlite:
         # SQLite's default 5 s busy timeout kills the scheduler under a many-tenant run ("database is locked").
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "sqlite_args.CONNECT_ARGS"

@@ -1,4 +1,4 @@
-"""The `tenant-release` command: validate the fleet file, show what a tag targets, bootstrap accounts, read history."""
+"""The `tenant-release` command: check the fleet and tags, bootstrap accounts, approve, queue and follow releases."""
 
 from __future__ import annotations
 
@@ -76,6 +76,131 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _whoami() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        return "unknown"
+
+
+def _cmd_queue_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from tenant_release.aws import release_queue
+    from tenant_release.aws.session import AwsSessions
+    from tenant_release.windows import ReleaseCalendar
+
+    loaded = load_fleet(args.config)
+    tooling = loaded.fleet.tooling
+    dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
+    statuses = None if args.all else [release_queue.QueueStatus.QUEUED]
+    entries = release_queue.list_queue(dynamodb, tooling.queue_table, statuses=statuses)
+    opens = ReleaseCalendar.from_schedule(loaded.fleet.schedule).next_release_start(datetime.now(UTC))
+    _out(f"next release window: {opens.isoformat() if opens else 'none (no windows outside a freeze)'}")
+    if not entries:
+        _out("nothing queued" if not args.all else "the queue is empty")
+        return 0
+    rows = [("RELEASE", "STATUS", "TENANTS", "QUEUED AT", "QUEUED BY", "APPROVED BY", "RUN")]
+    rows += [
+        (
+            e.release,
+            e.status.value,
+            ",".join(e.tenants) or "whole group",
+            e.queued_at[:19],
+            e.queued_by,
+            e.approved_by or "-",
+            e.run_id or "-",
+        )
+        for e in entries
+    ]
+    _table(rows)
+    return 0
+
+
+def _cmd_queue_cancel(args: argparse.Namespace) -> int:
+    from tenant_release.aws import release_queue
+    from tenant_release.aws.session import AwsSessions
+
+    tooling = load_fleet(args.config).fleet.tooling
+    dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
+    entry = release_queue.cancel(dynamodb, tooling.queue_table, args.tag, cancelled_by=args.by or _whoami())
+    _out(entry.describe())
+    return 0
+
+
+def _cmd_approve(args: argparse.Namespace) -> int:
+    from tenant_release.aws.approvals import RELEASE_WIDE, from_dynamodb, put_decision
+    from tenant_release.aws.session import AwsSessions
+
+    loaded = load_fleet(args.config)
+    release = parse_release_tag(args.tag)
+    # Refuse a record no gate would ever read: an unknown group, or a tenant outside the tag's group.
+    plan = plan_release(loaded, release, only_tenants=None if args.tenant == RELEASE_WIDE else [args.tenant])
+    tooling = loaded.fleet.tooling
+    dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
+    previous = from_dynamodb(dynamodb, tooling.approvals_table, tenant=args.tenant, release=release.tag)
+    who = args.by or _whoami()
+    put_decision(
+        dynamodb,
+        tooling.approvals_table,
+        tenant=args.tenant,
+        release=release.tag,
+        approved=not args.reject,
+        decided_by=who,
+        note=args.note,
+    )
+    what = f"the release gate of {release.tag}" if args.tenant == RELEASE_WIDE else f"{release.tag} for tenant {args.tenant}"
+    _out(f"recorded: {'rejected' if args.reject else 'approved'} {what} by {who}" + (f" ({args.note})" if args.note else ""))
+    if previous is not None:
+        _out(f"  replaces the earlier decision: {previous.describe()}")
+    if args.tenant == RELEASE_WIDE and not plan.gated:
+        _out(f"  note: group {plan.group} is not gated, so no release gate asks for this")
+    elif args.tenant != RELEASE_WIDE and plan.targets[0].approval.value != "required":
+        _out(f"  note: tenant {args.tenant} does not require its own approval (approval: {plan.targets[0].approval.value})")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from tenant_release.aws import ledger, release_queue
+    from tenant_release.aws.approvals import RELEASE_WIDE, find_decision
+    from tenant_release.aws.session import AwsSessions
+
+    loaded = load_fleet(args.config)
+    release = parse_release_tag(args.tag)
+    tooling = loaded.fleet.tooling
+    sessions = AwsSessions()
+    dynamodb = sessions.tooling_client("dynamodb", tooling.region)
+    group = release.group or loaded.fleet.default_group
+    gated = " (gated)" if group in loaded.fleet.gated_groups else ""
+    _out(f"{release.tag}: version {release.version} to group {group}{gated}")
+    entry = release_queue.get(dynamodb, tooling.queue_table, release.tag)
+    _out(f"queue: {entry.describe() if entry else 'not queued'}")
+    gate = find_decision(
+        dynamodb,
+        sessions.tooling_client("s3", tooling.region),
+        table=tooling.approvals_table,
+        bucket=tooling.artifact_bucket,
+        tenant=RELEASE_WIDE,
+        release=release.tag,
+    )
+    _out(f"release gate: {gate.describe() if gate else 'no decision recorded'}")
+    names = [t.name for t in loaded.fleet.tenants]
+    found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=release.tag)
+    if found:
+        _out(report.render_table([found[n] for n in names if n in found]))
+    else:
+        _out("no tenant has started this release")
+    return 0 if (entry or gate or found) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tenant-release", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help=f"fleet file (default: ${CONFIG_ENV_VAR} or {config_path()})")
@@ -98,6 +223,30 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="print the recorded outcome of a release, per tenant")
     history.add_argument("tag")
     history.set_defaults(func=_cmd_history)
+    queue = sub.add_parser("queue", help="releases waiting for the next release window").add_subparsers(
+        dest="queue_command", required=True
+    )
+    queue_list = queue.add_parser("list", help="print queued releases, oldest (shipped first) first")
+    queue_list.add_argument("--all", action="store_true", help="include dispatched and cancelled releases")
+    queue_list.set_defaults(func=_cmd_queue_list)
+    queue_cancel = queue.add_parser("cancel", help="take a queued release off the queue (it will not ship at a window)")
+    queue_cancel.add_argument("tag")
+    queue_cancel.add_argument("--by", default=None, help="who cancels (default: your login name)")
+    queue_cancel.set_defaults(func=_cmd_queue_cancel)
+    approve = sub.add_parser(
+        "approve",
+        help="record an approval (or --reject) that a waiting or future gate reads",
+        description="Without --tenant this answers the release gate (tenant '*'); with it, a tenant's own sign-off.",
+    )
+    approve.add_argument("tag")
+    approve.add_argument("--tenant", default="*", help="the tenant whose sign-off this is (default: * = the release gate)")
+    approve.add_argument("--reject", action="store_true", help="record a rejection instead")
+    approve.add_argument("--by", default=None, help="who decides (default: your login name)")
+    approve.add_argument("--note", default="", help="e.g. the change ticket")
+    approve.set_defaults(func=_cmd_approve)
+    status = sub.add_parser("status", help="where a release stands: queue, release gate, and each tenant (waits included)")
+    status.add_argument("tag")
+    status.set_defaults(func=_cmd_status)
     return parser
 
 

@@ -187,9 +187,10 @@ def enqueue_planned(plan_: dict[str, Any], gate: dict[str, Any] | None, *, queue
 # --- tenant_release_scheduled -----------------------------------------------------------------------------------
 
 
-def _fleet_and_queue(config: str | None = None) -> tuple[LoadedFleet, Any]:
+def _fleet_and_queue() -> tuple[LoadedFleet, Any]:
+    """The fleet file as it is now (not as parsed): the scheduled tasks judge freezes and windows by it."""
     try:
-        loaded = load_fleet(config)
+        loaded = load_fleet()
     except TenantReleaseError as exc:
         raise AirflowFailException(str(exc)) from None
     return loaded, _queue_client(loaded.fleet.tooling)

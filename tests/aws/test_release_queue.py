@@ -1,0 +1,113 @@
+"""The release queue table against moto: queue, take the oldest, dispatch, cancel, and refusals that say what to do."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+from tenant_release.aws import release_queue
+from tenant_release.aws.release_queue import QueueStatus, ReleaseQueueError
+
+TABLE = "tenant-release-queue"
+T0 = datetime(2027, 3, 1, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+def dynamodb(moto: None):
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    # The key schema of include/templates/tooling.yaml's QueueTable (tests/unit/test_templates.py checks the stack).
+    client.create_table(
+        TableName=TABLE,
+        AttributeDefinitions=[{"AttributeName": "release", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "release", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return client
+
+
+def queue(dynamodb, tag: str, *, at: datetime = T0, tenants=(), approved_by: str | None = None):
+    return release_queue.enqueue(
+        dynamodb, TABLE, release_tag=tag, tenants=tenants, queued_by="alice", approved_by=approved_by, now=at
+    )
+
+
+def test_queued_releases_come_out_oldest_first_with_what_was_recorded(dynamodb):
+    queue(dynamodb, "v-1.6.0-qa", at=T0 + timedelta(minutes=5), tenants=["initech"])
+    queue(dynamodb, "v1.5.0", at=T0, approved_by="bob (ui)")
+
+    first = release_queue.next_queued(dynamodb, TABLE)
+    assert first.release == "v1.5.0"
+    assert (first.status, first.tenants, first.queued_by, first.approved_by) == (QueueStatus.QUEUED, (), "alice", "bob (ui)")
+    assert [e.release for e in release_queue.list_queue(dynamodb, TABLE)] == ["v1.5.0", "v-1.6.0-qa"]
+    assert release_queue.get(dynamodb, TABLE, "v-1.6.0-qa").tenants == ("initech",)
+
+
+def test_dispatch_records_the_run_takes_the_item_off_the_queue_and_is_idempotent(dynamodb):
+    queue(dynamodb, "v1.5.0")
+    dispatched = release_queue.mark_dispatched(dynamodb, TABLE, "v1.5.0", run_id="queued__v1.5.0__scheduled__x")
+    assert (dispatched.status, dispatched.run_id) == (QueueStatus.DISPATCHED, "queued__v1.5.0__scheduled__x")
+    assert dispatched.dispatched_at
+    assert release_queue.next_queued(dynamodb, TABLE) is None
+
+    again = release_queue.mark_dispatched(dynamodb, TABLE, "v1.5.0", run_id="queued__v1.5.0__scheduled__x")
+    assert again.dispatched_at == dispatched.dispatched_at  # a retry changes nothing
+
+    with pytest.raises(ReleaseQueueError, match=r"dispatched .* to tenant_release run queued__v1\.5\.0__scheduled__x"):
+        release_queue.mark_dispatched(dynamodb, TABLE, "v1.5.0", run_id="another-run")
+
+
+def test_a_tag_is_queued_once_and_the_refusal_says_what_to_do(dynamodb):
+    queue(dynamodb, "v1.5.0")
+    with pytest.raises(ReleaseQueueError) as waiting:
+        queue(dynamodb, "v1.5.0", tenants=["acme"])
+    assert "v1.5.0 is queued (queued by alice" in str(waiting.value)
+    assert "tenant-release queue cancel v1.5.0" in str(waiting.value)
+    with pytest.raises(ReleaseQueueError, match="cancel it first"):
+        release_queue.check_can_enqueue(dynamodb, TABLE, "v1.5.0")
+
+    release_queue.mark_dispatched(dynamodb, TABLE, "v1.5.0", run_id="run-1")
+    with pytest.raises(ReleaseQueueError) as shipped:
+        queue(dynamodb, "v1.5.0")
+    assert "dispatched" in str(shipped.value) and "run-1" in str(shipped.value)
+    assert "trigger tenant_release directly, or queue a new tag" in str(shipped.value)
+    assert release_queue.get(dynamodb, TABLE, "v1.5.0").status == QueueStatus.DISPATCHED  # untouched
+
+
+def test_cancel_keeps_the_record_and_allows_queueing_again(dynamodb):
+    queue(dynamodb, "v1.5.0")
+    cancelled = release_queue.cancel(dynamodb, TABLE, "v1.5.0", cancelled_by="carol")
+    assert (cancelled.status, cancelled.cancelled_by) == (QueueStatus.CANCELLED, "carol")
+    assert release_queue.next_queued(dynamodb, TABLE) is None
+    with pytest.raises(ReleaseQueueError, match=r"cancelled by carol .*nothing to cancel"):
+        release_queue.cancel(dynamodb, TABLE, "v1.5.0", cancelled_by="carol")
+
+    release_queue.check_can_enqueue(dynamodb, TABLE, "v1.5.0")
+    requeued = queue(dynamodb, "v1.5.0", tenants=["acme"])
+    assert release_queue.get(dynamodb, TABLE, "v1.5.0") == requeued
+
+
+def test_cancel_refuses_unknown_and_dispatched_releases_naming_what_to_do(dynamodb):
+    queue(dynamodb, "v1.5.0")
+    queue(dynamodb, "v1.6.0", at=T0 + timedelta(seconds=1))
+    with pytest.raises(ReleaseQueueError, match=r"v9.9.9 is not in the release queue; queued releases: v1.5.0, v1.6.0"):
+        release_queue.cancel(dynamodb, TABLE, "v9.9.9", cancelled_by="carol")
+
+    release_queue.mark_dispatched(dynamodb, TABLE, "v1.5.0", run_id="run-1")
+    with pytest.raises(ReleaseQueueError, match="cannot stop it: mark that tenant_release run failed in the Airflow UI"):
+        release_queue.cancel(dynamodb, TABLE, "v1.5.0", cancelled_by="carol")
+
+
+def test_dispatching_a_release_cancelled_meanwhile_names_the_run_to_stop(dynamodb):
+    queue(dynamodb, "v1.5.0")
+    release_queue.cancel(dynamodb, TABLE, "v1.5.0", cancelled_by="carol")
+    with pytest.raises(ReleaseQueueError, match="run-7 was already triggered; mark that run failed"):
+        release_queue.mark_dispatched(dynamodb, TABLE, "v1.5.0", run_id="run-7")
+
+
+def test_a_missing_table_says_to_run_bootstrap(moto):
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    with pytest.raises(ReleaseQueueError, match=r"table .tenant-release-queue. does not exist .*run `tenant-release bootstrap`"):
+        release_queue.next_queued(client, TABLE)
+    with pytest.raises(ReleaseQueueError, match="tenant-release bootstrap"):
+        queue(client, "v1.5.0")

@@ -1,0 +1,259 @@
+"""Queue a release, then ship it at a release window: tenant_release_queue and tenant_release_scheduled under dag.test()."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import boto3
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from tenant_release.airflow import queue_steps, runtime
+from tenant_release.aws import release_queue
+from tenant_release.aws.approvals import from_dynamodb
+from tenant_release.aws.release_queue import QueueStatus
+
+from tests.dags.test_release_dag import approve, task_states
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+QUEUE = "tenant-release-queue"
+# fleet_schedule.yaml: one window, Tuesdays 02:00-04:00 UTC; the year-end freeze 12-20..01-05.
+IN_WINDOW = datetime(2027, 3, 2, 2, 30, tzinfo=UTC)  # a Tuesday
+IN_FREEZE_WINDOW = datetime(2027, 12, 21, 2, 30, tzinfo=UTC)  # a Tuesday, inside the freeze
+AFTER_FREEZE_WINDOW = datetime(2028, 1, 11, 2, 30, tzinfo=UTC)  # the first Tuesday after it
+
+
+@pytest.fixture
+def fleet(moto: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from tenant_release.aws.bootstrap import bootstrap_fleet
+    from tenant_release.aws.session import AwsSessions
+    from tenant_release.config import load_fleet
+
+    path = tmp_path / "tenants.yaml"
+    shutil.copy(FIXTURES / "fleet_schedule.yaml", path)
+    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(path))
+    bootstrap_fleet(AwsSessions(), load_fleet(path), sleep=lambda _: None)
+    return path
+
+
+@pytest.fixture
+def clock() -> Iterator[Callable[[datetime], None]]:
+    previous = runtime.use_clock(lambda: datetime.now(UTC))
+    yield lambda at: runtime.use_clock(lambda: at)
+    runtime.use_clock(previous)
+
+
+def parse(file: str, dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS / file))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags[dag_id]
+
+
+@pytest.fixture
+def queue_dag(airflow_db: None, fleet: Path):
+    return parse("tenant_release_queue.py", "tenant_release_queue")
+
+
+@pytest.fixture
+def scheduled_dag(airflow_db: None, fleet: Path):
+    return parse("tenant_release_scheduled.py", "tenant_release_scheduled")
+
+
+def dynamodb():
+    return boto3.client("dynamodb", region_name="us-east-1")
+
+
+def queued(tag: str) -> release_queue.QueuedRelease | None:
+    return release_queue.get(dynamodb(), QUEUE, tag)
+
+
+def put_in_queue(tag: str, tenants: tuple[str, ...] = ()) -> None:
+    release_queue.enqueue(dynamodb(), QUEUE, release_tag=tag, tenants=tenants, queued_by="alice", approved_by=None)
+
+
+def release_run(run_id: str):
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        run = session.query(DagRun).filter(DagRun.dag_id == "tenant_release", DagRun.run_id == run_id).one_or_none()
+        if run is not None:
+            session.expunge(run)
+        return run
+
+
+def release_runs() -> list[str]:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [r.run_id for r in session.query(DagRun).filter(DagRun.dag_id == "tenant_release")]
+
+
+@pytest.fixture(autouse=True)
+def no_triggered_runs_left_behind(airflow_db: None) -> Iterator[None]:
+    """The metadata DB is shared by the session: remove the queued tenant_release runs these tests trigger."""
+    yield
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        for run in session.query(DagRun).filter(DagRun.dag_id == "tenant_release", DagRun.run_id.like("queued__%")):
+            session.delete(run)
+
+
+def test_release_queued_during_a_freeze_ships_at_the_first_window_after_it(queue_dag, scheduled_dag, clock):
+    clock(datetime(2027, 12, 24, 10, tzinfo=UTC))  # inside the year-end freeze: queueing is still allowed
+    approve("v2.0.0", by="release-manager")  # prod is gated: decided ahead, by a record
+    queued_run = queue_dag.test(run_conf={"release_tag": "v2.0.0", "tenants": []})
+    assert str(queued_run.state) == "success"
+    entry = queued("v2.0.0")
+    assert (entry.status, entry.tenants, entry.approved_by) == (QueueStatus.QUEUED, (), "release-manager (dynamodb)")
+    assert entry.queued_by == "dag_test"  # the user who triggered the queue run
+
+    clock(AFTER_FREEZE_WINDOW)
+    run = scheduled_dag.test()
+    assert str(run.state) == "success"
+    states = task_states(run)
+    assert states[("take_queued_release", -1)] == "success"
+    assert states[("trigger_release", -1)] == "success"
+    assert states[("mark_dispatched", -1)] == "success"
+
+    release_run_id = f"queued__v2.0.0__{run.run_id}"
+    triggered = release_run(release_run_id)
+    assert triggered is not None, release_runs()
+    assert triggered.conf == {"release_tag": "v2.0.0", "tenants": [], "override_freeze": ""}
+    assert str(triggered.state) == "queued"  # nobody runs it here; it has its own gate, which the record passes
+    entry = queued("v2.0.0")
+    assert (entry.status, entry.run_id) == (QueueStatus.DISPATCHED, release_run_id)
+    # The release-wide record the queued run's gate reads is still there.
+    assert from_dynamodb(dynamodb(), "tenant-release-approvals", tenant="*", release="v2.0.0").approved
+
+
+def test_narrowed_ungated_release_is_queued_without_approval_and_shipped_to_those_tenants(queue_dag, scheduled_dag, clock):
+    clock(datetime(2027, 3, 1, 9, tzinfo=UTC))
+    queued_run = queue_dag.test(run_conf={"release_tag": "v-2.1.0-qa", "tenants": ["initech"]})
+    assert str(queued_run.state) == "success"
+    entry = queued("v-2.1.0-qa")
+    assert (entry.tenants, entry.approved_by) == (("initech",), None)
+
+    clock(IN_WINDOW)
+    run = scheduled_dag.test()
+    assert str(run.state) == "success"
+    triggered = release_run(f"queued__v-2.1.0-qa__{run.run_id}")
+    assert triggered.conf == {"release_tag": "v-2.1.0-qa", "tenants": ["initech"], "override_freeze": ""}
+
+
+def test_rejected_at_queue_time_nothing_is_queued(queue_dag, clock):
+    clock(datetime(2027, 3, 1, 9, tzinfo=UTC))
+    approve("v2.0.0", approved=False, by="cto")
+    run = queue_dag.test(run_conf={"release_tag": "v2.0.0", "tenants": []})
+    assert str(run.state) == "failed"
+    states = task_states(run)
+    assert states[("approve_release", -1)] == "failed"
+    assert states[("enqueue", -1)] == "upstream_failed"
+    assert queued("v2.0.0") is None
+
+
+def test_unanswered_gate_at_queue_time_times_out_and_nothing_is_queued(queue_dag, clock):
+    clock(datetime(2027, 3, 1, 9, tzinfo=UTC))
+    run = queue_dag.test(run_conf={"release_tag": "v2.2.0", "tenants": ["acme"]})  # the gate asks, nobody answers
+    assert str(run.state) == "failed"
+    assert task_states(run)[("approve_release", -1)] == "failed"
+    assert queued("v2.2.0") is None
+
+
+def test_queueing_refuses_a_bad_target_or_a_tag_already_queued_before_asking_anyone(fleet, clock):
+    now = datetime(2027, 3, 1, 9, tzinfo=UTC)
+    with pytest.raises(AirflowFailException, match="not in group 'prod'"):
+        queue_steps.plan_queued({"release_tag": "v2.0.0", "tenants": ["initech"]}, now=now)
+    put_in_queue("v2.0.0")
+    with pytest.raises(AirflowFailException, match=r"v2\.0\.0 is queued .*tenant-release queue cancel v2\.0\.0"):
+        queue_steps.plan_queued({"release_tag": "v2.0.0", "tenants": []}, now=now)
+
+
+def test_an_approval_given_in_airflow_at_queue_time_is_kept_for_the_release_run(fleet, clock):
+    clock(datetime(2027, 3, 1, 9, tzinfo=UTC))
+    plan = queue_steps.plan_queued({"release_tag": "v2.0.0", "tenants": []}, now=runtime.utcnow())
+
+    class TaskInstance:
+        def xcom_pull(self, task_ids: str):
+            return {"plan": plan}.get(task_ids)
+
+    gate = queue_steps.QueuedReleaseGateOperator(task_id="approve_release")
+    subject, body = gate.describe_request(TaskInstance(), plan)
+    assert subject == "Queue v2.0.0 for the next release window (2 tenant(s) of prod)?"
+    assert "first opening 2027-03-02T02:00:00+00:00" in body and "- acme\n- globex" in body
+
+    answer = {"chosen_options": ["Approve"], "responded_by_user": {"id": "7", "name": "release-manager"}}
+    result = gate.resume({"ti": TaskInstance(), "run_id": "manual__queue"}, answer)
+    assert result == {"gated": True, "approved_by": "release-manager", "source": "ui", "note": ""}
+    record = from_dynamodb(dynamodb(), "tenant-release-approvals", tenant="*", release="v2.0.0")
+    assert (record.approved, record.decided_by) == (True, "release-manager")
+    assert "when queued" in record.note
+
+    with pytest.raises(AirflowFailException, match="rejected by cto via ui; nothing was queued"):
+        gate.resume(
+            {"ti": TaskInstance(), "run_id": "manual__queue"},
+            {"chosen_options": ["Reject"], "responded_by_user": {"id": "1", "name": "cto"}},
+        )
+
+
+def test_inside_a_freeze_the_scheduled_run_takes_nothing_and_says_why(scheduled_dag, clock):
+    put_in_queue("v2.0.0")
+    clock(IN_FREEZE_WINDOW)
+    run = scheduled_dag.test()
+    assert str(run.state) == "success"
+    states = task_states(run)
+    assert states[("take_queued_release", -1)] == "skipped"
+    assert states[("trigger_release", -1)] == "skipped"
+    assert states[("mark_dispatched", -1)] == "skipped"
+    assert queued("v2.0.0").status == QueueStatus.QUEUED
+    assert release_run(f"queued__v2.0.0__{run.run_id}") is None
+    with pytest.raises(AirflowSkipException) as skipped:
+        queue_steps.take_queued_release(run_id="r", now=IN_FREEZE_WINDOW)
+    assert str(skipped.value) == (
+        "inside the change freeze 12-20..01-05 (year-end change freeze): v2.0.0 stays queued; "
+        "the next release window opens 2028-01-11T02:00:00+00:00"
+    )
+
+
+def test_empty_queue_or_closed_window_skips_with_the_reason(scheduled_dag, clock):
+    clock(IN_WINDOW)
+    run = scheduled_dag.test()
+    assert str(run.state) == "success"
+    assert task_states(run)[("take_queued_release", -1)] == "skipped"
+    with pytest.raises(AirflowSkipException, match="nothing queued: queue a release with the tenant_release_queue DAG"):
+        queue_steps.take_queued_release(run_id="r", now=IN_WINDOW)
+
+    put_in_queue("v2.0.0")
+    wednesday = datetime(2027, 3, 3, 2, 30, tzinfo=UTC)
+    with pytest.raises(AirflowSkipException, match=r"no release window is open at 2027-03-03T02:30:00\+00:00 .*v2.0.0 stays"):
+        queue_steps.take_queued_release(run_id="r", now=wednesday)
+
+
+def test_scheduled_dag_takes_its_windows_from_the_fleet_file_and_has_no_start_date(airflow_db, tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    path = tmp_path / "tenants.yaml"
+    shutil.copy(FIXTURES / "fleet_schedule.yaml", path)
+    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(path))
+    dag = parse("tenant_release_scheduled.py", "tenant_release_scheduled")
+    assert dag.timetable.summary == "Release windows: Tue 02:00-04:00 UTC; freezes: 12-20..01-05"
+    assert dag.start_date is None and not dag.catchup  # unpausing never runs a window that already closed
+
+    path.write_text(path.read_text().replace('windows: ["Tue 02:00-04:00 UTC"]', "windows: []"))
+    errors = DagBag(dag_folder=str(DAGS / "tenant_release_scheduled.py")).import_errors
+    assert "lists no release windows, so a queued release would never ship" in next(iter(errors.values()))
+
+    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(tmp_path / "missing.yaml"))
+    errors = DagBag(dag_folder=str(DAGS / "tenant_release_scheduled.py")).import_errors
+    assert (
+        "tenant_release_scheduled takes its release windows from the fleet file: fleet file "
+        f"{tmp_path / 'missing.yaml'} does not exist"
+    ) in next(iter(errors.values()))

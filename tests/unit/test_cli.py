@@ -1,0 +1,146 @@
+"""The `tenant-release` command: what it prints, its exit codes, and the records it writes (against moto)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+from tenant_release import cli
+from tenant_release.aws import ledger, release_queue
+from tenant_release.aws.approvals import from_dynamodb
+from tenant_release.models import Outcome, TenantResult
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_summarises_the_fleet(fleet_file: Path, capsys):
+    code, out, err = run(capsys, "validate")
+    assert code == 0 and err == ""
+    assert f"{fleet_file}: OK" in out
+    assert "4 tenants; groups: canary, prod, qa; default group: prod" in out
+    assert "gated groups: prod" in out
+
+
+def test_validate_names_what_is_wrong(fleet_file: Path, capsys):
+    fleet_file.write_text(fleet_file.read_text().replace('account_id: "222222222222"', "account_id: 222222222222"))
+    code, out, err = run(capsys, "validate")
+    assert code == 2 and out == ""
+    assert "tenant 'globex' (tenants[1]) field account_id" in err and 'Quote it: account_id: "222222222222"' in err
+
+
+def test_plan_lists_the_tags_tenants(fleet_file: Path, capsys):
+    code, out, err = run(capsys, "plan", "v1.4.0")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == "v1.4.0: version 1.4.0 to group prod (gated: needs approval)"
+    assert lines[1].split() == ["TENANT", "ACCOUNT", "REGION", "STACK", "APPROVAL", "WINDOW"]
+    assert [line.split()[0] for line in lines[2:]] == ["acme", "globex", "umbrella"]
+    assert "044444444444" in out  # the leading zero survives
+
+
+def test_plan_refuses_a_bad_tag_with_exit_code_2_and_the_fix_on_stderr(fleet_file: Path, capsys):
+    code, out, err = run(capsys, "plan", "1.4")
+    assert (code, out) == (2, "")
+    assert err.startswith("tenant-release: release tag '1.4' is not valid: use v<MAJOR>.<MINOR>.<PATCH>")
+
+    code, out, err = run(capsys, "plan", "v-1.4.0-nosuch")
+    assert (code, out) == (2, "")
+    assert "targets group 'nosuch', which no tenant belongs to; groups: canary, prod, qa" in err
+
+
+def approvals(tenant: str, release: str):
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    return from_dynamodb(dynamodb, "tenant-release-approvals", tenant=tenant, release=release)
+
+
+def test_approve_writes_the_release_gate_record_and_a_second_answer_replaces_it(bootstrapped, capsys):
+    code, out, _ = run(capsys, "approve", "v1.5.0", "--by", "release-manager", "--note", "CAB-12")
+    assert code == 0
+    assert out == "recorded: approved the release gate of v1.5.0 by release-manager (CAB-12)\n"
+    record = approvals("*", "v1.5.0")
+    assert (record.approved, record.decided_by, record.note) == (True, "release-manager", "CAB-12")
+
+    code, out, _ = run(capsys, "approve", "v1.5.0", "--reject", "--by", "cto")
+    assert code == 0
+    assert "recorded: rejected the release gate of v1.5.0 by cto" in out
+    assert "replaces the earlier decision: approved by release-manager via dynamodb: CAB-12" in out
+    assert approvals("*", "v1.5.0").approved is False
+
+
+def test_approve_for_a_tenant_checks_it_belongs_to_the_tags_group(bootstrapped, capsys):
+    code, out, _ = run(capsys, "approve", "v-1.5.0-qa", "--tenant", "initech", "--by", "initech-ops")
+    assert code == 0 and "approved v-1.5.0-qa for tenant initech by initech-ops" in out
+    assert "does not require its own approval" in out
+    assert approvals("initech", "v-1.5.0-qa").decided_by == "initech-ops"
+
+    code, out, err = run(capsys, "approve", "v1.5.0", "--tenant", "initech")
+    assert (code, out) == (2, "")
+    assert "not in group 'prod'" in err
+    assert approvals("initech", "v1.5.0") is None
+
+
+def test_status_shows_queue_gate_and_tenants_still_waiting_with_the_reason(bootstrapped, capsys):
+    code, out, _ = run(capsys, "status", "v1.5.0")
+    assert code == 1
+    assert "queue: not queued" in out and "release gate: no decision recorded" in out
+
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    release_queue.enqueue(
+        dynamodb, "tenant-release-queue", release_tag="v1.5.0", tenants=(), queued_by="alice", approved_by="bob (ui)"
+    )
+    run(capsys, "approve", "v1.5.0", "--by", "bob")
+    waiting = "waiting for maintenance window Sun 02:00-05:00 Europe/Berlin, opens 2027-03-07T01:00:00+00:00"
+    ledger.record(
+        dynamodb,
+        "tenant-release-history",
+        TenantResult(
+            tenant="acme",
+            account_id="111111111111",
+            region="eu-central-1",
+            release="v1.5.0",
+            version="1.5.0",
+            status=Outcome.IN_PROGRESS,
+            run_id="manual__1",
+            started_at="2027-03-06T20:00:00+00:00",
+            finished_at="2027-03-06T20:00:00+00:00",
+            reason=waiting,
+        ),
+    )
+    code, out, _ = run(capsys, "status", "v1.5.0")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "v1.5.0: version 1.5.0 to group prod (gated)"
+    assert lines[1].startswith("queue: v1.5.0 is queued (queued by alice at ")
+    assert lines[2] == "release gate: approved by bob via dynamodb"
+    (acme,) = [line for line in lines if line.startswith("acme")]
+    assert "IN_PROGRESS" in acme and waiting in acme
+
+
+def test_queue_list_and_cancel(bootstrapped, capsys):
+    code, out, _ = run(capsys, "queue", "list")
+    assert code == 0 and out.splitlines()[-1] == "nothing queued"
+    assert out.startswith("next release window: none")  # this fleet file declares no windows
+
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    release_queue.enqueue(
+        dynamodb, "tenant-release-queue", release_tag="v-1.5.0-qa", tenants=["initech"], queued_by="alice", approved_by=None
+    )
+    code, out, _ = run(capsys, "queue", "list")
+    header, row = out.splitlines()[1:]
+    assert header.split() == ["RELEASE", "STATUS", "TENANTS", "QUEUED", "AT", "QUEUED", "BY", "APPROVED", "BY", "RUN"]
+    assert row.split()[:3] == ["v-1.5.0-qa", "QUEUED", "initech"]
+
+    code, out, _ = run(capsys, "queue", "cancel", "v-1.5.0-qa", "--by", "carol")
+    assert code == 0 and out.startswith("v-1.5.0-qa was cancelled by carol")
+    code, out, _ = run(capsys, "queue", "list")
+    assert out.splitlines()[-1] == "nothing queued"
+    code, out, _ = run(capsys, "queue", "list", "--all")
+    assert "CANCELLED" in out
+
+    code, out, err = run(capsys, "queue", "cancel", "v-1.5.0-qa")
+    assert (code, out) == (2, "") and "nothing to cancel" in err
