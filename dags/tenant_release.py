@@ -5,20 +5,10 @@ Thin wiring only: the fleet file is read when a run starts (the `plan` task), ne
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Param, dag, get_current_context, task
 from tenant_release.airflow import runtime, steps
+from tenant_release.airflow.dag_defaults import DEFAULT_ARGS, release_tag_param, tenants_param
 from tenant_release.airflow.operators import ReleaseGateOperator, TenantDeployOperator
-from tenant_release.tags import TAG_JSON_SCHEMA_PATTERN
-
-DEFAULT_ARGS = {
-    "owner": "platform",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-}
 
 
 @dag(
@@ -30,20 +20,8 @@ DEFAULT_ARGS = {
     tags=["tenant-release", "deploy"],
     doc_md=__doc__,
     params={
-        "release_tag": Param(
-            "v1.0.0",
-            type="string",
-            pattern=TAG_JSON_SCHEMA_PATTERN,
-            title="Release tag",
-            description="v1.4.0 ships to the fleet's default group; v-1.4.0-qa ships to the group qa.",
-        ),
-        "tenants": Param(
-            [],
-            type="array",
-            items={"type": "string", "pattern": "^[a-z][a-z0-9-]*$"},
-            title="Only these tenants",
-            description="Optional: narrow the run to these tenants of the tag's group.",
-        ),
+        "release_tag": release_tag_param(),
+        "tenants": tenants_param("Optional: narrow the run to these tenants of the tag's group."),
         "override_freeze": Param(
             "",
             type="string",

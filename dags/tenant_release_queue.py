@@ -8,19 +8,9 @@ Thin wiring only: the fleet file is read when a run starts, never at parse time.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 from tenant_release.airflow import queue_steps, runtime
-from tenant_release.tags import TAG_JSON_SCHEMA_PATTERN
-
-DEFAULT_ARGS = {
-    "owner": "platform",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-}
+from tenant_release.airflow.dag_defaults import DEFAULT_ARGS, release_tag_param, tenants_param
 
 
 @dag(
@@ -31,20 +21,10 @@ DEFAULT_ARGS = {
     tags=["tenant-release", "queue"],
     doc_md=__doc__,
     params={
-        "release_tag": Param(
-            "v1.0.0",
-            type="string",
-            pattern=TAG_JSON_SCHEMA_PATTERN,
-            title="Release tag",
-            description="v1.4.0 ships to the fleet's default group; v-1.4.0-qa ships to the group qa.",
-        ),
-        "tenants": Param(
-            [],
-            type="array",
-            items={"type": "string", "pattern": "^[a-z][a-z0-9-]*$"},
-            title="Only these tenants",
-            description="Optional: narrow the release to these tenants of the tag's group (empty: the whole group "
-            "as the fleet file lists it when the release ships).",
+        "release_tag": release_tag_param(),
+        "tenants": tenants_param(
+            "Optional: narrow the release to these tenants of the tag's group (empty: the whole group "
+            "as the fleet file lists it when the release ships)."
         ),
     },
 )

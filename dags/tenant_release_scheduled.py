@@ -11,19 +11,10 @@ its own gate, freeze check and summary); this DAG does not wait for it.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, get_current_context, task
 from tenant_release.airflow import queue_steps, runtime
-
-DEFAULT_ARGS = {
-    "owner": "platform",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-}
+from tenant_release.airflow.dag_defaults import DEFAULT_ARGS
 
 
 @dag(
