@@ -23,7 +23,14 @@ from tenant_release.models import Artifact, Outcome, Release, Target, TenantResu
 log = logging.getLogger(__name__)
 
 # Set by the release itself; a tenant's `parameters` may not override them.
-RELEASE_PARAMETERS = ("ApplicationName", "TenantName", "CodeS3Bucket", "CodeS3Key", "ReleaseVersion")
+RELEASE_PARAMETERS = (
+    "ApplicationName",
+    "TenantName",
+    "CodeS3Bucket",
+    "CodeS3Key",
+    "ReleaseVersion",
+    "PermissionsBoundaryArn",
+)
 
 
 def utc_now() -> str:
@@ -120,6 +127,12 @@ class TargetDeployment:
             "CodeS3Bucket": self.target.artifact_bucket,
             "CodeS3Key": artifact.code_key,
             "ReleaseVersion": artifact.version,
+            # The boundary the target's bootstrap created, named by the same prefix it was given.
+            "PermissionsBoundaryArn": naming.app_permissions_boundary_arn(
+                account_id=self.target.account_id,
+                region=self.target.region,
+                prefix=naming.app_name_prefix(self.target.stack_name, self.target.function_name),
+            ),
         }
 
     def digest(self) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from tenant_release.errors import FleetConfigError
+
 _SESSION_UNSAFE = re.compile(r"[^\w+=,.@-]")
 _CHANGE_SET_UNSAFE = re.compile(r"[^a-zA-Z0-9-]")
 
@@ -22,6 +24,11 @@ def partition_for(region: str) -> str:
 
 def role_arn(*, account_id: str, role_name: str, region: str) -> str:
     return f"arn:{partition_for(region)}:iam::{account_id}:role/{role_name}"
+
+
+def app_permissions_boundary_arn(*, account_id: str, region: str, prefix: str) -> str:
+    """The bootstrap's `AppPermissionsBoundary` policy, which every application role must carry."""
+    return f"arn:{partition_for(region)}:iam::{account_id}:policy/{prefix}permissions-boundary"
 
 
 def _short_hash(*parts: str, length: int = 10) -> str:
@@ -78,3 +85,20 @@ def deploy_digest(*, template_sha256: str, code_sha256: str, parameters: dict[st
 def render_target_name(pattern: str, **values: str) -> str:
     """Expand `{name}`, `{account_id}`, `{region}` in a defaults pattern such as `tenant-app-{name}`."""
     return pattern.format(**values)
+
+
+def app_name_prefix(stack_name: str, function_name: str) -> str:
+    """The app resources' shared name prefix, which scopes the execution role (e.g. `tenant-app-`)."""
+    prefix = ""
+    for a, b in zip(stack_name, function_name, strict=False):
+        if a != b:
+            break
+        prefix += a
+    if "-" in prefix:
+        prefix = prefix[: prefix.rindex("-") + 1]
+    if len(prefix) < 4:
+        raise FleetConfigError(
+            f"stack name {stack_name!r} and function name {function_name!r} share no name prefix to scope the "
+            "deployment roles to; give them a common prefix such as 'tenant-app-'"
+        )
+    return prefix

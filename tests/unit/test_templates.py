@@ -9,6 +9,8 @@ show that each template creates cleanly and that the resources moto does model e
 
 from __future__ import annotations
 
+import copy
+import fnmatch
 import importlib.util
 import io
 import json
@@ -22,6 +24,8 @@ import boto3
 import pytest
 from cfnlint.api import lint_all
 from cfnlint.decode.cfn_yaml import loads
+from tenant_release import naming
+from tenant_release.deploy import RELEASE_PARAMETERS
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "include" / "templates"
 APP_TEMPLATE = TEMPLATES_DIR / "app" / "template.yaml"
@@ -32,6 +36,7 @@ ALL_TEMPLATES = (APP_TEMPLATE, TOOLING_TEMPLATE, BOOTSTRAP_TEMPLATE)
 
 REGION = "us-east-1"
 TOOLING_ACCOUNT_ID = "000000000001"
+BOUNDARY_ARN = "arn:aws:iam::123456789012:policy/tenant-app-permissions-boundary"
 TOOLING_KEY_ARN = f"arn:aws:kms:{REGION}:{TOOLING_ACCOUNT_ID}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 NO_VALUE = {"Ref": "AWS::NoValue"}
@@ -44,6 +49,18 @@ TENANT_DEPLOY_ROLE_CONDITION = {
 APP_FUNCTIONS = {"Fn::Sub": "arn:${AWS::Partition}:lambda:*:${AWS::AccountId}:function:${AppNamePrefix}*"}
 APP_ROLES = {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AppNamePrefix}*"}
 APP_STACKS = {"Fn::Sub": "arn:${AWS::Partition}:cloudformation:*:${AWS::AccountId}:stack/${AppNamePrefix}*/*"}
+APP_LOG_GROUPS = {"Fn::Sub": "arn:${AWS::Partition}:logs:*:${AWS::AccountId}:log-group:/aws/lambda/${AppNamePrefix}*"}
+# The IAM actions that can widen what a role may do and that support the iam:PermissionsBoundary
+# condition key; the execution role may use them on application roles only under the boundary.
+BOUNDARY_GATED_ACTIONS = (
+    "iam:CreateRole",
+    "iam:PutRolePolicy",
+    "iam:AttachRolePolicy",
+    "iam:DetachRolePolicy",
+    "iam:DeleteRolePolicy",
+    "iam:PutRolePermissionsBoundary",
+)
+BOUNDARY_CONDITION = {"StringEquals": {"iam:PermissionsBoundary": {"Ref": "AppPermissionsBoundary"}}}
 # Actions without resource-level permissions: the only ones an identity policy may grant on "*".
 RESOURCE_STAR_ACTIONS = {"cloudformation:ValidateTemplate"}
 
@@ -238,20 +255,119 @@ def test_execution_role_manages_only_application_functions_roles_and_logs() -> N
         assert statement["Resource"] == APP_FUNCTIONS
     iam = _statements_with_action(statements, "iam:")
     assert all(s["Resource"] == APP_ROLES for s in iam)
-    iam_actions = {a for s in iam for a in _listed(s["Action"])}
+    allowed_iam_actions = {a for s in iam if s["Effect"] == "Allow" for a in _listed(s["Action"])}
     # Attaching a managed policy (e.g. AdministratorAccess) or dropping a boundary would escalate.
-    assert not iam_actions & {"iam:AttachRolePolicy", "iam:DeleteRolePermissionsBoundary", "iam:CreateUser"}
+    assert not allowed_iam_actions & {"iam:AttachRolePolicy", "iam:DeleteRolePermissionsBoundary", "iam:CreateUser"}
+    assert not any(map(_is_wildcard_action, allowed_iam_actions))
     (pass_role,) = [s for s in iam if s["Action"] == "iam:PassRole"]
     assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}
     for statement in _statements_with_action(statements, "logs:"):
         if statement["Action"] != "logs:DescribeLogGroups":
-            assert statement["Resource"] == {
-                "Fn::Sub": "arn:${AWS::Partition}:logs:*:${AWS::AccountId}:log-group:/aws/lambda/${AppNamePrefix}*"
-            }
+            assert statement["Resource"] == APP_LOG_GROUPS
     (s3,) = _statements_with_action(statements, "s3:")
     assert s3["Resource"] == {"Fn::Sub": "${ArtifactBucket.Arn}/${ReleasePrefix}/*"}
     (kms,) = _statements_with_action(statements, "kms:")
     assert (kms["Action"], kms["Resource"]) == ("kms:Decrypt", {"Fn::GetAtt": ["ArtifactKey", "Arn"]})
+
+
+# --- the application roles' permissions boundary ------------------------------------------------
+
+
+def _unbounded_role_grants(statements: list[dict[str, Any]]) -> list[tuple[str | None, str]]:
+    """(Sid, action) of every allowed boundary-gated action not conditioned on the application boundary.
+
+    Action patterns are expanded, so e.g. `iam:Put*` or `iam:*` counts as every action it covers.
+    """
+    unbounded = []
+    for statement in statements:
+        if statement["Effect"] != "Allow":
+            continue
+        for pattern in _listed(statement["Action"]):
+            for action in BOUNDARY_GATED_ACTIONS:
+                if fnmatch.fnmatchcase(action.lower(), pattern.lower()) and statement.get("Condition") != BOUNDARY_CONDITION:
+                    unbounded.append((statement.get("Sid"), action))
+    return unbounded
+
+
+def test_app_permissions_boundary_allows_only_writing_application_logs() -> None:
+    template = _template(BOOTSTRAP_TEMPLATE)
+    (name,) = _resources(BOOTSTRAP_TEMPLATE, "AWS::IAM::ManagedPolicy")
+    assert name == "AppPermissionsBoundary"
+    props = template["Resources"][name]["Properties"]
+    assert props["ManagedPolicyName"] == {"Fn::Sub": "${AppNamePrefix}permissions-boundary"}
+    assert "Path" not in props  # naming.app_permissions_boundary_arn assumes the default path "/"
+    statements = _statements(props["PolicyDocument"])
+    assert statements
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        assert "NotAction" not in statement and "NotResource" not in statement
+        actions = _listed(statement["Action"])
+        assert not any("*" in action for action in actions), actions
+        assert set(actions) <= {"logs:CreateLogStream", "logs:PutLogEvents"}
+        assert _listed(statement["Resource"]) == [APP_LOG_GROUPS]
+    assert template["Outputs"]["AppPermissionsBoundaryArn"]["Value"] == {"Ref": name}
+
+
+@pytest.mark.parametrize("path", ALL_TEMPLATES, ids=lambda p: p.name)
+def test_every_role_permission_grant_requires_the_app_permissions_boundary(path: Path) -> None:
+    statements = [s for kind, _, document in _policy_documents(path) if kind == "identity" for s in _statements(document)]
+    assert _unbounded_role_grants(statements) == []
+
+
+def test_execution_role_creates_and_changes_app_roles_only_under_the_boundary() -> None:
+    statements = _role_statements(BOOTSTRAP_TEMPLATE, "ExecutionRole")
+    bounded = [s for s in statements if s.get("Condition") == BOUNDARY_CONDITION]
+    assert all(s["Effect"] == "Allow" and s["Resource"] == APP_ROLES for s in bounded)
+    bounded_actions = {a for s in bounded for a in _listed(s["Action"])}
+    # What CloudFormation needs to create, update (including adding the boundary to an existing
+    # role) and delete the application role.
+    assert {"iam:CreateRole", "iam:PutRolePolicy", "iam:DeleteRolePolicy", "iam:PutRolePermissionsBoundary"} <= (bounded_actions)
+    deny = _by_sid(statements, "KeepApplicationRoleBoundaries")
+    assert (deny["Effect"], deny["Action"], deny["Resource"]) == ("Deny", "iam:DeleteRolePermissionsBoundary", APP_ROLES)
+    assert "Condition" not in deny
+
+
+def test_the_boundary_check_catches_a_grant_without_the_condition() -> None:
+    """The template with the condition dropped, or a wildcard action added, fails the check above."""
+    statements = _role_statements(BOOTSTRAP_TEMPLATE, "ExecutionRole")
+    assert _unbounded_role_grants(statements) == []
+    dropped = copy.deepcopy(statements)
+    for statement in dropped:
+        statement.pop("Condition", None)
+    assert ("ManageBoundedApplicationRoles", "iam:CreateRole") in _unbounded_role_grants(dropped)
+    assert ("ManageBoundedApplicationRoles", "iam:PutRolePolicy") in _unbounded_role_grants(dropped)
+    other_key = copy.deepcopy(statements)
+    _by_sid(other_key, "ManageBoundedApplicationRoles")["Condition"] = {"StringLike": {"iam:PermissionsBoundary": "*"}}
+    assert _unbounded_role_grants(other_key)
+    widened = [*statements, {"Sid": "Sneaky", "Effect": "Allow", "Action": "iam:Put*", "Resource": APP_ROLES}]
+    assert ("Sneaky", "iam:PutRolePolicy") in _unbounded_role_grants(widened)
+
+
+def test_app_roles_carry_the_permissions_boundary_parameter() -> None:
+    template = _template(APP_TEMPLATE)
+    assert template["Parameters"]["PermissionsBoundaryArn"]["Type"] == "String"
+    assert "Default" not in template["Parameters"]["PermissionsBoundaryArn"]
+    roles = _resources(APP_TEMPLATE, "AWS::IAM::Role")
+    assert roles
+    for role in roles.values():
+        assert role["Properties"]["PermissionsBoundary"] == {"Ref": "PermissionsBoundaryArn"}
+
+
+def test_the_release_sets_every_release_parameter_the_app_declares() -> None:
+    assert "PermissionsBoundaryArn" in RELEASE_PARAMETERS
+    assert set(RELEASE_PARAMETERS) <= set(_template(APP_TEMPLATE)["Parameters"])
+
+
+@pytest.mark.parametrize(
+    ("region", "expected"),
+    [
+        ("eu-west-1", "arn:aws:iam::111111111111:policy/tenant-app-permissions-boundary"),
+        ("cn-north-1", "arn:aws-cn:iam::111111111111:policy/tenant-app-permissions-boundary"),
+        ("us-gov-west-1", "arn:aws-us-gov:iam::111111111111:policy/tenant-app-permissions-boundary"),
+    ],
+)
+def test_app_permissions_boundary_arn(region: str, expected: str) -> None:
+    assert naming.app_permissions_boundary_arn(account_id="111111111111", region=region, prefix="tenant-app-") == expected
 
 
 # --- trust policies -----------------------------------------------------------------------------
@@ -492,6 +608,12 @@ def test_tenant_bootstrap_stack_creates_in_moto(aws: boto3.Session, external_id:
         {"Service": "cloudformation.amazonaws.com"}
     ]
 
+    # The ARN the release passes to the application stack is the policy this stack created.
+    account_id = aws.client("sts").get_caller_identity()["Account"]
+    boundary_arn = naming.app_permissions_boundary_arn(account_id=account_id, region=REGION, prefix="tenant-app-")
+    assert outputs["AppPermissionsBoundaryArn"] == boundary_arn
+    iam.get_policy(PolicyArn=boundary_arn)
+
 
 def test_app_stack_creates_in_moto(aws: boto3.Session) -> None:
     code = io.BytesIO()
@@ -511,6 +633,7 @@ def test_app_stack_creates_in_moto(aws: boto3.Session) -> None:
             "CodeS3Bucket": "acme-artifacts",
             "CodeS3Key": "releases/v1.2.3/app.zip",
             "ReleaseVersion": "v1.2.3",
+            "PermissionsBoundaryArn": BOUNDARY_ARN,
             "MemorySize": "256",
             "LogLevel": "DEBUG",
         },
@@ -527,5 +650,11 @@ def test_app_stack_creates_in_moto(aws: boto3.Session) -> None:
         "LOG_LEVEL": "DEBUG",
     }
     assert config["Role"].endswith(":role/tenant-app-acme-role")
+    # moto records the boundary but, like IAM policies in general, does not enforce it.
+    role = aws.client("iam").get_role(RoleName="tenant-app-acme-role")["Role"]
+    assert role["PermissionsBoundary"] == {
+        "PermissionsBoundaryType": "PermissionsBoundaryPolicy",
+        "PermissionsBoundaryArn": BOUNDARY_ARN,
+    }
     (group,) = aws.client("logs").describe_log_groups(logGroupNamePrefix="/aws/lambda/tenant-app-acme")["logGroups"]
     assert group["retentionInDays"] == 30

@@ -16,7 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tenant_release import classify
+from tenant_release import classify, naming
 from tenant_release.aws.artifacts import resolve_kms_key_arn
 from tenant_release.aws.session import AwsSessions
 from tenant_release.aws.stacks import NEEDS_A_PERSON_STATES, SUCCESS_STATES, describe_stack
@@ -98,7 +98,7 @@ def bootstrap_fleet(
                     "ReleasePrefix": tooling.release_prefix,
                     "ArtifactBucketName": target.artifact_bucket,
                     "KmsKeyAlias": target.kms_key_alias,
-                    "AppNamePrefix": _common_prefix(target.stack_name, target.function_name),
+                    "AppNamePrefix": naming.app_name_prefix(target.stack_name, target.function_name),
                 },
                 account_id=target.account_id,
                 region=target.region,
@@ -125,23 +125,6 @@ def _admin_view(target: Target, bootstrap_role_name: str) -> Target:
     """The same account reached through its administrative role: the deploy role does not exist yet."""
     arn = target.deploy_role_arn.rsplit("/", 1)[0] + f"/{bootstrap_role_name}"
     return target.model_copy(update={"deploy_role_arn": arn, "external_id": None, "name": f"{target.name}-bootstrap"})
-
-
-def _common_prefix(stack_name: str, function_name: str) -> str:
-    """The app resources' shared name prefix, which scopes the execution role (e.g. `tenant-app-`)."""
-    prefix = ""
-    for a, b in zip(stack_name, function_name, strict=False):
-        if a != b:
-            break
-        prefix += a
-    if "-" in prefix:
-        prefix = prefix[: prefix.rindex("-") + 1]
-    if len(prefix) < 4:
-        raise FleetConfigError(
-            f"stack name {stack_name!r} and function name {function_name!r} share no name prefix to scope the "
-            "deployment roles to; give them a common prefix such as 'tenant-app-'"
-        )
-    return prefix
 
 
 def _deploy_stack(
