@@ -37,12 +37,12 @@ RELEASE_DAG_ID = "tenant_release"
 # --- the scheduled DAG's timetable (read when the DAG file is parsed) -----------------------------------------
 
 
-def release_window_timetable(path: Path | str | None = None) -> ReleaseWindowTimetable:
+def release_window_timetable(path: Path | str | None = None) -> ReleaseWindowTimetable | None:
     """The timetable of `tenant_release_scheduled`, from the fleet file's `schedule` section.
 
     The only parse-time read of the fleet file: a timetable is fixed when the DAG is serialized, so the
-    windows must be known then. A missing or invalid file, or one without windows, fails the import with
-    the reason (shown as the DAG's import error).
+    windows must be known then. A missing or invalid file fails the import with the reason (shown as the
+    DAG's import error). A fleet without windows gets None: the DAG exists but is never scheduled.
     """
     source = Path(path) if path is not None else config_path()
     try:
@@ -53,19 +53,16 @@ def release_window_timetable(path: Path | str | None = None) -> ReleaseWindowTim
         schedule = _schedule(str(source), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
     except FleetConfigError as exc:
         raise FleetConfigError(f"tenant_release_scheduled takes its release windows from the fleet file: {exc}") from None
+    if not schedule.windows:
+        log.warning("%s lists no release windows (schedule.windows): tenant_release_scheduled will not run", source)
+        return None
     return ReleaseWindowTimetable.from_schedule(schedule)
 
 
 @lru_cache(maxsize=4)
 def _schedule(path: str, mtime_ns: int, size: int) -> ReleaseSchedule:
     # Keyed by modification time and size: a re-parse in the same process reads the file again only when it changed.
-    loaded = load_fleet(path)
-    if not loaded.fleet.schedule.windows:
-        raise FleetConfigError(
-            f"{path} lists no release windows, so a queued release would never ship; add them under schedule.windows, "
-            "e.g. windows: ['Tue 02:00-04:00 UTC', 'Thu 02:00-04:00 UTC']"
-        )
-    return loaded.fleet.schedule
+    return load_fleet(path).fleet.schedule
 
 
 # --- tenant_release_queue ---------------------------------------------------------------------------------------
