@@ -66,10 +66,6 @@ def run_up(args: argparse.Namespace, fleet: Path, passthrough: list[str]) -> tup
         str(args.api_port),
         "--moto-port",
         str(args.moto_port),
-        "--worker-log-port",
-        str(args.api_port + 1),
-        "--trigger-log-port",
-        str(args.api_port + 2),
         "--timeout",
         str(args.timeout),
         *passthrough,
@@ -144,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--state-dir", type=Path, default=None, help="default: <tmp>/tenant-release-bench-<N>")
-    parser.add_argument("--api-port", type=int, default=18280, help="also +1 and +2 for the log servers")
+    parser.add_argument("--api-port", type=int, default=18280, help="local_stack.py puts the log servers on +1 and +2")
     parser.add_argument("--moto-port", type=int, default=15280)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds `up` follows the run")
     parser.add_argument("--keep", action="store_true", help="leave the stack running (stop: local_stack.py down --state-dir)")

@@ -60,15 +60,26 @@ def main() -> int:
     print(f"fleet {fleet}: diana's maintenance window is {window}", flush=True)
     env = {**os.environ, "TENANT_RELEASE_CONFIG": str(fleet)}
     up = subprocess.Popen(
-        [str(BIN / "python"), str(ROOT / "scripts" / "local_stack.py"), "up", "--tag", args.tag,
-         "--state-dir", args.state_dir, "--api-port", args.api_port, "--moto-port", args.moto_port],
+        [
+            str(BIN / "python"),
+            str(ROOT / "scripts" / "local_stack.py"),
+            "up",
+            "--tag",
+            args.tag,
+            "--state-dir",
+            args.state_dir,
+            "--api-port",
+            args.api_port,
+            "--moto-port",
+            args.moto_port,
+        ],
         env=env,
     )
     status_env = {
         **env,
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{args.moto_port}",
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - moto's fake key
+        "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     shown_waiting = False

@@ -21,6 +21,14 @@ def test_defaults_are_what_make_run_always_used(tmp_path: Path) -> None:
     assert stack.components == ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
+def test_a_second_stack_on_another_api_port_gets_its_own_log_server_ports() -> None:
+    parser = local_stack.build_parser()
+    default = local_stack.stack_from_args(parser, parser.parse_args(["up"]))
+    other = local_stack.stack_from_args(parser, parser.parse_args(["up", "--api-port", "9000", "--state-dir", "/tmp/x"]))
+    assert (default.worker_log_port, default.trigger_log_port) == (8793, 8794)  # Airflow's own defaults
+    assert (other.worker_log_port, other.trigger_log_port) == (9001, 9002)
+
+
 def test_celery_on_postgres_gets_a_worker_and_a_database_result_backend(tmp_path: Path) -> None:
     stack = local_stack.Stack(
         state_dir=tmp_path,

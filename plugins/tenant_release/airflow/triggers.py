@@ -199,6 +199,9 @@ class ApprovalRecordTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline)
         while True:
+            # Wait first, as StackSettledTrigger does: the task checked the records just before deferring,
+            # and an event within milliseconds of deferring races the scheduler's handling of the deferral.
+            await asyncio.sleep(self.poll_interval)
             try:
                 decision = await asyncio.to_thread(self._lookup)
             except Exception as exc:
@@ -231,7 +234,6 @@ class ApprovalRecordTrigger(BaseTrigger):
                 }
                 yield TriggerEvent({"approval": timeout, "state": self.state})
                 return
-            await asyncio.sleep(self.poll_interval)
 
 
 class WindowOpenTrigger(BaseTrigger):

@@ -1,0 +1,1 @@
+CONNECT_ARGS = {"timeout": 30}
