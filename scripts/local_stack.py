@@ -428,7 +428,7 @@ def up(stack: Stack, tag: str, timeout: float) -> int:
     timings["run"] = time.monotonic() - step
 
     say(f"5/5 release {tag} finished: {state}  (run took {timings['run']:.0f}s)")
-    print_summary(stack, run_id, env)
+    print_summary(stack, tag, run_id, env)
     print_logs(stack, run_id, login(stack))
     dead = report_dead_components(stack, read_pids(stack))
     timings["total"] = time.monotonic() - started_at
@@ -558,6 +558,9 @@ def task_instances(stack: Stack, run_id: str, token: str) -> list[dict[str, Any]
             return instances
 
 
+_parked_since: dict[tuple[str, str, int], float] = {}
+
+
 def answer_approvals(stack: Stack, run_id: str) -> None:
     """The demo approves its own gates, as the `approver` user through the REST API a person's tooling would use."""
     token = login(stack, "approver")
@@ -569,8 +572,11 @@ def answer_approvals(stack: Stack, run_id: str) -> None:
     for detail in (pending or {}).get("hitl_details", []):
         ti = detail.get("task_instance", {})
         task_id, map_index = ti.get("task_id"), ti.get("map_index", -1)
-        # An answer sent within a second of the task parking is lost (field notes): give it a moment.
-        time.sleep(3)
+        # Answer only a request whose task has been parked (deferred) for a while: an answer that races the
+        # task's own deferral is lost or costs a retry (field notes). A person is never that fast.
+        first_seen = _parked_since.setdefault((run_id, task_id, map_index), time.monotonic())
+        if ti.get("state") != "deferred" or time.monotonic() - first_seen < 10:
+            continue
         url = f"{base}/taskInstances/{task_id}/{map_index}/hitlDetails"
         try:
             http("PATCH", url, {"chosen_options": ["Approve"]}, token)
@@ -580,7 +586,7 @@ def answer_approvals(stack: Stack, run_id: str) -> None:
                 raise
 
 
-def print_summary(stack: Stack, run_id: str, env: dict[str, str]) -> None:
+def print_summary(stack: Stack, tag: str, run_id: str, env: dict[str, str]) -> None:
     os.environ.update(
         {k: env[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     )
@@ -593,9 +599,10 @@ def print_summary(stack: Stack, run_id: str, env: dict[str, str]) -> None:
     loaded = load_fleet(env["TENANT_RELEASE_CONFIG"])
     tooling = loaded.fleet.tooling
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
-    results = list(ledger.for_run(dynamodb, tooling.history_table, run_id))
-    order = {t.name: i for i, t in enumerate(loaded.fleet.tenants)}
-    results.sort(key=lambda r: order.get(r.tenant, len(order)))
+    # Consistent reads of the base table, as the summary task does (a GSI query is only eventually consistent).
+    names = [t.name for t in loaded.fleet.tenants]
+    found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=tag)
+    results = [found[name] for name in names if name in found and found[name].run_id == run_id]
     say()
     say(report.render_table(results) if results else "  (no tenant outcome recorded: see the plan/build/deploy_dev logs)")
     say()

@@ -99,6 +99,7 @@ class ReleaseGateOperator(ApprovalOperator):
 
     # What a rejection means for this run (a subclass gating something other than a deploy says its own).
     rejected_consequence = "no tenant was touched"
+    approval_context = "before deploying"
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("subject", "Release gate")
@@ -156,6 +157,21 @@ class ReleaseGateOperator(ApprovalOperator):
         if not approval["approved"]:
             raise AirflowFailException(f"release {described}; {self.rejected_consequence}")
         self.log.info("release %s", described)
+        if approval["source"] == "ui":  # keep it on record: audit trail, and a re-run or queued run is not asked again
+            plan = context["ti"].xcom_pull(task_ids="plan")
+            from tenant_release.aws.approvals import put_decision
+            from tenant_release.config import load_fleet
+
+            tooling = load_fleet(plan["config_path"]).fleet.tooling
+            put_decision(
+                runtime.aws_sessions().tooling_client("dynamodb", tooling.region),
+                tooling.approvals_table,
+                tenant=RELEASE_WIDE,
+                release=plan["release_tag"],
+                approved=True,
+                decided_by=approval["decided_by"],
+                note=f"approved in Airflow {self.approval_context} (run {context['run_id']})",
+            )
         return {
             "gated": True,
             "approved_by": approval["decided_by"],

@@ -14,14 +14,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tenant_release.airflow import runtime
 from tenant_release.airflow.operators import ReleaseGateOperator
 from tenant_release.airflow.timetables import ReleaseWindowTimetable
 from tenant_release.aws import release_queue
-from tenant_release.aws.approvals import RELEASE_WIDE, put_decision
 from tenant_release.config import LoadedFleet, config_path, load_fleet
 from tenant_release.errors import FleetConfigError, TenantReleaseError
 from tenant_release.models import ReleaseSchedule, ToolingAccount
@@ -129,6 +127,7 @@ class QueuedReleaseGateOperator(ReleaseGateOperator):
     """
 
     rejected_consequence = "nothing was queued"
+    approval_context = "when queued"
 
     def describe_request(self, ti: Any, plan: dict[str, Any]) -> tuple[str, str]:
         tenants = "\n".join(f"- {name}" for name in plan["tenants"])
@@ -144,23 +143,6 @@ class QueuedReleaseGateOperator(ReleaseGateOperator):
             "the dev deploy happen at the window; if either fails, no tenant is touched."
         )
         return subject, body
-
-    def resume(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        result = super().resume(context, event)  # raises on a rejection or timeout
-        if result["source"] == "ui":  # a record-based answer is already on record
-            plan = context["ti"].xcom_pull(task_ids="plan")
-            tooling = load_fleet(plan["config_path"]).fleet.tooling
-            put_decision(
-                runtime.aws_sessions().tooling_client("dynamodb", tooling.region),
-                tooling.approvals_table,
-                tenant=RELEASE_WIDE,
-                release=plan["release_tag"],
-                approved=True,
-                decided_by=result["approved_by"],
-                note=f"approved in Airflow when queued ({context['run_id']})",
-            )
-            self.log.info("recorded the release-wide approval of %s for the scheduled run", plan["release_tag"])
-        return result
 
 
 def enqueue_planned(plan_: dict[str, Any], gate: dict[str, Any] | None, *, queued_by: str) -> dict[str, Any]:
