@@ -1,1 +1,0 @@
-CONNECT_ARGS = {"timeout": 30}
