@@ -43,12 +43,28 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
-@pytest.fixture
-def fleet_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def use_fleet(fixture: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Copy a fleet file from tests/fixtures into the test's folder and point TENANT_RELEASE_CONFIG at it."""
     path = tmp_path / "tenants.yaml"
-    shutil.copy(FIXTURES / "fleet.yaml", path)
+    shutil.copy(FIXTURES / fixture, path)
     monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(path))
     return path
+
+
+def bootstrap(path: Path):
+    """Tooling and every target account of the fleet file, as `tenant-release bootstrap` leaves them."""
+    from tenant_release.aws.bootstrap import bootstrap_fleet
+    from tenant_release.aws.session import AwsSessions
+    from tenant_release.config import load_fleet
+
+    loaded = load_fleet(path)
+    bootstrap_fleet(AwsSessions(), loaded, sleep=lambda _: None)
+    return loaded
+
+
+@pytest.fixture
+def fleet_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return use_fleet("fleet.yaml", tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -63,13 +79,7 @@ def moto(aws_credentials: None) -> Iterator[None]:
 @pytest.fixture
 def bootstrapped(moto: None, fleet_file: Path):
     """Tooling and every target account as `tenant-release bootstrap` leaves them."""
-    from tenant_release.aws.bootstrap import bootstrap_fleet
-    from tenant_release.aws.session import AwsSessions
-    from tenant_release.config import load_fleet
-
-    loaded = load_fleet(fleet_file)
-    bootstrap_fleet(AwsSessions(), loaded, sleep=lambda _: None)
-    return loaded
+    return bootstrap(fleet_file)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,26 +12,13 @@ import pytest
 from tenant_release.airflow import runtime
 from tenant_release.aws.approvals import approval_key
 
+from tests.conftest import bootstrap, use_fleet
 from tests.dags.test_release_dag import approve, deployed_version, history, task_states
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
 
 @pytest.fixture
-def gates_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "tenants.yaml"
-    shutil.copy(FIXTURES / "fleet_gates.yaml", path)
-    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(path))
-    return path
-
-
-@pytest.fixture
-def gated(moto: None, gates_fleet: Path):
-    from tenant_release.aws.bootstrap import bootstrap_fleet
-    from tenant_release.aws.session import AwsSessions
-    from tenant_release.config import load_fleet
-
-    bootstrap_fleet(AwsSessions(), load_fleet(gates_fleet), sleep=lambda _: None)
+def gated(moto: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bootstrap(use_fleet("fleet_gates.yaml", tmp_path, monkeypatch))
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +14,10 @@ from tenant_release.aws import release_queue
 from tenant_release.aws.approvals import from_dynamodb
 from tenant_release.aws.release_queue import QueueStatus
 
+from tests.conftest import bootstrap, use_fleet
 from tests.dags.test_release_dag import approve, task_states
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 QUEUE = "tenant-release-queue"
 # fleet_schedule.yaml: one window, Tuesdays 02:00-04:00 UTC; the year-end freeze 12-20..01-05.
 IN_WINDOW = datetime(2027, 3, 2, 2, 30, tzinfo=UTC)  # a Tuesday
@@ -28,14 +27,8 @@ AFTER_FREEZE_WINDOW = datetime(2028, 1, 11, 2, 30, tzinfo=UTC)  # the first Tues
 
 @pytest.fixture
 def fleet(moto: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from tenant_release.aws.bootstrap import bootstrap_fleet
-    from tenant_release.aws.session import AwsSessions
-    from tenant_release.config import load_fleet
-
-    path = tmp_path / "tenants.yaml"
-    shutil.copy(FIXTURES / "fleet_schedule.yaml", path)
-    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(path))
-    bootstrap_fleet(AwsSessions(), load_fleet(path), sleep=lambda _: None)
+    path = use_fleet("fleet_schedule.yaml", tmp_path, monkeypatch)
+    bootstrap(path)
     return path
 
 
@@ -43,6 +36,7 @@ def fleet(moto: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def clock() -> Iterator[Callable[[datetime], None]]:
     previous = runtime.use_clock(lambda: datetime.now(UTC))
     yield lambda at: runtime.use_clock(lambda: at)
+    runtime.use_clock(previous)
     runtime.use_clock(previous)
 
 
@@ -240,9 +234,7 @@ def test_empty_queue_or_closed_window_skips_with_the_reason(scheduled_dag, clock
 def test_scheduled_dag_takes_its_windows_from_the_fleet_file_and_has_no_start_date(airflow_db, tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
-    path = tmp_path / "tenants.yaml"
-    shutil.copy(FIXTURES / "fleet_schedule.yaml", path)
-    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(path))
+    path = use_fleet("fleet_schedule.yaml", tmp_path, monkeypatch)
     dag = parse("tenant_release_scheduled.py", "tenant_release_scheduled")
     assert dag.timetable.summary == "Release windows: Tue 02:00-04:00 UTC; freezes: 12-20..01-05"
     assert dag.start_date is None and not dag.catchup  # unpausing never runs a window that already closed
