@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tenant_release.airflow import runtime
 from tenant_release.airflow.operators import ReleaseGateOperator
+from tenant_release.airflow.steps import plan_fields
 from tenant_release.airflow.timetables import ReleaseWindowTimetable
 from tenant_release.aws import release_queue
 from tenant_release.config import LoadedFleet, config_path, load_fleet
@@ -104,12 +105,7 @@ def plan_queued(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
         opens.isoformat(),
     )
     return {
-        "release_tag": release.tag,
-        "version": release.version,
-        "group": selected.group,
-        "gated": selected.gated,
-        "config_path": str(loaded.path),
-        "tenants": selected.tenant_names,
+        **plan_fields(loaded, release, selected),
         # Empty: the whole group as the fleet file lists it when the release ships.
         "requested_tenants": selected.tenant_names if narrowed else [],
         "next_window": opens.isoformat(),

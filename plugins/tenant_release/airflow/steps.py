@@ -11,11 +11,11 @@ from airflow.sdk.exceptions import AirflowFailException
 from tenant_release import report
 from tenant_release.airflow import runtime
 from tenant_release.aws import ledger
-from tenant_release.config import load_fleet
+from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import build_release, utc_now
 from tenant_release.errors import TenantReleaseError
-from tenant_release.models import Outcome, TenantResult
-from tenant_release.plan import plan_release
+from tenant_release.models import Outcome, Release, TenantResult
+from tenant_release.plan import ReleasePlan, plan_release
 from tenant_release.tags import parse_release_tag
 from tenant_release.windows import ReleaseCalendar
 
@@ -50,15 +50,22 @@ def plan(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
         ", ".join(selected.tenant_names),
     )
     return {
+        **plan_fields(loaded, release, selected),
+        "targets": [{"tenant": t.name, "target_digest": runtime.target_digest(t)} for t in selected.targets],
+        "dev": {"tenant": dev.name, "target_digest": runtime.target_digest(dev)},
+        "freeze_override": freeze_note,
+    }
+
+
+def plan_fields(loaded: LoadedFleet, release: Release, selected: ReleasePlan) -> dict[str, Any]:
+    """What every plan XCom carries (release and queue DAGs alike): names only, never settings or secrets."""
+    return {
         "release_tag": release.tag,
         "version": release.version,
         "group": selected.group,
         "gated": selected.gated,
         "config_path": str(loaded.path),
         "tenants": selected.tenant_names,
-        "targets": [{"tenant": t.name, "target_digest": runtime.target_digest(t)} for t in selected.targets],
-        "dev": {"tenant": dev.name, "target_digest": runtime.target_digest(dev)},
-        "freeze_override": freeze_note,
     }
 
 
