@@ -299,7 +299,7 @@ class TargetDeployment:
             record_result(self.sessions, self.run.tooling, result)
 
     def run_to_completion(self, *, poll_interval: float = 5.0, timeout: float = 3600.0, sleep: Any = None) -> TenantResult:
-        """The whole deploy in one call, waiting in this thread (CLI and tests); records the outcome."""
+        """The whole deploy in one call, waiting in this thread (outside Airflow, e.g. tests); records the outcome."""
         import time
 
         pause = sleep or time.sleep
