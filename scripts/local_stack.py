@@ -173,6 +173,12 @@ def environment(stack: Stack) -> dict[str, str]:
     # fails it ("state changed externally": a needless retry, seen here with 2 s stack polls).
     # 1 s narrows that window and frees task slots sooner, for one heartbeat per running task a second.
     env.setdefault("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", "1")
+    # Fleet scale (issue 8): the scheduler queues 16 task instances a loop by default; a thousand tenants
+    # need more per loop. Each tenant's deploy is a trigger: the triggerer must hold them all at once.
+    env.setdefault("AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY", "512")
+    env.setdefault("AIRFLOW__TRIGGERER__CAPACITY", "5000")
+    # A tenant's log is read by people: keep it to the release's own steps, not botocore's endpoint chatter.
+    env.setdefault("AIRFLOW__LOGGING__NAMESPACE_LEVELS", "botocore=WARNING boto3=WARNING urllib3=WARNING")
     if stack.is_sqlite:
         # SQLite's default 5 s busy timeout kills the scheduler under a many-tenant run ("database is locked").
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "sqlite_args.CONNECT_ARGS"

@@ -8,12 +8,38 @@
   carry ReleaseVersion and DeployDigest, read back as "version before" and to decide "unchanged").
 - A deleted stack keeps its change sets, found by name alone, so a stack created again under the same
   name "finds" the old executed change set; AWS deletes a stack's change sets with the stack.
+
+And one thing moto cannot do at all, for benchmarks: stacks that take time to settle. moto applies a change
+set at once; with a settle time set, the stack reports `CREATE_IN_PROGRESS`/`UPDATE_IN_PROGRESS` for that
+many seconds after the change set is executed, as CloudFormation does while it works. The time is read from
+the file named by `TENANT_RELEASE_MOTO_SETTLE_FILE` (a number of seconds; changeable while the server runs)
+or from `TENANT_RELEASE_MOTO_SETTLE_SECONDS`; unset, stacks settle at once as before.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Any
+
+SETTLE_FILE_ENV = "TENANT_RELEASE_MOTO_SETTLE_FILE"
+SETTLE_SECONDS_ENV = "TENANT_RELEASE_MOTO_SETTLE_SECONDS"
+
+
+def settle_seconds() -> float:
+    path = os.environ.get(SETTLE_FILE_ENV)
+    text = os.environ.get(SETTLE_SECONDS_ENV, "0")
+    if path:
+        try:
+            with open(path) as handle:
+                text = handle.read().strip() or "0"
+        except OSError:
+            pass
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        return 0.0
 
 
 def apply() -> None:
@@ -43,13 +69,30 @@ def _apply_change_set_fixes() -> None:
     original_execute = CloudFormationBackend.execute_change_set
     original_delete = CloudFormationBackend.delete_stack
 
+    original_describe = CloudFormationBackend.describe_stacks
+
     def execute_change_set(self: Any, change_set_name: str, stack_name: str | None = None) -> Any:
         result = original_execute(self, change_set_name, stack_name)
+        delay = settle_seconds()
         for change_set in self.change_sets.values():
             named = change_set_name in (change_set.change_set_id, change_set.change_set_name)
-            if named and stack_name in (None, change_set.stack_name, change_set.stack_id) and change_set.tags:
+            if not (named and stack_name in (None, change_set.stack_name, change_set.stack_id)):
+                continue
+            if change_set.tags:
                 change_set.stack.tags = dict(change_set.tags)
+            if delay > 0:
+                stack = change_set.stack
+                stack._settles_at, stack._settled_status = time.time() + delay, stack.status
+                stack.status = f"{change_set.change_set_type}_IN_PROGRESS"
         return result
+
+    def describe_stacks(self: Any, name_or_stack_id: str) -> Any:
+        stacks = original_describe(self, name_or_stack_id)
+        for stack in stacks:
+            settles_at = getattr(stack, "_settles_at", None)
+            if settles_at is not None and time.time() >= settles_at:
+                stack.status, stack._settles_at = stack._settled_status, None
+        return stacks
 
     def delete_stack(self: Any, name_or_stack_id: str) -> Any:
         doomed = {s.stack_id for s in self.stacks.values() if name_or_stack_id in (s.stack_id, s.name)}
@@ -59,6 +102,7 @@ def _apply_change_set_fixes() -> None:
         return result
 
     CloudFormationBackend.execute_change_set = execute_change_set
+    CloudFormationBackend.describe_stacks = describe_stacks
     CloudFormationBackend.delete_stack = delete_stack
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tenant_release.errors import PermanentAwsError, RecoverableAwsError
+from tenant_release.errors import PermanentAwsError, RecoverableAwsError, TenantReleaseError
 
 T = TypeVar("T")
 
@@ -84,6 +84,16 @@ def is_retriable(exc: BaseException) -> bool:
         return True
     # Connection resets and read timeouts from botocore carry no error code.
     return type(exc).__name__ in {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError"}
+
+
+def needs_a_person(exc: BaseException) -> bool:
+    """Retrying cannot help: one of our own errors that says so, or an AWS error with a code we do not retry.
+
+    Anything else (a bug, a lost connection without a code) is left to the task's retries.
+    """
+    if is_retriable(exc):
+        return False
+    return isinstance(exc, TenantReleaseError) or bool(error_code(exc))
 
 
 def is_access_denied(exc: BaseException) -> bool:

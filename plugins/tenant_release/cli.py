@@ -45,19 +45,34 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
-    from tenant_release.aws.bootstrap import bootstrap_fleet
+    from collections import Counter
+
+    from tenant_release.aws.bootstrap import BootstrapError, bootstrap_fleet
     from tenant_release.aws.session import AwsSessions
 
     loaded = load_fleet(args.config)
-    results = bootstrap_fleet(
-        AwsSessions(),
-        loaded,
-        bootstrap_role_name=args.bootstrap_role,
-        tooling_principal_arn=args.orchestrator_principal or "",
-    )
+    failures: list[str] = []
+    try:
+        results = bootstrap_fleet(
+            AwsSessions(),
+            loaded,
+            bootstrap_role_name=args.bootstrap_role,
+            tooling_principal_arn=args.orchestrator_principal or "",
+            concurrency=args.concurrency,
+        )
+    except BootstrapError as exc:
+        results, failures = exc.results, exc.failures
     for result in results:
-        _out(f"{result.stack:<26} {result.account_id}  {result.region:<14} {result.action}")
-    return 0
+        if args.verbose or result.action != "UNCHANGED":
+            _out(f"{result.stack:<26} {result.account_id}  {result.region:<14} {result.action}")
+    counts = Counter(result.action for result in results)
+    _out(
+        f"{len(results)} stack(s): {counts['CREATED']} created, {counts['UPDATED']} updated, "
+        f"{counts['UNCHANGED']} already up to date" + (f", {len(failures)} FAILED" if failures else "")
+    )
+    for failure in failures:
+        _out(f"  FAILED {failure}")
+    return 1 if failures else 0
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
@@ -219,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     boot.add_argument("--bootstrap-role", default="OrganizationAccountAccessRole", help="admin role in tenant accounts")
     boot.add_argument("--orchestrator-principal", default=None, help="ARN allowed to assume the orchestrator role")
+    boot.add_argument("--concurrency", type=int, default=16, help="accounts bootstrapped at once (default 16)")
+    boot.add_argument("--verbose", action="store_true", help="list every stack, not only those created or updated")
     boot.set_defaults(func=_cmd_bootstrap)
     history = sub.add_parser("history", help="print the recorded outcome of a release, per tenant")
     history.add_argument("tag")

@@ -67,13 +67,12 @@ class LoadedFleet:
         self.fleet = fleet
         self.digest = digest
         self.path = path
+        self._specs = {spec.name: spec for spec in (fleet.dev, *fleet.tenants)}
 
     def target(self, name: str) -> Target:
-        if name == self.fleet.dev.name:
-            return resolve_target(self.fleet, self.fleet.dev)
-        for spec in self.fleet.tenants:
-            if spec.name == name:
-                return resolve_target(self.fleet, spec)
+        spec = self._specs.get(name)
+        if spec is not None:
+            return resolve_target(self.fleet, spec)
         raise FleetConfigError(
             f"tenant {name!r} is not in the fleet file {self.path or '(inline)'}; "
             f"tenants: {', '.join(t.name for t in self.fleet.tenants)}"

@@ -18,7 +18,7 @@ from tenant_release import classify, naming
 from tenant_release.aws import artifacts, ledger, stacks
 from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import BuildError, PermanentAwsError, StackFailedError, TenantReleaseError, VerificationError
-from tenant_release.models import Artifact, Outcome, Release, Target, TenantResult, ToolingAccount
+from tenant_release.models import Artifact, DeployProgress, Outcome, Release, Target, TenantResult, ToolingAccount
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ReleaseRun:
 
 @dataclass(kw_only=True)
 class TargetDeployment:
-    """One target's deploy; `state` is JSON-safe (it travels through Airflow's deferral) and holds no secret."""
+    """One target's deploy; its `DeployProgress` travels through Airflow's deferrals and holds no secret."""
 
     sessions: AwsSessions
     run: ReleaseRun
@@ -142,32 +142,34 @@ class TargetDeployment:
             parameters=self.parameters(),
         )
 
-    def begin(self, *, started_at: str | None = None) -> dict[str, Any]:
-        """Assume the role, copy the artifact in, start the change set. Returns the state to finish with.
+    def begin(self, progress: DeployProgress) -> DeployProgress:
+        """Assume the role, copy the artifact in, start the change set. Returns the progress to finish with.
 
         What the stack held before is read once per run: a retry (or a resumed run) takes it from the
         history item its earlier attempt wrote, so the outcome still says what this run changed.
         """
-        state: dict[str, Any] = {"started_at": started_at or utc_now()}
+        progress = progress.model_copy(deep=True)
         artifact, target, call = self.run.artifact, self.target, self.retry.call
         earlier = self.earlier_attempt()
         cloudformation = call("assume role", self.client, "cloudformation", log=log.warning)
         if earlier is not None:
-            state.update(
-                started_at=earlier.started_at, version_before=earlier.version_before, digest_before=earlier.digest_before
-            )
+            progress.started_at = earlier.started_at
+            progress.version_before, progress.digest_before = earlier.version_before, earlier.digest_before
         else:
             before = call("read stack", stacks.describe_stack, cloudformation, target.stack_name, log=log.warning)
             if before is not None and before.get("StackStatus") in {stacks.FAILED_CREATE_STATE, "REVIEW_IN_PROGRESS"}:
                 # Tagged with the version it tried, but it holds no resources: nothing was deployed before.
                 before = None
-            state["version_before"] = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
-            state["digest_before"] = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
-        self.record(self.result(state, status=Outcome.IN_PROGRESS))
-        s3 = self.client("s3")
+            progress.version_before = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
+            progress.digest_before = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
+        self.record(self.result(progress, status=Outcome.IN_PROGRESS))
         key_arn = call(
             "resolve tenant key", artifacts.resolve_kms_key_arn, self.client("kms"), target.kms_key_alias, log=log.warning
         )
+        # The orchestrator makes the copy: it reads in its own account and writes into the tenant's bucket under
+        # the tenant's key, which the tenant's bootstrap grants to that one role. So nothing in the tooling
+        # account names a tenant, and its policies do not grow with the fleet.
+        s3 = self.sessions.tooling_client("s3", target.region)
         for key, sha in ((artifact.code_key, artifact.sha256), (artifact.template_key, artifact.template_sha256)):
             copied = call(
                 "copy artifact",
@@ -184,8 +186,8 @@ class TargetDeployment:
             log.info(
                 "%s s3://%s/%s (SSE-KMS %s)", "copied" if copied else "already present:", target.artifact_bucket, key, key_arn
             )
-        state["artifact_uri"] = naming.s3_uri(target.artifact_bucket, artifact.code_key)
-        state["kms_key_arn"] = key_arn
+        progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.code_key)
+        progress.kms_key_arn = key_arn
         digest = self.digest()
         started = call(
             "start change set",
@@ -204,17 +206,17 @@ class TargetDeployment:
             deploy_digest=digest,
             log=log.warning,
         )
-        state["unchanged"] = started.unchanged
-        state["change_set"] = started.change_set_name
-        state["change_set_type"] = started.change_set_type
-        return state
+        progress.unchanged = started.unchanged
+        progress.change_set = started.change_set_name
+        progress.change_set_type = started.change_set_type
+        return progress
 
     def poll(self) -> stacks.StackPoll:
         return self.retry.call(
             "poll stack", stacks.poll_stack, self.client("cloudformation"), self.target.stack_name, log=log.warning
         )
 
-    def finish(self, state: dict[str, Any], *, stack_status: str) -> TenantResult:
+    def finish(self, progress: DeployProgress, *, stack_status: str) -> TenantResult:
         """After the stack settled: explain a failure from its events, or verify the function's version."""
         cloudformation = self.client("cloudformation")
         if stack_status not in stacks.SUCCESS_STATES:
@@ -222,9 +224,9 @@ class TargetDeployment:
         reported = self.retry.call("verify", self.verify, log=log.warning)
         # UNCHANGED means this run found the stack exactly as the release wants it, not merely that the
         # last attempt had nothing left to do.
-        unchanged = state.get("digest_before") == self.digest()
+        unchanged = progress.digest_before == self.digest()
         return self.result(
-            state,
+            progress,
             status=Outcome.UNCHANGED if unchanged else Outcome.SUCCEEDED,
             stack_status=stack_status,
             version_after=reported,
@@ -254,9 +256,9 @@ class TargetDeployment:
                 f"smoke test of {self.target.function_name} failed: {response.get('FunctionError')} {payload!r}"
             )
 
-    def result(self, state: dict[str, Any], *, status: Outcome, **fields: Any) -> TenantResult:
-        fields.setdefault("note", "; ".join(state.get("notes") or []) or None)
-        fields.setdefault("approved_by", state.get("approved_by"))
+    def result(self, progress: DeployProgress, *, status: Outcome, **fields: Any) -> TenantResult:
+        fields.setdefault("note", "; ".join(progress.notes) or None)
+        fields.setdefault("approved_by", progress.approved_by)
         return TenantResult(
             tenant=self.target.name,
             account_id=self.target.account_id,
@@ -265,18 +267,18 @@ class TargetDeployment:
             version=self.run.artifact.version,
             status=status,
             run_id=self.run.run_id,
-            started_at=state.get("started_at") or utc_now(),
+            started_at=progress.started_at,
             finished_at=utc_now(),
-            version_before=state.get("version_before"),
-            digest_before=state.get("digest_before"),
-            artifact_uri=state.get("artifact_uri"),
+            version_before=progress.version_before,
+            digest_before=progress.digest_before,
+            artifact_uri=progress.artifact_uri,
             sha256=self.run.artifact.sha256,
             **fields,
         )
 
-    def failure(self, state: dict[str, Any], exc: BaseException) -> TenantResult:
+    def failure(self, progress: DeployProgress, exc: BaseException) -> TenantResult:
         stack_status = exc.stack_status if isinstance(exc, StackFailedError) else None
-        return self.result(state, status=Outcome.FAILED, reason=failure_reason(exc), stack_status=stack_status)
+        return self.result(progress, status=Outcome.FAILED, reason=failure_reason(exc), stack_status=stack_status)
 
     def earlier_attempt(self) -> TenantResult | None:
         """This tenant's history item if an earlier attempt of this same run wrote it."""
@@ -299,22 +301,22 @@ class TargetDeployment:
             record_result(self.sessions, self.run.tooling, result)
 
     def run_to_completion(self, *, poll_interval: float = 5.0, timeout: float = 3600.0, sleep: Any = None) -> TenantResult:
-        """The whole deploy in one call, waiting in this thread (outside Airflow, e.g. tests); records the outcome."""
+        """The whole deploy in one call, waiting in this thread (outside Airflow: tests, the benchmark's plain script)."""
         import time
 
         pause = sleep or time.sleep
-        state: dict[str, Any] = {"started_at": utc_now()}
+        progress = DeployProgress(started_at=utc_now())
         try:
-            state = self.begin(started_at=state["started_at"])
+            progress = self.begin(progress)
             waited = 0.0
             while not (polled := self.poll()).settled:
                 if waited >= timeout:
                     raise PermanentAwsError(f"stack {self.target.stack_name} still {polled.status} after {timeout:.0f}s")
                 pause(poll_interval)
                 waited += poll_interval
-            result = self.finish(state, stack_status=polled.status)
+            result = self.finish(progress, stack_status=polled.status)
         except Exception as exc:
-            self.record(self.failure(state, exc))
+            self.record(self.failure(progress, exc))
             raise
         self.record(result)
         return result
@@ -336,3 +338,8 @@ def template_url(bucket: str, region: str, key: str) -> str:
 def record_result(sessions: AwsSessions, tooling: ToolingAccount, result: TenantResult) -> None:
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
     classify.RetryPolicy().call("record history", ledger.record, dynamodb, tooling.history_table, result, log=log.warning)
+
+
+def record_results(sessions: AwsSessions, tooling: ToolingAccount, results: list[TenantResult]) -> None:
+    dynamodb = sessions.tooling_client("dynamodb", tooling.region)
+    classify.RetryPolicy().call("record history", ledger.record_many, dynamodb, tooling.history_table, results, log=log.warning)

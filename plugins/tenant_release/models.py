@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -45,9 +45,6 @@ class Outcome(StrEnum):
     SKIPPED = "SKIPPED"
     # Written when a deploy starts: a run that ends with a tenant still IN_PROGRESS lost that tenant's worker.
     IN_PROGRESS = "IN_PROGRESS"
-
-
-FINAL_OUTCOMES = (Outcome.SUCCEEDED, Outcome.UNCHANGED, Outcome.FAILED, Outcome.SKIPPED)
 
 
 class ApprovalPolicy(StrEnum):
@@ -308,4 +305,84 @@ class TenantResult(BaseModel):
         return self.model_dump(mode="json")
 
 
-Phase = Literal["waiting_for_window", "waiting_for_approval", "deploying"]
+# --- what crosses a task or trigger boundary ------------------------------------------------------------------
+
+
+class ApprovalDecision(_Strict):
+    """One answer to an approval request, wherever it came from (UI/REST, a DynamoDB item, an S3 object, a timeout)."""
+
+    approved: bool
+    decided_by: str
+    source: str  # "ui", "dynamodb", "s3" or "timeout"
+    note: str = ""
+
+    def describe(self) -> str:
+        if self.source == "timeout":
+            return f"approval timed out ({self.note or 'no answer'})"
+        verb = "approved" if self.approved else "rejected"
+        return f"{verb} by {self.decided_by} via {self.source}" + (f": {self.note}" if self.note else "")
+
+
+class PlannedTarget(_Strict):
+    """One deploy target as the plan fixed it: its name, and a digest of its settings (checked again at deploy)."""
+
+    tenant: str
+    target_digest: str
+    # Needs its own approval or a maintenance window: those waits start on a worker (a HITL request).
+    has_own_gate: bool = False
+
+
+class RunPlan(_Strict):
+    """The plan XCom: what one run releases, and to whom. Names only, never settings or secrets."""
+
+    release_tag: str
+    version: str
+    group: str
+    gated: bool
+    config_path: str
+    tenants: tuple[str, ...]
+    targets: tuple[PlannedTarget, ...] = ()
+    dev: PlannedTarget | None = None
+    freeze_override: str | None = None
+
+
+class QueuedPlan(RunPlan):
+    """The queue DAG's plan: a run plan that ships later, at a release window."""
+
+    requested_tenants: tuple[str, ...] = ()  # empty: the whole group as the fleet file lists it when it ships
+    next_window: str
+    windows: tuple[str, ...]
+
+
+class FleetChanges(_Strict):
+    """Which planned tenants already hold the release (recorded UNCHANGED) and which get a task instance to deploy."""
+
+    deploy: tuple[PlannedTarget, ...]
+    unchanged: tuple[str, ...] = ()
+
+    def deploy_kwargs(self) -> list[dict[str, Any]]:
+        """The mapped deploy task's `expand_kwargs`: one entry per tenant that needs a change."""
+        return [{"tenant": t.tenant, "target_digest": t.target_digest, "has_own_gate": t.has_own_gate} for t in self.deploy]
+
+
+class DeployProgress(BaseModel):
+    """A target's deploy so far; travels through deferrals (JSON in the trigger row), so it holds no secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    started_at: str
+    version_before: str | None = None
+    digest_before: str | None = None
+    artifact_uri: str | None = None
+    kms_key_arn: str | None = None
+    unchanged: bool = False
+    change_set: str | None = None
+    change_set_type: str | None = None
+    notes: list[str] = Field(default_factory=list)
+    approval: ApprovalDecision | None = None
+    approved_by: str | None = None
+    window_waits: int = 0
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)

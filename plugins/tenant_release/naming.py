@@ -87,6 +87,26 @@ def render_target_name(pattern: str, **values: str) -> str:
     return pattern.format(**values)
 
 
+def common_bucket_prefix(patterns: list[str]) -> str:
+    """The name prefix every tenant artifact bucket shares (`tenant-release-`): the orchestrator's grant to copy.
+
+    Taken from the fleet file's bucket patterns (the text before the first placeholder), not from the rendered
+    names, so it stays the same as tenants come and go. It scopes an identity policy in the tooling account
+    without naming a tenant; each tenant's own bucket policy decides whether the copy is allowed.
+    """
+    heads = [pattern.split("{", 1)[0] for pattern in patterns]
+    prefix = heads[0] if heads else ""
+    for head in heads[1:]:
+        while not head.startswith(prefix):
+            prefix = prefix[:-1]
+    if len(prefix) < 3:
+        raise FleetConfigError(
+            f"the artifact buckets of the fleet share no name prefix ({', '.join(sorted(set(patterns))[:5])}); give them "
+            "a common one, e.g. artifact_bucket: 'tenant-release-{account_id}-{region}' in the fleet defaults"
+        )
+    return prefix
+
+
 def app_name_prefix(stack_name: str, function_name: str) -> str:
     """The app resources' shared name prefix, which scopes the execution role (e.g. `tenant-app-`)."""
     prefix = ""

@@ -264,13 +264,14 @@ def test_each_tenant_gets_its_own_encrypted_copy_and_stack_in_its_own_account(wo
 def test_same_version_again_is_unchanged_and_a_new_version_updates(world: World, sessions: AwsSessions, faults: Faults) -> None:
     first = deploy(world.deployment(sessions, "globex", run_id="run-1"))
     assert first.status == Outcome.SUCCEEDED
-    change_sets, copies = count(faults, GLOBEX, "create_change_set"), count(faults, GLOBEX, "copy_object")
+    # The orchestrator (tooling account) makes the copies into the tenant's bucket.
+    change_sets, copies = count(faults, GLOBEX, "create_change_set"), count(faults, "tooling", "copy_object")
 
     again = deploy(world.deployment(sessions, "globex", run_id="run-2"))
 
     assert (again.status, again.version_before, again.version_after) == (Outcome.UNCHANGED, "1.4.0", "1.4.0")
     assert count(faults, GLOBEX, "create_change_set") == change_sets  # no change set for nothing to do
-    assert count(faults, GLOBEX, "copy_object") == copies  # the verified copy is reused
+    assert count(faults, "tooling", "copy_object") == copies  # the verified copy is reused
 
     newer = deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-3"))
 
@@ -286,7 +287,13 @@ def test_same_version_again_is_unchanged_and_a_new_version_updates(world: World,
 
 def test_throttled_copy_is_retried_with_backoff(world: World, sessions: AwsSessions, faults: Faults) -> None:
     throttle = faults.add(
-        service="s3", operation="copy_object", account=ACME, code="ThrottlingException", message="Rate exceeded", times=2
+        service="s3",
+        operation="copy_object",
+        account="tooling",  # the orchestrator copies into the tenant's bucket
+        when=lambda kwargs: kwargs["Bucket"].startswith(f"tenant-release-{ACME}-"),
+        code="ThrottlingException",
+        message="Rate exceeded",
+        times=2,
     )
     sleeps: list[float] = []
     retry = RetryPolicy(base_delay=1.0, sleep=sleeps.append, rng=random.Random(3))
@@ -295,7 +302,7 @@ def test_throttled_copy_is_retried_with_backoff(world: World, sessions: AwsSessi
 
     assert result.status == Outcome.SUCCEEDED
     assert throttle.hits == 2
-    assert count(faults, ACME, "copy_object") == 4  # code: 2 throttled + 1, template: 1
+    assert count(faults, "tooling", "copy_object") == 4  # code: 2 throttled + 1, template: 1
     assert len(sleeps) == 2 and 0 < sleeps[0] <= 1.0 and 0 < sleeps[1] <= 2.0
 
 
@@ -476,13 +483,13 @@ def test_stack_left_by_a_failed_create_is_deleted_and_created_again(world: World
 
 def test_copy_that_does_not_hash_to_the_build_is_not_deployed(world: World, sessions: AwsSessions, faults: Faults) -> None:
     copied: list[dict[str, Any]] = []
-    faults.add(service="s3", operation="copy_object", account=ACME, when=recorder(copied))
+    faults.add(service="s3", operation="copy_object", account="tooling", when=recorder(copied))
     wrong = base64.b64encode(hashlib.sha256(b"tampered").digest()).decode()
     faults.add(
         service="s3",
         operation="head_object",
-        account=ACME,
-        when=lambda kwargs: bool(copied),
+        account="tooling",
+        when=lambda kwargs: bool(copied) and kwargs["Bucket"].startswith(f"tenant-release-{ACME}-"),
         rewrite=lambda response, kwargs: {**response, "ChecksumSHA256": wrong},
     )
     artifact = world.artifacts["1.4.0"]

@@ -40,7 +40,7 @@ def test_every_dag_has_tags_retries_and_a_doc(dagbag):
 
 def test_release_dag_shape(dagbag):
     dag = dagbag.dags["tenant_release"]
-    order = ["plan", "build", "deploy_dev", "approve_release", "deploy", "summary"]
+    order = ["plan", "build", "deploy_dev", "fleet_changes", "approve_release", "deploy", "summary"]
     for upstream, downstream in itertools.pairwise(order):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream}"
     assert dag.get_task("summary").trigger_rule == "all_done"
@@ -97,4 +97,4 @@ def test_parsing_opens_no_connection_and_reads_no_fleet_file(monkeypatch, airflo
         assert bag.import_errors == {}, path.name
         assert bag.dags, path.name
     assert touched == []
-    assert {"tenant_release", "tenant_release_queue"} <= set(parsed)
+    assert {"release", "tenant_release_queue"} <= set(parsed)

@@ -25,7 +25,7 @@ def gated(moto: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def release_dag(airflow_db: None):
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags" / "tenant_release.py"))
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags" / "release.py"))
     return bag.dags["tenant_release"]
 
 

@@ -47,7 +47,7 @@ def test_credentials_stay_in_memory(airflow_db, bootstrapped, issued_credentials
 
     from tests.dags.test_release_dag import DAGS
 
-    dag = DagBag(dag_folder=str(DAGS / "tenant_release.py")).dags["tenant_release"]
+    dag = DagBag(dag_folder=str(DAGS / "release.py")).dags["tenant_release"]
     approve("v3.0.0")
     run = dag.test(run_conf={"release_tag": "v3.0.0", "tenants": [], "override_freeze": ""})
     assert str(run.state) == "success"

@@ -22,7 +22,7 @@ HISTORY = "tenant-release-history"
 def release_dag(airflow_db: None):
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(DAGS / "tenant_release.py"))
+    bag = DagBag(dag_folder=str(DAGS / "release.py"))
     assert not bag.import_errors, bag.import_errors
     return bag.dags["tenant_release"]
 

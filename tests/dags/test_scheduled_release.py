@@ -180,7 +180,7 @@ def test_an_approval_given_in_airflow_at_queue_time_is_kept_for_the_release_run(
             return {"plan": plan}.get(task_ids)
 
     gate = queue_steps.QueuedReleaseGateOperator(task_id="approve_release")
-    subject, body = gate.describe_request(TaskInstance(), plan)
+    subject, body = gate.describe_request(TaskInstance(), gate.read_plan(TaskInstance()))
     assert subject == "Queue v2.0.0 for the next release window (2 tenant(s) of prod)?"
     assert "first opening 2027-03-02T02:00:00+00:00" in body and "- acme\n- globex" in body
 

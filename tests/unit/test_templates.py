@@ -37,15 +37,10 @@ ALL_TEMPLATES = (APP_TEMPLATE, TOOLING_TEMPLATE, BOOTSTRAP_TEMPLATE)
 REGION = "us-east-1"
 TOOLING_ACCOUNT_ID = "000000000001"
 BOUNDARY_ARN = "arn:aws:iam::123456789012:policy/tenant-app-permissions-boundary"
-TOOLING_KEY_ARN = f"arn:aws:kms:{REGION}:{TOOLING_ACCOUNT_ID}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 NO_VALUE = {"Ref": "AWS::NoValue"}
 OWN_ACCOUNT_ROOT = {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
 ORCHESTRATOR_ROLE_ARN = {"Fn::Sub": "arn:${AWS::Partition}:iam::${ToolingAccountId}:role/${OrchestratorRoleName}"}
-TENANT_DEPLOY_ROLE_CONDITION = {
-    "StringEquals": {"aws:PrincipalAccount": {"Ref": "TenantAccountIds"}},
-    "ArnLike": {"aws:PrincipalArn": {"Fn::Sub": "arn:${AWS::Partition}:iam::*:role/${DeployRoleName}"}},
-}
 APP_FUNCTIONS = {"Fn::Sub": "arn:${AWS::Partition}:lambda:*:${AWS::AccountId}:function:${AppNamePrefix}*"}
 APP_ROLES = {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AppNamePrefix}*"}
 APP_STACKS = {"Fn::Sub": "arn:${AWS::Partition}:cloudformation:*:${AWS::AccountId}:stack/${AppNamePrefix}*/*"}
@@ -191,46 +186,61 @@ def test_identity_policies_use_resource_star_only_for_actions_without_resource_p
             assert set(_listed(statement["Action"])) <= RESOURCE_STAR_ACTIONS, location
 
 
-def test_orchestrator_role_reaches_only_deploy_roles_and_its_own_data() -> None:
+def test_orchestrator_role_reaches_only_deploy_roles_its_own_data_and_release_copies() -> None:
     statements = _role_statements(TOOLING_TEMPLATE, "OrchestratorRole")
     sts = _statements_with_action(statements, "sts:")
     assert sts == [_by_sid(statements, "AssumeTenantDeployRoles")]
     assert sts[0]["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:iam::*:role/${DeployRoleName}"}
+    tenant_copies = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TenantBucketPrefix}*/${ReleasePrefix}/*"}
     for statement in _statements_with_action(statements, "s3:"):
         assert statement["Resource"] in (
             {"Fn::Sub": "${ArtifactBucket.Arn}/${ReleasePrefix}/*"},
             {"Fn::GetAtt": ["ArtifactBucket", "Arn"]},
+            tenant_copies,
+            {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TenantBucketPrefix}*"},
         )
-    (kms,) = _statements_with_action(statements, "kms:")
-    assert kms["Resource"] == {"Fn::GetAtt": ["ArtifactKey", "Arn"]}
+        if statement["Resource"] == tenant_copies:
+            assert set(statement["Action"]) == {"s3:PutObject", "s3:GetObject"}  # no delete, no listing of other keys
+    tenant_keys, own_key = _statements_with_action(statements, "kms:")
+    assert own_key["Resource"] == {"Fn::GetAtt": ["ArtifactKey", "Arn"]}
+    # Another account's key is usable only if its key policy names this role, and here only through S3.
+    assert set(tenant_keys["Action"]) == {"kms:GenerateDataKey", "kms:Encrypt"}
+    assert tenant_keys["Condition"] == {"StringLike": {"kms:ViaService": {"Fn::Sub": "s3.*.${AWS::URLSuffix}"}}}
     (dynamodb,) = _statements_with_action(statements, "dynamodb:")
     assert "dynamodb:DeleteItem" not in dynamodb["Action"]
     assert {"Fn::Sub": "${HistoryTable.Arn}/index/by-run"} in dynamodb["Resource"]
     assert {"Fn::GetAtt": ["QueueTable", "Arn"]} in dynamodb["Resource"]
 
 
-def test_tooling_key_and_bucket_let_tenants_only_read_releases_as_their_deploy_role() -> None:
+def test_tooling_account_names_no_tenant_and_grants_nothing_across_accounts() -> None:
     template = _template(TOOLING_TEMPLATE)
+    assert not any("Tenant" in name and "Account" in name for name in template["Parameters"])
     key_policy = template["Resources"]["ArtifactKey"]["Properties"]["KeyPolicy"]
     bucket_policy = template["Resources"]["ArtifactBucketPolicy"]["Properties"]["PolicyDocument"]
-    tenant_statements = [s for s in _statements(key_policy) + _statements(bucket_policy) if s["Principal"] == "*"]
-    allowed = [s for s in tenant_statements if s["Effect"] == "Allow"]
-    assert {tuple(_listed(s["Action"])) for s in allowed} == {
-        ("kms:Decrypt", "kms:DescribeKey"),
-        ("s3:GetObject", "s3:GetObjectVersion"),
-        ("s3:ListBucket",),
-    }
-    for statement in allowed:
-        assert TENANT_DEPLOY_ROLE_CONDITION.items() <= statement["Condition"].items(), statement["Sid"]
-    listing = _by_sid(allowed, "TenantDeployRolesListReleases")
+    allowed = [s for s in _statements(key_policy) + _statements(bucket_policy) if s["Effect"] == "Allow"]
+    assert [s["Principal"] for s in allowed] == [{"AWS": OWN_ACCOUNT_ROOT}]  # the default key policy only
+
+
+def test_tenant_bucket_and_key_grant_only_the_orchestrator_role_and_only_release_copies() -> None:
+    template = _template(BOOTSTRAP_TEMPLATE)
+    key_policy = template["Resources"]["ArtifactKey"]["Properties"]["KeyPolicy"]
+    bucket_policy = template["Resources"]["ArtifactBucketPolicy"]["Properties"]["PolicyDocument"]
+    outside = [
+        s
+        for s in _statements(key_policy) + _statements(bucket_policy)
+        if s["Effect"] == "Allow" and s["Principal"] != {"AWS": OWN_ACCOUNT_ROOT}
+    ]
+    assert {json.dumps(s["Principal"]) for s in outside} == {json.dumps({"AWS": ORCHESTRATOR_ROLE_ARN})}
+    key_grant = _by_sid(outside, "OrchestratorEncryptsReleaseCopies")
+    assert set(key_grant["Action"]) == {"kms:GenerateDataKey", "kms:Encrypt"}  # never Decrypt: it cannot read copies back
+    assert key_grant["Condition"] == {"StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.${AWS::URLSuffix}"}}}
+    staging = _by_sid(outside, "OrchestratorStagesReleases")
+    assert (set(staging["Action"]), staging["Resource"]) == (
+        {"s3:PutObject", "s3:GetObject"},
+        {"Fn::Sub": "${ArtifactBucket.Arn}/${ReleasePrefix}/*"},
+    )
+    listing = _by_sid(outside, "OrchestratorListsReleases")
     assert listing["Condition"]["StringLike"] == {"s3:prefix": [{"Fn::Sub": "${ReleasePrefix}/*"}]}
-    reading = _by_sid(allowed, "TenantDeployRolesReadReleases")
-    assert reading["Resource"] == {"Fn::Sub": "${ArtifactBucket.Arn}/${ReleasePrefix}/*"}
-    # With no tenant accounts every cross-account statement disappears.
-    raw = [*key_policy["Statement"], *bucket_policy["Statement"]]
-    conditional = [item["Fn::If"] for item in raw if list(item) == ["Fn::If"]]
-    assert len(conditional) == len(allowed)
-    assert all(c[0] == "HasTenantAccounts" and c[2] == NO_VALUE for c in conditional)
 
 
 def test_deploy_role_manages_only_application_stacks_and_passes_only_the_execution_role() -> None:
@@ -245,8 +255,16 @@ def test_deploy_role_manages_only_application_stacks_and_passes_only_the_executi
     for statement in _statements_with_action(statements, "lambda:"):
         assert set(statement["Action"]) == {"lambda:GetFunctionConfiguration", "lambda:InvokeFunction"}
         assert statement["Resource"] == APP_FUNCTIONS
-    tooling_kms = _by_sid(statements, "DecryptToolingReleases")
-    assert (tooling_kms["Action"], tooling_kms["Resource"]) == ("kms:Decrypt", {"Ref": "ToolingKmsKeyArn"})
+    # It reads its own bucket (CloudFormation fetches the template as the caller) and writes nothing there,
+    # and it has no access at all to the tooling account's bucket or key.
+    (s3,) = _statements_with_action(statements, "s3:")
+    assert (set(s3["Action"]), s3["Resource"]) == (
+        {"s3:GetObject", "s3:GetObjectVersion"},
+        {"Fn::Sub": "${ArtifactBucket.Arn}/${ReleasePrefix}/*"},
+    )
+    (kms,) = _statements_with_action(statements, "kms:")
+    assert kms["Resource"] == {"Fn::GetAtt": ["ArtifactKey", "Arn"]}
+    assert "Tooling" not in json.dumps(statements).replace("ToolingAccountId", "")
 
 
 def test_execution_role_manages_only_application_functions_roles_and_logs() -> None:
@@ -524,14 +542,8 @@ def _key_policy_sids(session: boto3.Session, key_arn: str) -> set[str]:
     return {s["Sid"] for s in policy["Statement"] if s}
 
 
-@pytest.mark.parametrize("tenant_accounts", ["111111111111,222222222222", ""], ids=["tenants", "no-tenants"])
-def test_tooling_stack_creates_in_moto(aws: boto3.Session, tenant_accounts: str) -> None:
-    outputs = _create_stack(
-        aws,
-        "tenant-release-tooling",
-        TOOLING_TEMPLATE,
-        {"ArtifactBucketName": "tooling-artifacts", "TenantAccountIds": tenant_accounts},
-    )
+def test_tooling_stack_creates_in_moto(aws: boto3.Session) -> None:
+    outputs = _create_stack(aws, "tenant-release-tooling", TOOLING_TEMPLATE, {"ArtifactBucketName": "tooling-artifacts"})
     assert outputs["HistoryTableName"] == "tenant-release-history"
     assert outputs["ApprovalsTableName"] == "tenant-release-approvals"
 
@@ -561,12 +573,8 @@ def test_tooling_stack_creates_in_moto(aws: boto3.Session, tenant_accounts: str)
     assert kms.get_key_rotation_status(KeyId=outputs["ArtifactKeyArn"])["KeyRotationEnabled"] is True
     aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
     assert outputs["ArtifactKeyArn"].endswith(aliases["alias/tenant-release-artifacts"])
-    if tenant_accounts:
-        # The bootstrap resolves the key by alias with DescribeKey. Without tenants moto keeps the
-        # dropped statement as null and DescribeKey crashes on it; real CloudFormation removes it.
-        assert kms.describe_key(KeyId="alias/tenant-release-artifacts")["KeyMetadata"]["Arn"] == outputs["ArtifactKeyArn"]
-    tenant_sid = "TenantDeployRolesDecryptReleases"
-    assert (tenant_sid in _key_policy_sids(aws, outputs["ArtifactKeyArn"])) == bool(tenant_accounts)
+    assert kms.describe_key(KeyId="alias/tenant-release-artifacts")["KeyMetadata"]["Arn"] == outputs["ArtifactKeyArn"]
+    assert _key_policy_sids(aws, outputs["ArtifactKeyArn"]) == {"ToolingAccountAdministersKey"}
 
     role = aws.client("iam").get_role(RoleName="tenant-release-orchestrator")["Role"]
     assert role["Arn"] == outputs["OrchestratorRoleArn"]
@@ -582,8 +590,6 @@ def test_tenant_bootstrap_stack_creates_in_moto(aws: boto3.Session, external_id:
         BOOTSTRAP_TEMPLATE,
         {
             "ToolingAccountId": TOOLING_ACCOUNT_ID,
-            "ToolingArtifactBucket": "tooling-artifacts",
-            "ToolingKmsKeyArn": TOOLING_KEY_ARN,
             "ArtifactBucketName": "acme-artifacts",
             "ExternalId": external_id,
         },
@@ -658,3 +664,82 @@ def test_app_stack_creates_in_moto(aws: boto3.Session) -> None:
     }
     (group,) = aws.client("logs").describe_log_groups(logGroupNamePrefix="/aws/lambda/tenant-app-acme")["logGroups"]
     assert group["retentionInDays"] == 30
+
+
+# --- sizes at fleet scale -------------------------------------------------------------------------
+
+# AWS's documented maximums (moto enforces none of them).
+PARAMETER_VALUE_BYTES = 4096  # CloudFormation: one parameter value
+TEMPLATE_BODY_BYTES = 51_200  # CloudFormation: TemplateBody passed inline (bootstrap does)
+BUCKET_POLICY_BYTES = 20 * 1024  # S3 bucket policy
+KEY_POLICY_BYTES = 32 * 1024  # KMS key policy
+ROLE_INLINE_POLICIES_CHARS = 10_240  # IAM: all inline policies of one role together
+TRUST_POLICY_CHARS = 2048  # IAM: role trust policy (default quota)
+LONG_ATTRIBUTE = "arn:aws:s3:::" + "x" * 120  # what a Fn::GetAtt / resource Ref stands for, generously
+
+
+def _render(value: Any, parameters: dict[str, str]) -> Any:
+    """A policy with its parameters substituted (each Fn::If taken on its larger side), to measure it as AWS would."""
+    if isinstance(value, list):
+        return [_render(item, parameters) for item in value if item != NO_VALUE]
+    if not isinstance(value, dict):
+        return value
+    if list(value) == ["Ref"]:
+        return parameters.get(value["Ref"], LONG_ATTRIBUTE)
+    if list(value) == ["Fn::GetAtt"]:
+        return LONG_ATTRIBUTE
+    if list(value) == ["Fn::Sub"]:
+        text = value["Fn::Sub"]
+        for name, replacement in {**parameters, "AWS::Partition": "aws-us-gov", "AWS::AccountId": "0" * 12}.items():
+            text = text.replace("${" + name + "}", replacement)
+        return re_placeholder.sub(LONG_ATTRIBUTE, text)
+    if list(value) == ["Fn::If"]:
+        _, if_true, if_false = value["Fn::If"]
+        sides = [_render(side, parameters) for side in (if_true, if_false) if side != NO_VALUE]
+        return max(sides, key=lambda side: len(json.dumps(side))) if sides else None
+    return {key: _render(item, parameters) for key, item in value.items()}
+
+
+re_placeholder = __import__("re").compile(r"\$\{[^}]+\}")
+
+
+def _fleet_of(count: int, tmp_path: Path):
+    spec = importlib.util.spec_from_file_location("fleet_gen", Path(__file__).resolve().parents[2] / "bench" / "fleet_gen.py")
+    fleet_gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fleet_gen)
+    import yaml
+    from tenant_release.config import load_fleet
+
+    path = tmp_path / f"fleet-{count}.yaml"
+    path.write_text(yaml.safe_dump(fleet_gen.generate(count)))
+    return load_fleet(path)
+
+
+def test_bootstrap_of_a_1000_tenant_fleet_fits_every_aws_size_limit(tmp_path: Path) -> None:
+    from tenant_release.aws.bootstrap import bootstrap_targets, tenant_parameters, tooling_parameters
+
+    loaded = _fleet_of(1000, tmp_path)
+    tooling = tooling_parameters(loaded, tooling_principal_arn="arn:aws:iam::123456789012:role/" + "w" * 60)
+    tenants = [tenant_parameters(loaded, target) for target in bootstrap_targets(loaded)]
+    assert len(tenants) == 1001  # every tenant account and dev
+
+    # Nothing in the tooling stack grows with the fleet: its parameters are those of a 2-tenant fleet.
+    assert tooling == tooling_parameters(_fleet_of(2, tmp_path), tooling_principal_arn=tooling["OrchestratorTrustedPrincipalArn"])
+    for parameters in (tooling, *tenants):
+        for name, value in parameters.items():
+            assert len(value.encode()) <= PARAMETER_VALUE_BYTES, name
+
+    for path, parameters in ((TOOLING_TEMPLATE, tooling), (BOOTSTRAP_TEMPLATE, max(tenants, key=lambda p: len(json.dumps(p))))):
+        assert len(path.read_bytes()) <= TEMPLATE_BODY_BYTES, path.name
+        inline_by_role: dict[str, int] = {}
+        for kind, location, document in _policy_documents(path):
+            size = len(json.dumps(_render(document, parameters), separators=(",", ":")))
+            limit = {"bucket": BUCKET_POLICY_BYTES, "key": KEY_POLICY_BYTES, "trust": TRUST_POLICY_CHARS}.get(kind)
+            if limit:
+                assert size <= limit, (location, size, limit)
+            if kind == "identity":
+                role = location.split(".")[0]
+                inline_by_role[role] = inline_by_role.get(role, 0) + size
+        for role, size in inline_by_role.items():
+            if _template(path)["Resources"][role]["Type"] == "AWS::IAM::Role":
+                assert size <= ROLE_INLINE_POLICIES_CHARS, (role, size)

@@ -17,13 +17,14 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tenant_release.airflow import runtime
-from tenant_release.airflow.operators import ReleaseGateOperator
+from tenant_release.airflow.failures import as_task_failure
+from tenant_release.airflow.gate import ReleaseGateOperator
 from tenant_release.airflow.steps import plan_fields
 from tenant_release.airflow.timetables import ReleaseWindowTimetable
 from tenant_release.aws import release_queue
 from tenant_release.config import LoadedFleet, config_path, load_fleet
 from tenant_release.errors import FleetConfigError, TenantReleaseError
-from tenant_release.models import ReleaseSchedule, ToolingAccount
+from tenant_release.models import QueuedPlan, ReleaseSchedule, ToolingAccount
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 from tenant_release.windows import ReleaseCalendar
@@ -85,7 +86,7 @@ def plan_queued(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
         tooling = loaded.fleet.tooling
         release_queue.check_can_enqueue(_queue_client(tooling), tooling.queue_table, release.tag)
     except TenantReleaseError as exc:
-        raise AirflowFailException(str(exc)) from None
+        raise as_task_failure(exc) from None
     calendar = ReleaseCalendar.from_schedule(loaded.fleet.schedule)
     opens = calendar.next_release_start(now)
     if opens is None:
@@ -104,13 +105,12 @@ def plan_queued(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
         ", ".join(selected.tenant_names) if narrowed else f"every tenant of the group ({len(selected.targets)} now)",
         opens.isoformat(),
     )
-    return {
+    return QueuedPlan(
         **plan_fields(loaded, release, selected),
-        # Empty: the whole group as the fleet file lists it when the release ships.
-        "requested_tenants": selected.tenant_names if narrowed else [],
-        "next_window": opens.isoformat(),
-        "windows": [str(window) for window in calendar.windows],
-    }
+        requested_tenants=tuple(selected.tenant_names) if narrowed else (),
+        next_window=opens.isoformat(),
+        windows=tuple(str(window) for window in calendar.windows),
+    ).model_dump(mode="json")
 
 
 class QueuedReleaseGateOperator(ReleaseGateOperator):
@@ -125,15 +125,18 @@ class QueuedReleaseGateOperator(ReleaseGateOperator):
     rejected_consequence = "nothing was queued"
     approval_context = "when queued"
 
-    def describe_request(self, ti: Any, plan: dict[str, Any]) -> tuple[str, str]:
-        tenants = "\n".join(f"- {name}" for name in plan["tenants"])
-        narrowed = "only these tenants" if plan["requested_tenants"] else "every tenant of the group when it ships; now"
-        count = len(plan["tenants"])
-        subject = f"Queue {plan['release_tag']} for the next release window ({count} tenant(s) of {plan['group']})?"
+    def read_plan(self, ti: Any) -> QueuedPlan:
+        return QueuedPlan.model_validate(ti.xcom_pull(task_ids="plan"))
+
+    def describe_request(self, ti: Any, plan: QueuedPlan) -> tuple[str, str]:  # type: ignore[override]
+        tenants = "\n".join(f"- {name}" for name in plan.tenants)
+        narrowed = "only these tenants" if plan.requested_tenants else "every tenant of the group when it ships; now"
+        count = len(plan.tenants)
+        subject = f"Queue {plan.release_tag} for the next release window ({count} tenant(s) of {plan.group})?"
         body = (
-            f"**Release** {plan['release_tag']} (version {plan['version']}) to group {plan['group']}\n\n"
-            f"**When** at the next release window outside a freeze, first opening {plan['next_window']} "
-            f"(windows: {', '.join(plan['windows'])})\n\n"
+            f"**Release** {plan.release_tag} (version {plan.version}) to group {plan.group}\n\n"
+            f"**When** at the next release window outside a freeze, first opening {plan.next_window} "
+            f"(windows: {', '.join(plan.windows)})\n\n"
             f"**Tenants** ({narrowed}: {count}):\n{tenants}\n\n"
             "Approving records the release-wide approval: the scheduled release run will not ask again. The build and "
             "the dev deploy happen at the window; if either fails, no tenant is touched."
@@ -154,7 +157,7 @@ def enqueue_planned(plan_: dict[str, Any], gate: dict[str, Any] | None, *, queue
             approved_by=approved_by,
         )
     except TenantReleaseError as exc:
-        raise AirflowFailException(str(exc)) from None
+        raise as_task_failure(exc) from None
     log.info("%s; ships at the first release window from %s", entry.describe(), plan_["next_window"])
     return entry.to_dict()
 
@@ -167,7 +170,7 @@ def _fleet_and_queue() -> tuple[LoadedFleet, Any]:
     try:
         loaded = load_fleet()
     except TenantReleaseError as exc:
-        raise AirflowFailException(str(exc)) from None
+        raise as_task_failure(exc) from None
     return loaded, _queue_client(loaded.fleet.tooling)
 
 
@@ -182,7 +185,7 @@ def take_queued_release(*, run_id: str, now: datetime) -> dict[str, Any]:
     try:
         entry = release_queue.next_queued(dynamodb, table)
     except TenantReleaseError as exc:
-        raise AirflowFailException(str(exc)) from None
+        raise as_task_failure(exc) from None
     waiting = f"{entry.release} stays queued" if entry else "nothing is queued anyway"
     calendar = ReleaseCalendar.from_schedule(loaded.fleet.schedule)
     next_start = calendar.next_release_start(now)
@@ -216,6 +219,6 @@ def mark_dispatched(taken: dict[str, Any]) -> dict[str, Any]:
             dynamodb, loaded.fleet.tooling.queue_table, taken["release_tag"], run_id=taken["trigger_run_id"]
         )
     except TenantReleaseError as exc:
-        raise AirflowFailException(str(exc)) from None
+        raise as_task_failure(exc) from None
     log.info("%s", entry.describe())
     return entry.to_dict()

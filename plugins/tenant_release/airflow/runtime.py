@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tenant_release.aws.approvals import Decision, find_decision
+from tenant_release.aws.approvals import find_decision
 from tenant_release.aws.session import AwsSessions
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.errors import FleetConfigError
-from tenant_release.models import Target, ToolingAccount
+from tenant_release.models import ApprovalDecision, Target, ToolingAccount
 
 _session_factory: Callable[[], AwsSessions] = AwsSessions
+_shared: tuple[Callable[[], AwsSessions], AwsSessions] | None = None
+_fleet_cache: dict[tuple[str, int, int], LoadedFleet] = {}
+_lock = threading.Lock()
 _clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
 
 
@@ -41,6 +45,38 @@ def aws_sessions() -> AwsSessions:
     return _session_factory()
 
 
+def shared_sessions() -> AwsSessions:
+    """One `AwsSessions` per process (the triggerer runs every tenant's deploy): clients and tenant sessions are reused.
+
+    A new boto3 session costs about 0.1 s; a thousand deploys in one triggerer must not pay it a thousand times.
+    """
+    global _shared
+    with _lock:
+        if _shared is None or _shared[0] is not _session_factory:
+            _shared = (_session_factory, _session_factory())
+        return _shared[1]
+
+
+def cached_fleet(config_path: str | None) -> LoadedFleet:
+    """The fleet file, parsed once per version of the file in this process (a 1,000-tenant file takes 0.3 s)."""
+    from tenant_release.config import config_path as default_path
+
+    path = Path(config_path) if config_path else default_path()
+    try:
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return load_fleet(path)  # says what is wrong with the path
+    with _lock:
+        cached = _fleet_cache.get(key)
+    if cached is None:
+        cached = load_fleet(path)
+        with _lock:
+            _fleet_cache.clear()
+            _fleet_cache[key] = cached
+    return cached
+
+
 def use_session_factory(factory: Callable[[], AwsSessions]) -> Callable[[], AwsSessions]:
     """Swap how sessions are made (tests wrap clients with fault injectors); returns the previous factory."""
     global _session_factory
@@ -48,7 +84,7 @@ def use_session_factory(factory: Callable[[], AwsSessions]) -> Callable[[], AwsS
     return previous
 
 
-def recorded_decision(tooling: ToolingAccount, *, tenant: str, release: str) -> Decision | None:
+def recorded_decision(tooling: ToolingAccount, *, tenant: str, release: str) -> ApprovalDecision | None:
     """An approval record for this tenant (or `*`: the release gate) and release, from DynamoDB or S3."""
     sessions = aws_sessions()
     return find_decision(
@@ -67,7 +103,7 @@ def target_digest(target: Target) -> str:
 
 def planned_target(*, tenant: str, digest: str, config_path: str | None) -> tuple[LoadedFleet, Target]:
     """The tenant's settings as planned; refuses to deploy a tenant whose settings changed mid-run."""
-    loaded = load_fleet(Path(config_path) if config_path else None)
+    loaded = cached_fleet(config_path)
     target = loaded.target(tenant)
     if target_digest(target) != digest:
         raise FleetConfigError(

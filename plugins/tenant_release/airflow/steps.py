@@ -1,4 +1,4 @@
-"""Bodies of the release DAG's plain tasks: plan, build, summarise. Each turns library errors into task failures."""
+"""Bodies of the release DAG's plain tasks: plan, build, fleet changes, summarise. Library errors become task failures."""
 
 from __future__ import annotations
 
@@ -10,11 +10,23 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from tenant_release import report
 from tenant_release.airflow import runtime
+from tenant_release.airflow.failures import as_task_failure
 from tenant_release.aws import ledger
+from tenant_release.changes import find_changes, record_unchanged
 from tenant_release.config import LoadedFleet, load_fleet
-from tenant_release.deploy import build_release, utc_now
+from tenant_release.deploy import ReleaseRun, build_release, utc_now
 from tenant_release.errors import TenantReleaseError
-from tenant_release.models import Outcome, Release, TenantResult
+from tenant_release.models import (
+    ApprovalPolicy,
+    Artifact,
+    FleetChanges,
+    Outcome,
+    PlannedTarget,
+    Release,
+    RunPlan,
+    Target,
+    TenantResult,
+)
 from tenant_release.plan import ReleasePlan, plan_release
 from tenant_release.tags import parse_release_tag
 from tenant_release.windows import ReleaseCalendar
@@ -22,7 +34,7 @@ from tenant_release.windows import ReleaseCalendar
 log = logging.getLogger(__name__)
 
 
-def plan(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+def plan(params: dict[str, Any], *, now: datetime, max_map_length: int) -> dict[str, Any]:
     """Read the fleet file (now, not at parse time) and fix the run's targets; fail before any deploy."""
     try:
         loaded = load_fleet()
@@ -30,7 +42,13 @@ def plan(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
         selected = plan_release(loaded, release, only_tenants=params.get("tenants") or None)
         dev = loaded.target(loaded.fleet.dev.name)
     except TenantReleaseError as exc:
-        raise AirflowFailException(str(exc)) from None
+        raise as_task_failure(exc) from None
+    if len(selected.targets) > max_map_length:
+        raise AirflowFailException(
+            f"{release.tag} targets {len(selected.targets)} tenants, more than Airflow maps in one task "
+            f"([core] max_map_length = {max_map_length}); nothing was deployed. Raise it (AIRFLOW__CORE__MAX_MAP_LENGTH) "
+            "or narrow the run with the tenants param."
+        )
     override = str(params.get("override_freeze") or "").strip()
     freeze = ReleaseCalendar.from_schedule(loaded.fleet.schedule).freeze_at(now)
     if freeze is not None and not override:
@@ -49,12 +67,20 @@ def plan(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
         len(selected.targets),
         ", ".join(selected.tenant_names),
     )
-    return {
+    return RunPlan(
         **plan_fields(loaded, release, selected),
-        "targets": [{"tenant": t.name, "target_digest": runtime.target_digest(t)} for t in selected.targets],
-        "dev": {"tenant": dev.name, "target_digest": runtime.target_digest(dev)},
-        "freeze_override": freeze_note,
-    }
+        targets=tuple(planned_target(t) for t in selected.targets),
+        dev=planned_target(dev),
+        freeze_override=freeze_note,
+    ).model_dump(mode="json")
+
+
+def planned_target(target: Target) -> PlannedTarget:
+    return PlannedTarget(
+        tenant=target.name,
+        target_digest=runtime.target_digest(target),
+        has_own_gate=target.approval == ApprovalPolicy.REQUIRED or bool(target.maintenance_window),
+    )
 
 
 def plan_fields(loaded: LoadedFleet, release: Release, selected: ReleasePlan) -> dict[str, Any]:
@@ -65,18 +91,57 @@ def plan_fields(loaded: LoadedFleet, release: Release, selected: ReleasePlan) ->
         "group": selected.group,
         "gated": selected.gated,
         "config_path": str(loaded.path),
-        "tenants": selected.tenant_names,
+        "tenants": tuple(selected.tenant_names),
     }
 
 
 def build(plan_: dict[str, Any]) -> dict[str, Any]:
+    plan = RunPlan.model_validate(plan_)
     try:
-        loaded = load_fleet(plan_["config_path"])
-        targets = [loaded.target(name) for name in plan_["tenants"]]
-        artifact = build_release(runtime.aws_sessions(), loaded.fleet.tooling, parse_release_tag(plan_["release_tag"]), targets)
+        loaded = load_fleet(plan.config_path)
+        targets = [loaded.target(name) for name in plan.tenants]
+        artifact = build_release(runtime.aws_sessions(), loaded.fleet.tooling, parse_release_tag(plan.release_tag), targets)
     except TenantReleaseError as exc:
-        raise AirflowFailException(str(exc)) from None
+        raise as_task_failure(exc) from None
     return artifact.model_dump(mode="json")
+
+
+def fleet_changes(plan_: dict[str, Any], artifact: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Record the tenants already at this release UNCHANGED; return the ones the mapped deploy task deploys."""
+    plan = RunPlan.model_validate(plan_)
+    try:
+        loaded = load_fleet(plan.config_path)
+        planned = [(entry, loaded.target(entry.tenant)) for entry in plan.targets]
+        for entry, target in planned:
+            if runtime.target_digest(target) != entry.target_digest:
+                raise TenantReleaseError(
+                    f"tenant {entry.tenant!r} changed in {loaded.path} after this run was planned; re-trigger the release "
+                    "so that the whole run uses one version of the fleet file"
+                )
+        run = ReleaseRun(
+            release=parse_release_tag(plan.release_tag),
+            run_id=run_id,
+            artifact=Artifact.model_validate(artifact),
+            tooling=loaded.fleet.tooling,
+        )
+        sessions = runtime.aws_sessions()
+        concurrency = int(runtime.setting("fleet_changes_concurrency", 16))
+        changes, unchanged = find_changes(sessions, run, planned, concurrency=concurrency)
+        record_unchanged(sessions, run, unchanged)
+    except TenantReleaseError as exc:
+        raise as_task_failure(exc) from None
+    log.info(
+        "%d of %d tenant(s) need a change; %d already at %s (recorded UNCHANGED, no task instance)",
+        len(changes.deploy),
+        len(plan.targets),
+        len(changes.unchanged),
+        plan.release_tag,
+    )
+    return changes.model_dump(mode="json")
+
+
+def deploy_kwargs(changes_: dict[str, Any]) -> list[dict[str, Any]]:
+    return FleetChanges.model_validate(changes_).deploy_kwargs()
 
 
 def summarize(
@@ -87,32 +152,35 @@ def summarize(
     run_id: str,
 ) -> dict[str, Any]:
     """Collect every planned tenant's outcome from the history, fill in those that never reported, print the table."""
-    loaded = load_fleet(plan_["config_path"])
+    plan = RunPlan.model_validate(plan_)
+    loaded = load_fleet(plan.config_path)
     tooling = loaded.fleet.tooling
     dynamodb = runtime.aws_sessions().tooling_client("dynamodb", tooling.region)
-    recorded = ledger.get_many(dynamodb, tooling.history_table, tenants=plan_["tenants"], release=plan_["release_tag"])
+    recorded = ledger.get_many(dynamodb, tooling.history_table, tenants=plan.tenants, release=plan.release_tag)
     results: list[TenantResult] = []
-    for name in plan_["tenants"]:
+    changed: list[TenantResult] = []
+    for name in plan.tenants:
         result = recorded.get(name)
-        if result is None or result.run_id != run_id or result.status == Outcome.IN_PROGRESS:
-            result = _unreported(loaded.target(name), plan_, artifact, dev_result, gate, run_id, previous=result)
-            ledger.record(dynamodb, tooling.history_table, result)
-        annotated = _annotate(result, plan_, gate)
-        if annotated != result:
-            ledger.record(dynamodb, tooling.history_table, annotated)
+        unreported = result is None or result.run_id != run_id or result.status == Outcome.IN_PROGRESS
+        if unreported:
+            result = _unreported(loaded.target(name), plan, artifact, dev_result, gate, run_id, previous=result)
+        annotated = _annotate(result, plan, gate)
+        if unreported or annotated != result:
+            changed.append(annotated)
         results.append(annotated)
+    ledger.record_many(dynamodb, tooling.history_table, changed)
     counts = report.count_by_status(results)
     log.info(
         "release %s summary (%s)\n%s\n%s",
-        plan_["release_tag"],
+        plan.release_tag,
         ", ".join(f"{k} {v}" for k, v in counts.items() if v),
-        _gate_line(plan_, gate),
+        _gate_line(plan, gate),
         report.render_table(results),
     )
     failed = [r.tenant for r in results if r.status == Outcome.FAILED]
-    stopped = _stopped_before_tenants(plan_, artifact, dev_result, gate)
+    stopped = _stopped_before_tenants(plan, artifact, dev_result, gate)
     if stopped:
-        raise AirflowFailException(f"release {plan_['release_tag']} stopped before any tenant: {stopped}")
+        raise AirflowFailException(f"release {plan.release_tag} stopped before any tenant: {stopped}")
     if failed:
         raise AirflowFailException(
             f"{len(failed)} of {len(results)} tenant(s) failed: {', '.join(failed)}. Their task logs (map index named "
@@ -122,7 +190,7 @@ def summarize(
 
 
 def _stopped_before_tenants(
-    plan_: dict[str, Any], artifact: dict[str, Any] | None, dev_result: dict[str, Any] | None, gate: dict[str, Any] | None
+    plan: RunPlan, artifact: dict[str, Any] | None, dev_result: dict[str, Any] | None, gate: dict[str, Any] | None
 ) -> str | None:
     if artifact is None:
         return "the build failed"
@@ -133,32 +201,32 @@ def _stopped_before_tenants(
     return None
 
 
-def _gate_line(plan_: dict[str, Any], gate: dict[str, Any] | None) -> str:
+def _gate_line(plan: RunPlan, gate: dict[str, Any] | None) -> str:
     lines = []
-    if not plan_["gated"]:
-        lines.append(f"gate: group {plan_['group']} is not gated")
+    if not plan.gated:
+        lines.append(f"gate: group {plan.group} is not gated")
     elif gate and gate.get("gated"):
         lines.append(f"gate: approved by {gate['approved_by']} via {gate['source']}")
     else:
         lines.append("gate: not approved (rejected, timed out or not reached); no tenant was deployed")
-    if plan_.get("freeze_override"):
-        lines.append(plan_["freeze_override"])
+    if plan.freeze_override:
+        lines.append(plan.freeze_override)
     return "\n".join(lines)
 
 
-def _annotate(result: TenantResult, plan_: dict[str, Any], gate: dict[str, Any] | None) -> TenantResult:
+def _annotate(result: TenantResult, plan: RunPlan, gate: dict[str, Any] | None) -> TenantResult:
     """Record on each tenant's item whether its release was gated, who approved it, and any freeze override."""
-    update: dict[str, Any] = {"gated": bool(plan_["gated"])}
+    update: dict[str, Any] = {"gated": bool(plan.gated)}
     if gate and gate.get("gated") and not result.approved_by:
         update["approved_by"] = f"{gate['approved_by']} ({gate['source']}, release gate)"
-    if plan_.get("freeze_override") and plan_["freeze_override"] not in (result.note or ""):
-        update["note"] = "; ".join(filter(None, [result.note, plan_["freeze_override"]]))
+    if plan.freeze_override and plan.freeze_override not in (result.note or ""):
+        update["note"] = "; ".join(filter(None, [result.note, plan.freeze_override]))
     return result.model_copy(update=update)
 
 
 def _unreported(
     target: Any,
-    plan_: dict[str, Any],
+    plan: RunPlan,
     artifact: dict[str, Any] | None,
     dev_result: dict[str, Any] | None,
     gate: dict[str, Any] | None,
@@ -181,8 +249,8 @@ def _unreported(
         tenant=target.name,
         account_id=target.account_id,
         region=target.region,
-        release=plan_["release_tag"],
-        version=plan_["version"],
+        release=plan.release_tag,
+        version=plan.version,
         status=status,
         run_id=run_id,
         started_at=now,

@@ -1,27 +1,79 @@
-"""Triggers: waits that run in the triggerer and hold no worker slot. They carry names, never credentials."""
+"""Triggers: work and waits that run in the triggerer and hold no worker slot. They carry names, never credentials."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextvars
+import functools
+import random
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
+from tenant_release import classify
 from tenant_release.airflow import runtime
 from tenant_release.classify import describe, is_retriable
-from tenant_release.naming import session_name, source_identity
+from tenant_release.models import ApprovalDecision, Artifact, DeployProgress
 
-TRIGGER_PATH = "tenant_release.airflow.triggers"
+T = TypeVar("T")
+
+# boto3 blocks; the triggerer's loop must not. One pool per triggerer process for every tenant's AWS calls:
+# asyncio's default pool has cpu+4 threads (6 here), too few for hundreds of tenants waiting on AWS at once.
+_AWS_POOL: ThreadPoolExecutor | None = None
 
 
-class StackSettledTrigger(BaseTrigger):
-    """Polls one tenant's stack until it leaves `*_IN_PROGRESS`.
+def _aws_pool() -> ThreadPoolExecutor:
+    global _AWS_POOL
+    if _AWS_POOL is None:
+        _AWS_POOL = ThreadPoolExecutor(
+            max_workers=int(runtime.setting("triggerer_aws_threads", 32)), thread_name_prefix="tenant-release-aws"
+        )
+    return _AWS_POOL
 
-    The triggerer assumes the tenant role itself (refreshing credentials, from the same fleet-file
-    entry the task used), so no credential is ever serialised into the trigger row.
+
+async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking call in the AWS pool, keeping the trigger's log context (its lines go to its task's log)."""
+    context = contextvars.copy_context()
+    call = functools.partial(context.run, func, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_aws_pool(), call)
+
+
+class _Serializable(BaseTrigger):
+    """`serialize()` from the constructor's keyword arguments, named once in `fields`."""
+
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{type(self).__module__}.{type(self).__qualname__}", {name: getattr(self, name) for name in self.fields}
+
+
+class TenantDeployTrigger(_Serializable):
+    """One target's whole deploy, in the triggerer: assume → copy → change set → wait → verify → history.
+
+    Thousands run at once in one event loop, their AWS calls in a thread pool, and no worker slot is held
+    while a stack settles. A tenant's success ends its task here (`TaskSuccessEvent`: no second worker
+    execution); a failure resumes the task on a worker, which fails or retries it as Airflow's rules say.
+    The triggerer assumes the tenant role itself, from the same fleet-file entry the plan fixed, so no
+    credential is ever serialised into the trigger row.
     """
+
+    fields = (
+        "tenant",
+        "target_digest",
+        "config_path",
+        "release_tag",
+        "run_id",
+        "artifact",
+        "progress",
+        "poll_interval",
+        "deadline",
+        "record_history",
+        "smoke_test",
+        "end_in_triggerer",
+    )
 
     def __init__(
         self,
@@ -31,9 +83,13 @@ class StackSettledTrigger(BaseTrigger):
         config_path: str | None,
         release_tag: str,
         run_id: str,
+        artifact: dict[str, Any],
+        progress: dict[str, Any],
         poll_interval: float,
         deadline: str,
-        state: dict[str, Any] | None = None,
+        record_history: bool = True,
+        smoke_test: bool = False,
+        end_in_triggerer: bool = True,
     ) -> None:
         super().__init__()
         self.tenant = tenant
@@ -41,80 +97,110 @@ class StackSettledTrigger(BaseTrigger):
         self.config_path = config_path
         self.release_tag = release_tag
         self.run_id = run_id
+        self.artifact = artifact
+        self.progress = progress
         self.poll_interval = poll_interval
         self.deadline = deadline
-        # The task's progress so far (names, versions, URIs; never credentials), echoed back in the event.
-        self.state = state or {}
+        self.record_history = record_history
+        self.smoke_test = smoke_test
+        self.end_in_triggerer = end_in_triggerer
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{TRIGGER_PATH}.StackSettledTrigger",
-            {
-                "tenant": self.tenant,
-                "target_digest": self.target_digest,
-                "config_path": self.config_path,
-                "release_tag": self.release_tag,
-                "run_id": self.run_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "state": self.state,
-            },
+    def _deployment(self) -> Any:
+        from tenant_release.deploy import ReleaseRun, TargetDeployment
+        from tenant_release.tags import parse_release_tag
+
+        loaded, target = runtime.planned_target(tenant=self.tenant, digest=self.target_digest, config_path=self.config_path)
+        run = ReleaseRun(
+            release=parse_release_tag(self.release_tag),
+            run_id=self.run_id,
+            artifact=Artifact.model_validate(self.artifact),
+            tooling=loaded.fleet.tooling,
         )
+        return TargetDeployment(sessions=runtime.shared_sessions(), run=run, target=target, record_history=self.record_history)
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        try:
-            _, target = await asyncio.to_thread(
-                runtime.planned_target, tenant=self.tenant, digest=self.target_digest, config_path=self.config_path
-            )
-            sessions = await asyncio.to_thread(runtime.aws_sessions)
-            cloudformation = await asyncio.to_thread(
-                sessions.tenant_client,
-                target,
-                "cloudformation",
-                session_name=session_name(release_tag=self.release_tag, run_id=self.run_id),
-                source_identity=source_identity(release_tag=self.release_tag),
-            )
-        except Exception as exc:
-            yield TriggerEvent({"error": describe(exc), "state": self.state})
-            return
-        from tenant_release.aws.stacks import poll_stack
+    def _pause(self, first: bool) -> float:
+        # Jittered: a thousand tenants that started together must not poll CloudFormation in lockstep.
+        low = 0.5 if first else 0.8
+        return self.poll_interval * random.uniform(low, 1.2)  # noqa: S311 (spreading load, not security)
 
+    async def _settle(self, deployment: Any, progress: DeployProgress) -> str:
+        if progress.unchanged:
+            return (await in_thread(deployment.poll)).status
         deadline = datetime.fromisoformat(self.deadline)
+        self.log.info(
+            "change set %s executing on %s; waiting for it to settle", progress.change_set, deployment.target.stack_name
+        )
+        first = True
         while True:
-            # Wait first: a change set never settles at once on real AWS, and an event fired within
-            # milliseconds of deferring races the scheduler's handling of the deferral (seen on
-            # LocalExecutor: the resumed task was failed as "state changed externally").
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(self._pause(first))
+            first = False
             try:
-                polled = await asyncio.to_thread(poll_stack, cloudformation, target.stack_name)
+                polled = await in_thread(deployment.poll)
             except Exception as exc:
                 if not is_retriable(exc):
-                    yield TriggerEvent({"error": describe(exc), "state": self.state})
-                    return
-                self.log.warning("polling %s: %s; trying again", target.stack_name, describe(exc))
+                    raise
+                self.log.warning("polling %s: %s; trying again", deployment.target.stack_name, describe(exc))
             else:
                 if polled.settled:
-                    yield TriggerEvent({"stack_status": polled.status, "state": self.state})
-                    return
-                self.log.info("%s: %s", target.stack_name, polled.status)
+                    return polled.status
             if datetime.now(UTC) >= deadline:
-                yield TriggerEvent(
-                    {
-                        "error": f"stack {target.stack_name} did not settle before {self.deadline}",
-                        "timeout": True,
-                        "state": self.state,
-                    }
-                )
-                return
+                from tenant_release.errors import PermanentAwsError
+
+                raise PermanentAwsError(f"stack {deployment.target.stack_name} did not settle before {self.deadline}")
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from tenant_release.deploy import failure_reason
+
+        progress = DeployProgress.model_validate(self.progress)
+        deployment = None
+        try:
+            deployment = await in_thread(self._deployment)
+            self.log.info(
+                "deploying %s (sha256 %s) to %s (account %s, %s) as session %s",
+                deployment.run.release.tag,
+                deployment.run.artifact.sha256[:12],
+                deployment.target.name,
+                deployment.target.account_id,
+                deployment.target.region,
+                deployment.run.session_name,
+            )
+            progress = await in_thread(deployment.begin, progress)
+            status = await self._settle(deployment, progress)
+            result = await in_thread(deployment.finish, progress, stack_status=status)
+            if self.smoke_test:
+                await in_thread(deployment.smoke_test)
+            await in_thread(deployment.record, result)
+        except Exception as exc:
+            reason = failure_reason(exc)
+            for line in getattr(exc, "events", None) or []:
+                self.log.error("stack event: %s", line)
+            self.log.error("%s FAILED: %s", self.tenant, reason)
+            if deployment is not None:
+                try:
+                    await in_thread(deployment.record, deployment.failure(progress, exc))
+                except Exception as history_exc:  # the deploy's own error is the one to report
+                    self.log.warning("could not record the failure in the history table: %s", failure_reason(history_exc))
+            permanent = classify.needs_a_person(exc)
+            yield TriggerEvent({"failed": reason, "permanent": permanent, "progress": progress.model_dump(mode="json")})
+            return
+        self.log.info(
+            "%s: %s (%s -> %s, stack %s)", result.tenant, result.status.value, result.version_before, result.version_after, status
+        )
+        if self.end_in_triggerer:
+            yield TaskSuccessEvent(xcoms={"return_value": result.to_xcom()})
+        else:
+            yield TriggerEvent({"result": result.to_xcom()})
 
 
-class ApprovalRecordTrigger(BaseTrigger):
+class ApprovalRecordTrigger(_Serializable):
     """Waits for a person's answer: in the Airflow UI/REST (the task's HITL detail) or as an approval record.
 
     Records are a DynamoDB item or an S3 object in the tooling account (see `tenant_release.aws.approvals`).
     An answer in the UI resumes the task directly through Airflow; this trigger also notices it, so
     either path works. No answer before `deadline` counts as a rejection by timeout.
     """
+
+    fields = ("tenant", "release_tag", "config_path", "ti_id", "deadline", "poll_interval", "progress")
 
     def __init__(
         self,
@@ -125,7 +211,7 @@ class ApprovalRecordTrigger(BaseTrigger):
         ti_id: str | None,
         deadline: str,
         poll_interval: float,
-        state: dict[str, Any] | None = None,
+        progress: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.tenant = tenant
@@ -134,26 +220,10 @@ class ApprovalRecordTrigger(BaseTrigger):
         self.ti_id = ti_id
         self.deadline = deadline
         self.poll_interval = poll_interval
-        self.state = state or {}
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{TRIGGER_PATH}.ApprovalRecordTrigger",
-            {
-                "tenant": self.tenant,
-                "release_tag": self.release_tag,
-                "config_path": self.config_path,
-                "ti_id": self.ti_id,
-                "deadline": self.deadline,
-                "poll_interval": self.poll_interval,
-                "state": self.state,
-            },
-        )
+        self.progress = progress or {}
 
     def _lookup(self) -> Any:
-        from tenant_release.config import load_fleet
-
-        tooling = load_fleet(self.config_path).fleet.tooling
+        tooling = runtime.cached_fleet(self.config_path).fleet.tooling
         return runtime.recorded_decision(tooling, tenant=self.tenant, release=self.release_tag)
 
     async def _ui_answer(self) -> dict[str, Any] | None:
@@ -164,19 +234,17 @@ class ApprovalRecordTrigger(BaseTrigger):
         from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail
 
         try:
-            response = await asyncio.to_thread(get_hitl_detail_content_detail, ti_id=UUID(self.ti_id))
+            response = await in_thread(get_hitl_detail_content_detail, ti_id=UUID(self.ti_id))
         except Exception as exc:  # an unreachable API must not end the wait
             self.log.warning("could not read the approval request: %s", exc)
             return None
         if response is None or not (response.response_received and response.chosen_options):
             return None
         user = response.responded_by_user
-        return {
-            "approved": "Approve" in response.chosen_options,
-            "decided_by": (user.name if user else "timeout default"),
-            "source": "ui",
-            "note": "",
-        }
+        decision = ApprovalDecision(
+            approved="Approve" in response.chosen_options, decided_by=(user.name if user else "timeout default"), source="ui"
+        )
+        return decision.model_dump(mode="json")
 
     async def _close_ui_request(self, approved: bool) -> None:
         """Mark the UI request answered, so it does not linger after an approval record decided."""
@@ -187,7 +255,7 @@ class ApprovalRecordTrigger(BaseTrigger):
         from airflow.sdk.execution_time.hitl import update_hitl_detail_response
 
         try:
-            await asyncio.to_thread(
+            await in_thread(
                 update_hitl_detail_response,
                 ti_id=UUID(self.ti_id),
                 chosen_options=["Approve" if approved else "Reject"],
@@ -199,57 +267,44 @@ class ApprovalRecordTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline)
         while True:
-            # Wait first, as StackSettledTrigger does: the task checked the records just before deferring,
+            # Wait first: the task checked the records just before deferring,
             # and an event within milliseconds of deferring races the scheduler's handling of the deferral.
             await asyncio.sleep(self.poll_interval)
             try:
-                decision = await asyncio.to_thread(self._lookup)
+                decision = await in_thread(self._lookup)
             except Exception as exc:
                 if not is_retriable(exc):
-                    yield TriggerEvent({"error": describe(exc), "state": self.state})
+                    yield TriggerEvent({"error": describe(exc), "progress": self.progress})
                     return
                 self.log.warning("reading approval records: %s; trying again", describe(exc))
                 decision = None
             if decision is not None:
                 await self._close_ui_request(decision.approved)
-                payload = {
-                    "approved": decision.approved,
-                    "decided_by": decision.decided_by,
-                    "source": decision.source,
-                    "note": decision.note,
-                }
-                yield TriggerEvent({"approval": payload, "state": self.state})
+                yield TriggerEvent({"approval": decision.model_dump(mode="json"), "progress": self.progress})
                 return
             answer = await self._ui_answer()
             if answer is not None:
-                yield TriggerEvent({"approval": answer, "state": self.state})
+                yield TriggerEvent({"approval": answer, "progress": self.progress})
                 return
             if datetime.now(UTC) >= deadline:
                 await self._close_ui_request(False)
-                timeout = {
-                    "approved": False,
-                    "decided_by": "nobody",
-                    "source": "timeout",
-                    "note": f"no answer by {self.deadline}",
-                }
-                yield TriggerEvent({"approval": timeout, "state": self.state})
+                timeout = ApprovalDecision(
+                    approved=False, decided_by="nobody", source="timeout", note=f"no answer by {self.deadline}"
+                )
+                yield TriggerEvent({"approval": timeout.model_dump(mode="json"), "progress": self.progress})
                 return
 
 
-class WindowOpenTrigger(BaseTrigger):
+class WindowOpenTrigger(_Serializable):
     """Sleeps in the triggerer until a tenant's maintenance window opens (by `runtime.utcnow`)."""
 
-    def __init__(self, *, opens_at: str, poll_interval: float, state: dict[str, Any] | None = None) -> None:
+    fields = ("opens_at", "poll_interval", "progress")
+
+    def __init__(self, *, opens_at: str, poll_interval: float, progress: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.opens_at = opens_at
         self.poll_interval = poll_interval
-        self.state = state or {}
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{TRIGGER_PATH}.WindowOpenTrigger",
-            {"opens_at": self.opens_at, "poll_interval": self.poll_interval, "state": self.state},
-        )
+        self.progress = progress or {}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         opens = datetime.fromisoformat(self.opens_at)
@@ -257,4 +312,4 @@ class WindowOpenTrigger(BaseTrigger):
             # Wake up now and then instead of sleeping days at once: a clock jump or a triggerer
             # restart then costs at most one interval.
             await asyncio.sleep(min(remaining, self.poll_interval))
-        yield TriggerEvent({"window_opened": self.opens_at, "state": self.state})
+        yield TriggerEvent({"window_opened": self.opens_at, "progress": self.progress})

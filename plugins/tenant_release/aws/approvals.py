@@ -9,30 +9,18 @@ The release-wide production gate uses the tenant name `*`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from tenant_release import classify
+from tenant_release.models import ApprovalDecision
 
 RELEASE_WIDE = "*"
 APPROVALS_PREFIX = "approvals"
 _APPROVE = {"approve", "approved", "yes"}
 _REJECT = {"reject", "rejected", "no"}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Decision:
-    approved: bool
-    decided_by: str
-    source: str  # "dynamodb", "s3" or "ui"
-    note: str = ""
-
-    def describe(self) -> str:
-        verb = "approved" if self.approved else "rejected"
-        return f"{verb} by {self.decided_by} via {self.source}" + (f": {self.note}" if self.note else "")
 
 
 def approval_key(*, tenant: str, release: str) -> str:
@@ -55,14 +43,16 @@ def put_decision(
     )
 
 
-def _parse(decision: Any, decided_by: Any, source: str, note: Any = "") -> Decision | None:
+def _parse(decision: Any, decided_by: Any, source: str, note: Any = "") -> ApprovalDecision | None:
     word = str(decision or "").strip().lower()
     if word in _APPROVE or word in _REJECT:
-        return Decision(approved=word in _APPROVE, decided_by=str(decided_by or "unknown"), source=source, note=str(note or ""))
+        return ApprovalDecision(
+            approved=word in _APPROVE, decided_by=str(decided_by or "unknown"), source=source, note=str(note or "")
+        )
     return None
 
 
-def from_dynamodb(dynamodb: Any, table: str, *, tenant: str, release: str) -> Decision | None:
+def from_dynamodb(dynamodb: Any, table: str, *, tenant: str, release: str) -> ApprovalDecision | None:
     item = dynamodb.get_item(TableName=table, Key={"tenant": {"S": tenant}, "release": {"S": release}}, ConsistentRead=True).get(
         "Item"
     )
@@ -72,7 +62,7 @@ def from_dynamodb(dynamodb: Any, table: str, *, tenant: str, release: str) -> De
     return _parse(value.get("decision"), value.get("decided_by"), "dynamodb", value.get("note"))
 
 
-def from_s3(s3: Any, bucket: str, *, tenant: str, release: str) -> Decision | None:
+def from_s3(s3: Any, bucket: str, *, tenant: str, release: str) -> ApprovalDecision | None:
     try:
         body = s3.get_object(Bucket=bucket, Key=approval_key(tenant=tenant, release=release))["Body"].read()
     except ClientError as exc:
@@ -88,7 +78,7 @@ def from_s3(s3: Any, bucket: str, *, tenant: str, release: str) -> Decision | No
     return _parse(record.get("decision"), record.get("decided_by"), "s3", record.get("note"))
 
 
-def find_decision(dynamodb: Any, s3: Any, *, table: str, bucket: str, tenant: str, release: str) -> Decision | None:
+def find_decision(dynamodb: Any, s3: Any, *, table: str, bucket: str, tenant: str, release: str) -> ApprovalDecision | None:
     """Look in both places; a rejection in either wins, since either party may say no."""
     found = [
         d

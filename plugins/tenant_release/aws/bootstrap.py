@@ -1,15 +1,20 @@
 """Deploys the tooling stack and every target account's bootstrap stack: the seeds' manual steps, as code.
 
-Order matters and is fixed here: the tooling stack first (its key and bucket policies name the tenant
-accounts by condition, so tenant roles need not exist yet), then one bootstrap stack per target account.
-Running it again updates what changed and leaves the rest alone.
+Order matters and is fixed here: the tooling stack first (its orchestrator role must exist before a tenant's
+trust, key and bucket policies can name it), then one bootstrap stack per target account, many at once.
+The tooling stack names no tenant, so adding a tenant changes nothing there. Each stack carries a digest of
+its template and parameters (tag `BootstrapDigest`): running bootstrap again touches only the accounts whose
+stack is missing or out of date, and leaves the rest alone without an update call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +22,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tenant_release import classify, naming
-from tenant_release.aws.artifacts import resolve_kms_key_arn
 from tenant_release.aws.session import AwsSessions
-from tenant_release.aws.stacks import NEEDS_A_PERSON_STATES, SUCCESS_STATES, describe_stack
+from tenant_release.aws.stacks import NEEDS_A_PERSON_STATES, SUCCESS_STATES, describe_stack, stack_tag
 from tenant_release.config import LoadedFleet
 from tenant_release.errors import FleetConfigError, PermanentAwsError
 from tenant_release.models import Target
@@ -32,6 +36,9 @@ TENANT_TEMPLATE = _TEMPLATES / "tenant-bootstrap.yaml"
 TOOLING_STACK = "tenant-release-tooling"
 TENANT_STACK = "tenant-release-bootstrap"
 DEFAULT_BOOTSTRAP_ROLE = "OrganizationAccountAccessRole"
+TAG_BOOTSTRAP_DIGEST = "BootstrapDigest"
+# Accounts bootstrapped at once: each is an assume-role and a few CloudFormation calls, mostly waiting.
+DEFAULT_CONCURRENCY = int(os.environ.get("TENANT_RELEASE_BOOTSTRAP_CONCURRENCY", "16"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,63 +56,107 @@ def bootstrap_fleet(
     bootstrap_role_name: str = DEFAULT_BOOTSTRAP_ROLE,
     tooling_principal_arn: str = "",
     sleep: Callable[[float], None] = time.sleep,
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> list[BootstrapResult]:
     fleet = loaded.fleet
     tooling = fleet.tooling
-    targets = _one_target_per_account([loaded.target(fleet.dev.name), *loaded.tenants()])
-    results = [
-        _deploy_stack(
-            sessions.tooling_client("cloudformation", tooling.region),
-            TOOLING_STACK,
-            TOOLING_TEMPLATE.read_text(encoding="utf-8"),
-            {
-                "ArtifactBucketName": tooling.artifact_bucket,
-                "KmsKeyAlias": tooling.kms_key_alias,
-                "HistoryTableName": tooling.history_table,
-                "ApprovalsTableName": tooling.approvals_table,
-                "QueueTableName": tooling.queue_table,
-                "OrchestratorRoleName": tooling.orchestrator_role_name,
-                "OrchestratorTrustedPrincipalArn": tooling_principal_arn,
-                "TenantAccountIds": ",".join(sorted({t.account_id for t in targets})),
-                "DeployRoleName": fleet.defaults.deploy_role_name,
-                "ReleasePrefix": tooling.release_prefix,
-            },
-            account_id=tooling.account_id,
-            region=tooling.region,
-            sleep=sleep,
-        )
-    ]
-    tooling_key_arn = resolve_kms_key_arn(sessions.tooling_client("kms", tooling.region), tooling.kms_key_alias)
+    targets = bootstrap_targets(loaded)
+    tooling_result = _deploy_stack(
+        sessions.tooling_client("cloudformation", tooling.region),
+        TOOLING_STACK,
+        TOOLING_TEMPLATE.read_text(encoding="utf-8"),
+        tooling_parameters(loaded, tooling_principal_arn=tooling_principal_arn),
+        account_id=tooling.account_id,
+        region=tooling.region,
+        sleep=sleep,
+    )
     tenant_template = TENANT_TEMPLATE.read_text(encoding="utf-8")
-    for target in targets:
+
+    def bootstrap_account(target: Target) -> BootstrapResult:
         admin = _admin_view(target, bootstrap_role_name)
         cloudformation = sessions.tenant_client(
             admin, "cloudformation", session_name="tenant-release-bootstrap", source_identity="tenant-release@bootstrap"
         )
-        results.append(
-            _deploy_stack(
-                cloudformation,
-                TENANT_STACK,
-                tenant_template,
-                {
-                    "ToolingAccountId": tooling.account_id,
-                    "OrchestratorRoleName": tooling.orchestrator_role_name,
-                    "DeployRoleName": target.deploy_role_arn.rsplit("/", 1)[1],
-                    "ExecutionRoleName": target.execution_role_arn.rsplit("/", 1)[1],
-                    "ExternalId": target.external_id or "",
-                    "ToolingArtifactBucket": tooling.artifact_bucket,
-                    "ToolingKmsKeyArn": tooling_key_arn,
-                    "ReleasePrefix": tooling.release_prefix,
-                    "ArtifactBucketName": target.artifact_bucket,
-                    "KmsKeyAlias": target.kms_key_alias,
-                    "AppNamePrefix": naming.app_name_prefix(target.stack_name, target.function_name),
-                },
-                account_id=target.account_id,
-                region=target.region,
-                sleep=sleep,
-            )
+        return _deploy_stack(
+            cloudformation,
+            TENANT_STACK,
+            tenant_template,
+            tenant_parameters(loaded, target),
+            account_id=target.account_id,
+            region=target.region,
+            sleep=sleep,
         )
+
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(targets))), thread_name_prefix="bootstrap") as pool:
+        futures = [pool.submit(bootstrap_account, target) for target in targets]
+    results, failures = [tooling_result], []
+    for target, future in zip(targets, futures, strict=True):
+        try:
+            results.append(future.result())
+        except Exception as exc:  # one account's problem must not hide the others' results
+            failures.append(f"{target.name} ({target.account_id}): {exc}")
+    if failures:
+        raise BootstrapError(results, failures)
     return results
+
+
+def tooling_parameters(loaded: LoadedFleet, *, tooling_principal_arn: str = "") -> dict[str, str]:
+    """The tooling stack's parameters: none of them lists or grows with the tenants."""
+    fleet = loaded.fleet
+    tooling = fleet.tooling
+    return {
+        "ArtifactBucketName": tooling.artifact_bucket,
+        "KmsKeyAlias": tooling.kms_key_alias,
+        "HistoryTableName": tooling.history_table,
+        "ApprovalsTableName": tooling.approvals_table,
+        "QueueTableName": tooling.queue_table,
+        "OrchestratorRoleName": tooling.orchestrator_role_name,
+        "OrchestratorTrustedPrincipalArn": tooling_principal_arn,
+        "TenantBucketPrefix": naming.common_bucket_prefix(
+            [spec.artifact_bucket or fleet.defaults.artifact_bucket for spec in (fleet.dev, *fleet.tenants)]
+        ),
+        "DeployRoleName": fleet.defaults.deploy_role_name,
+        "ReleasePrefix": tooling.release_prefix,
+    }
+
+
+def tenant_parameters(loaded: LoadedFleet, target: Target) -> dict[str, str]:
+    """One target account's bootstrap parameters: its own names, and the one tooling role it trusts."""
+    tooling = loaded.fleet.tooling
+    return {
+        "ToolingAccountId": tooling.account_id,
+        "OrchestratorRoleName": tooling.orchestrator_role_name,
+        "DeployRoleName": target.deploy_role_arn.rsplit("/", 1)[1],
+        "ExecutionRoleName": target.execution_role_arn.rsplit("/", 1)[1],
+        "ExternalId": target.external_id or "",
+        "ReleasePrefix": tooling.release_prefix,
+        "ArtifactBucketName": target.artifact_bucket,
+        "KmsKeyAlias": target.kms_key_alias,
+        "AppNamePrefix": naming.app_name_prefix(target.stack_name, target.function_name),
+    }
+
+
+def bootstrap_targets(loaded: LoadedFleet) -> list[Target]:
+    """One target per account (dev included): the accounts `bootstrap_fleet` deploys a bootstrap stack to."""
+    return _one_target_per_account([loaded.target(loaded.fleet.dev.name), *loaded.tenants()])
+
+
+class BootstrapError(PermanentAwsError):
+    """Some accounts could not be bootstrapped; the others were, and `results` says how."""
+
+    def __init__(self, results: list[BootstrapResult], failures: list[str]) -> None:
+        done = len(results) - 1
+        super().__init__(
+            f"{len(failures)} account(s) could not be bootstrapped ({done} other(s) are up to date): " + "; ".join(failures)
+        )
+        self.results = results
+        self.failures = failures
+
+
+def stack_digest(body: str, parameters: dict[str, str]) -> str:
+    """What makes a bootstrap stack up to date: its template text and every parameter value."""
+    flat = "\n".join(f"{key}={parameters[key]}" for key in sorted(parameters))
+    return hashlib.sha256(f"{body}\n{flat}".encode()).hexdigest()
 
 
 def _one_target_per_account(targets: list[Target]) -> list[Target]:
@@ -137,15 +188,19 @@ def _deploy_stack(
     region: str,
     sleep: Callable[[float], None],
 ) -> BootstrapResult:
+    digest = stack_digest(body, parameters)
     args = {
         "StackName": name,
         "TemplateBody": body,
         "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
         "Capabilities": ["CAPABILITY_NAMED_IAM"],
-        "Tags": [{"Key": "ManagedBy", "Value": "tenant-release"}],
+        "Tags": [{"Key": "ManagedBy", "Value": "tenant-release"}, {"Key": TAG_BOOTSTRAP_DIGEST, "Value": digest}],
     }
     stack = describe_stack(cloudformation, name)
     status = stack["StackStatus"] if stack else None
+    if status in SUCCESS_STATES and stack_tag(stack, TAG_BOOTSTRAP_DIGEST) == digest:
+        log.info("%s in %s/%s: up to date", name, account_id, region)
+        return BootstrapResult(account_id=account_id, region=region, stack=name, action="UNCHANGED")
     if status in NEEDS_A_PERSON_STATES or status == "ROLLBACK_COMPLETE":
         raise PermanentAwsError(
             f"bootstrap stack {name} in account {account_id} ({region}) is {status}; inspect its events, delete or "

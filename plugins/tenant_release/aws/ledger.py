@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
+from tenant_release.errors import RecoverableAwsError
 from tenant_release.models import TenantResult
 
 RUN_INDEX = "by-run"
@@ -26,6 +28,20 @@ def _from_item(item: dict[str, Any]) -> TenantResult:
 def record(dynamodb: Any, table: str, result: TenantResult) -> None:
     """Write (or overwrite, on a re-run of the same release) the tenant's item."""
     dynamodb.put_item(TableName=table, Item=_to_item(result))
+
+
+def record_many(dynamodb: Any, table: str, results: Iterable[TenantResult]) -> None:
+    """Write many items, 25 per BatchWriteItem (its limit), re-sending what DynamoDB left unprocessed."""
+    items = [{"PutRequest": {"Item": _to_item(result)}} for result in results]
+    for start in range(0, len(items), 25):
+        request: dict[str, Any] = {table: items[start : start + 25]}
+        for attempt in range(10):
+            request = dynamodb.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+            if not request:
+                break
+            time.sleep(min(2.0, 0.05 * 2**attempt))  # throttled: back off before sending the rest again
+        else:
+            raise RecoverableAwsError(f"DynamoDB left {len(request.get(table, []))} history item(s) unwritten in {table}")
 
 
 def get(dynamodb: Any, table: str, *, tenant: str, release: str) -> TenantResult | None:

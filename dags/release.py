@@ -1,6 +1,8 @@
-"""tenant_release: build once → deploy to dev → deploy every targeted tenant in parallel → summary.
+"""tenant_release: build once → deploy to dev → find the tenants that need a change → gate → deploy each → summary.
 
-Thin wiring only: the fleet file is read when a run starts (the `plan` task), never at parse time.
+Thin wiring only: the fleet file is read when a run starts (the `plan` task), never at parse time. Tenants
+already at the release are recorded UNCHANGED by `fleet_changes` and get no task instance; every other
+tenant gets one, named after it, whose deploy runs in the triggerer.
 """
 
 from __future__ import annotations
@@ -8,7 +10,10 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, get_current_context, task
 from tenant_release.airflow import runtime, steps
 from tenant_release.airflow.dag_defaults import DEFAULT_ARGS, release_tag_param, tenants_param
-from tenant_release.airflow.operators import ReleaseGateOperator, TenantDeployOperator
+from tenant_release.airflow.deploy_operator import TenantDeployOperator
+from tenant_release.airflow.gate import ReleaseGateOperator
+
+PLAN = "{{ ti.xcom_pull(task_ids='plan')"
 
 
 @dag(
@@ -34,15 +39,22 @@ from tenant_release.airflow.operators import ReleaseGateOperator, TenantDeployOp
 def tenant_release() -> None:
     @task(retries=0)
     def plan() -> dict:
-        return steps.plan(get_current_context()["params"], now=runtime.utcnow())
+        from airflow.configuration import conf
+
+        max_map_length = conf.getint("core", "max_map_length", fallback=1024)
+        return steps.plan(get_current_context()["params"], now=runtime.utcnow(), max_map_length=max_map_length)
 
     @task
     def build(plan_: dict) -> dict:
         return steps.build(plan_)
 
+    @task
+    def fleet_changes(plan_: dict, artifact_: dict) -> dict:
+        return steps.fleet_changes(plan_, artifact_, get_current_context()["run_id"])
+
     @task(retries=0)
-    def tenant_targets(plan_: dict) -> list[dict]:
-        return plan_["targets"]
+    def tenant_targets(changes_: dict) -> list[dict]:
+        return steps.deploy_kwargs(changes_)
 
     @task(trigger_rule="all_done", retries=0)
     def summary(plan_: dict) -> dict:
@@ -60,23 +72,24 @@ def tenant_release() -> None:
     artifact = build(planned)
     deploy_dev = TenantDeployOperator(
         task_id="deploy_dev",
-        tenant="dev",
-        target_digest="{{ ti.xcom_pull(task_ids='plan')['dev']['target_digest'] }}",
-        release_tag="{{ ti.xcom_pull(task_ids='plan')['release_tag'] }}",
-        config_path="{{ ti.xcom_pull(task_ids='plan')['config_path'] }}",
+        tenant=PLAN + "['dev']['tenant'] }}",
+        target_digest=PLAN + "['dev']['target_digest'] }}",
+        release_tag=PLAN + "['release_tag'] }}",
+        config_path=PLAN + "['config_path'] }}",
         artifact=artifact,
         record_history=False,
         smoke_test=True,
     )
+    changes = fleet_changes(planned, artifact)
     gate = ReleaseGateOperator(task_id="approve_release")
     deploy = TenantDeployOperator.partial(
         task_id="deploy",
-        release_tag="{{ ti.xcom_pull(task_ids='plan')['release_tag'] }}",
-        config_path="{{ ti.xcom_pull(task_ids='plan')['config_path'] }}",
+        release_tag=PLAN + "['release_tag'] }}",
+        config_path=PLAN + "['config_path'] }}",
         artifact=artifact,
         map_index_template="{{ task.tenant }}",
-    ).expand_kwargs(tenant_targets(planned))
-    deploy_dev >> gate >> deploy >> summary(planned)
+    ).expand_kwargs(tenant_targets(changes))
+    deploy_dev >> changes >> gate >> deploy >> summary(planned)
 
 
 tenant_release()

@@ -1,0 +1,170 @@
+"""Approval requests (a HITL detail in Airflow's UI, answered there, over REST or by an approval record) and the release gate."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from tenant_release.airflow import runtime
+from tenant_release.airflow.triggers import ApprovalRecordTrigger
+from tenant_release.aws.approvals import RELEASE_WIDE
+from tenant_release.models import ApprovalDecision, DeployProgress, RunPlan
+
+APPROVE, REJECT = ApprovalOperator.APPROVE, ApprovalOperator.REJECT
+
+
+def request_approval(
+    operator: BaseOperator,
+    context: Context,
+    *,
+    tenant: str,
+    release_tag: str,
+    config_path: str | None,
+    subject: str,
+    body: str,
+    timeout_hours: float,
+    progress: DeployProgress | None,
+) -> NoReturn:
+    """Open an approval request in Airflow's UI (a HITL detail) and wait, deferred, for it or for a record."""
+    from airflow.sdk.execution_time.hitl import upsert_hitl_detail
+
+    ti_id = context["task_instance"].id
+    upsert_hitl_detail(
+        ti_id=ti_id, options=[APPROVE, REJECT], subject=subject, body=body, defaults=[REJECT], multiple=False, params={}
+    )
+    deadline = datetime.now(UTC) + timedelta(hours=timeout_hours)
+    operator.log.info("waiting for approval (UI, REST or approval record) until %s: %s", deadline.isoformat(), subject)
+    operator.defer(
+        trigger=ApprovalRecordTrigger(
+            tenant=tenant,
+            release_tag=release_tag,
+            config_path=config_path,
+            ti_id=str(ti_id),
+            deadline=deadline.isoformat(),
+            poll_interval=runtime.setting("approval_poll_seconds", 30.0),
+            progress=progress.model_dump(mode="json") if progress else {},
+        ),
+        method_name="resume",
+    )
+    raise AssertionError("defer() returns only by raising")  # pragma: no cover
+
+
+def approval_from_event(event: dict[str, Any]) -> ApprovalDecision | None:
+    """Both shapes of an answer: our trigger's, and Airflow's own when someone answers in the UI/REST."""
+    if "approval" in event:
+        return ApprovalDecision.model_validate(event["approval"])
+    if "chosen_options" in event:
+        user = event.get("responded_by_user") or {}
+        timed_out = bool(event.get("timedout")) or not user
+        return ApprovalDecision(
+            approved=APPROVE in event["chosen_options"] and not timed_out,
+            decided_by=user.get("name") or user.get("id") or "nobody",
+            source="timeout" if timed_out else "ui",
+        )
+    return None
+
+
+def remember_ui_answer(*, config_path: str | None, tenant: str, release_tag: str, decision: ApprovalDecision, note: str) -> None:
+    """Keep a UI answer as an approval record too: the audit trail, and a retry or re-run is not asked again."""
+    from tenant_release.aws.approvals import put_decision
+
+    tooling = runtime.cached_fleet(config_path).fleet.tooling
+    put_decision(
+        runtime.shared_sessions().tooling_client("dynamodb", tooling.region),
+        tooling.approvals_table,
+        tenant=tenant,
+        release=release_tag,
+        approved=decision.approved,
+        decided_by=decision.decided_by,
+        note=note,
+    )
+
+
+class ReleaseGateOperator(ApprovalOperator):
+    """The production gate: after dev, before any tenant, a person approves or rejects the release.
+
+    Shows the release, the artifact's hash, the dev result and the exact tenant list. Releases to a
+    group that the fleet file does not list in `gated_groups` pass straight on. An answer can come from
+    the UI, the REST API, or a release-wide approval record (`tenant-release approve TAG`). Reject (or no
+    answer within `approval_timeout_hours`) fails the gate, so no tenant is touched.
+    """
+
+    # What a rejection means for this run (a subclass gating something other than a deploy says its own).
+    rejected_consequence = "no tenant was touched"
+    approval_context = "before deploying"
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("subject", "Release gate")
+        kwargs.setdefault("retries", 0)
+        super().__init__(fail_on_reject=True, defaults=REJECT, **kwargs)
+
+    def read_plan(self, ti: Any) -> RunPlan:
+        return RunPlan.model_validate(ti.xcom_pull(task_ids="plan"))
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        plan = self.read_plan(ti)
+        if not plan.gated:
+            self.log.info("group %s is not gated; going on without approval", plan.group)
+            return {"gated": False}
+        fleet = runtime.cached_fleet(plan.config_path).fleet
+        recorded = runtime.recorded_decision(fleet.tooling, tenant=RELEASE_WIDE, release=plan.release_tag)
+        if recorded is not None:  # decided ahead, e.g. when the release was queued for a window
+            return self.resume(context, {"approval": recorded.model_dump(mode="json")})
+        subject, body = self.describe_request(ti, plan)
+        self.subject, self.body = subject, body
+        request_approval(
+            self,
+            context,
+            tenant=RELEASE_WIDE,
+            release_tag=plan.release_tag,
+            config_path=plan.config_path,
+            subject=subject,
+            body=body,
+            timeout_hours=fleet.approval_timeout_hours,
+            progress=None,
+        )
+
+    def describe_request(self, ti: Any, plan: RunPlan) -> tuple[str, str]:
+        """The question shown to the approver (subject, Markdown body), from the run's plan, build, dev and changes."""
+        artifact = ti.xcom_pull(task_ids="build") or {}
+        dev = ti.xcom_pull(task_ids="deploy_dev") or {}
+        changes = ti.xcom_pull(task_ids="fleet_changes") or {}
+        deploying = [entry["tenant"] for entry in changes.get("deploy", [])] if changes else list(plan.tenants)
+        unchanged = list(changes.get("unchanged", [])) if changes else []
+        tenants = "\n".join(f"- {name}" for name in deploying)
+        subject = f"Ship {plan.release_tag} to {len(deploying)} tenant(s) of group {plan.group}?"
+        body = (
+            f"**Release** {plan.release_tag} (version {plan.version})\n\n"
+            f"**Artifact** `s3://{artifact.get('bucket')}/{artifact.get('code_key')}` sha256 `{artifact.get('sha256')}`\n\n"
+            f"**Dev** {dev.get('status', 'unknown')}: version {dev.get('version_before') or '-'} -> "
+            f"{dev.get('version_after') or '-'}, smoke test passed\n\n"
+            f"**Tenants about to be deployed** ({len(deploying)}):\n{tenants}\n"
+        )
+        if unchanged:
+            body += f"\n**Already at this release, not touched** ({len(unchanged)}): {', '.join(unchanged)}\n"
+        return subject, body
+
+    def resume(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        if "error" in event:
+            raise AirflowException(f"waiting for the release gate failed: {event['error']}")
+        decision = approval_from_event(event)
+        if decision is None:
+            raise AirflowFailException(f"the release gate got an answer it does not understand: {event}")
+        if not decision.approved:
+            raise AirflowFailException(f"release {decision.describe()}; {self.rejected_consequence}")
+        self.log.info("release %s", decision.describe())
+        if decision.source == "ui":
+            plan = self.read_plan(context["ti"])
+            remember_ui_answer(
+                config_path=plan.config_path,
+                tenant=RELEASE_WIDE,
+                release_tag=plan.release_tag,
+                decision=decision,
+                note=f"approved in Airflow {self.approval_context} (run {context['run_id']})",
+            )
+        return {"gated": True, "approved_by": decision.decided_by, "source": decision.source, "note": decision.note}
