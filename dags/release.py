@@ -53,8 +53,8 @@ def tenant_release() -> None:
         return steps.fleet_changes(plan_, artifact_, get_current_context()["run_id"])
 
     @task(retries=0)
-    def tenant_targets(changes_: dict) -> list[dict]:
-        return steps.deploy_kwargs(changes_)
+    def tenant_targets(changes_: dict, plan_: dict, artifact_: dict) -> list[dict]:
+        return steps.deploy_kwargs(changes_, plan_, artifact_)
 
     @task(trigger_rule="all_done", retries=0)
     def summary(plan_: dict) -> dict:
@@ -82,13 +82,9 @@ def tenant_release() -> None:
     )
     changes = fleet_changes(planned, artifact)
     gate = ReleaseGateOperator(task_id="approve_release")
-    deploy = TenantDeployOperator.partial(
-        task_id="deploy",
-        release_tag=PLAN + "['release_tag'] }}",
-        config_path=PLAN + "['config_path'] }}",
-        artifact=artifact,
-        map_index_template="{{ task.tenant }}",
-    ).expand_kwargs(tenant_targets(changes))
+    deploy = TenantDeployOperator.partial(task_id="deploy", map_index_template="{{ task.tenant }}").expand_kwargs(
+        tenant_targets(changes, planned, artifact)
+    )
     deploy_dev >> changes >> gate >> deploy >> summary(planned)
 
 

@@ -360,9 +360,17 @@ class FleetChanges(_Strict):
     deploy: tuple[PlannedTarget, ...]
     unchanged: tuple[str, ...] = ()
 
-    def deploy_kwargs(self) -> list[dict[str, Any]]:
-        """The mapped deploy task's `expand_kwargs`: one entry per tenant that needs a change."""
-        return [{"tenant": t.tenant, "target_digest": t.target_digest, "has_own_gate": t.has_own_gate} for t in self.deploy]
+    def deploy_kwargs(self, *, release_tag: str, config_path: str, artifact: dict[str, Any]) -> list[dict[str, Any]]:
+        """The mapped deploy task's `expand_kwargs`: one entry per tenant that needs a change.
+
+        Each entry carries everything its task needs, so a task reads only its own entry (Airflow fetches one
+        item of the list by index) and no other XCom: at a thousand tenants, pulling the plan in every task
+        would move the whole fleet's plan a thousand times.
+        """
+        shared = {"release_tag": release_tag, "config_path": config_path, "artifact": artifact}
+        return [
+            {"tenant": t.tenant, "target_digest": t.target_digest, "has_own_gate": t.has_own_gate, **shared} for t in self.deploy
+        ]
 
 
 class DeployProgress(BaseModel):

@@ -25,6 +25,7 @@ from tenant_release.aws import ledger
 from tenant_release.aws.bootstrap import bootstrap_fleet
 from tenant_release.aws.session import AwsSessions
 from tenant_release.aws.stacks import describe_stack, stack_tag
+from tenant_release.changes import find_changes
 from tenant_release.classify import RetryPolicy
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment, build_release
@@ -34,7 +35,7 @@ from tenant_release.errors import (
     RecoverableAwsError,
     StackFailedError,
 )
-from tenant_release.models import Artifact, Outcome, TenantResult
+from tenant_release.models import Artifact, Outcome, PlannedTarget, TenantResult
 from tenant_release.tags import parse_release_tag
 
 from tests.faults import Faults
@@ -571,3 +572,84 @@ def test_tenant_sessions_act_in_the_tenant_account_under_a_named_traceable_sessi
     assert acme_call["SourceIdentity"] == naming.source_identity(release_tag="v1.4.0") == globex_call["SourceIdentity"]
     assert acme_call["ExternalId"] == "acme-ext-0001"
     assert "ExternalId" not in globex_call
+
+
+# --- which tenants need a change (fleet_changes) -------------------------------------------------------------
+
+
+def _planned(world: World, *names: str) -> list[tuple[PlannedTarget, Any]]:
+    from tenant_release.airflow.runtime import target_digest
+
+    return [(PlannedTarget(tenant=n, target_digest=target_digest(world.loaded.target(n))), world.loaded.target(n)) for n in names]
+
+
+def test_tenants_already_at_the_release_are_unchanged_without_a_change_set(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    deploy(world.deployment(sessions, "globex", run_id="run-1"))
+    deploy(world.deployment(sessions, "acme", version="1.5.0", run_id="run-1"))  # acme holds another build
+    run = world.deployment(sessions, "globex", run_id="run-2").run
+    before = len(faults.calls)
+
+    changes, unchanged = find_changes(sessions, run, _planned(world, "globex", "acme", "initech"), concurrency=4)
+
+    assert [t.tenant for t in changes.deploy] == ["acme", "initech"]  # plan order kept; initech has no stack yet
+    assert changes.unchanged == ("globex",)
+    (globex,) = unchanged
+    assert (globex.status, globex.version_before, globex.version_after, globex.run_id) == (
+        Outcome.UNCHANGED,
+        "1.4.0",
+        "1.4.0",
+        "run-2",
+    )
+    reads = {name for _, _, name in faults.calls[before:]}
+    assert reads <= {"assume_role", "describe_stacks"}  # one read per tenant: no change set, copy or history write
+
+
+def test_a_tenant_whose_stack_cannot_be_read_is_deployed_so_its_own_task_reports_why(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    deploy(world.deployment(sessions, "globex", run_id="run-1"))
+    faults.add(service="cloudformation", operation="describe_stacks", account=GLOBEX, code="AccessDenied", message="denied")
+    run = world.deployment(sessions, "globex", run_id="run-2").run
+
+    changes, unchanged = find_changes(sessions, run, _planned(world, "globex"))
+
+    assert [t.tenant for t in changes.deploy] == ["globex"] and unchanged == []
+
+
+def test_a_stack_that_is_not_settled_is_never_reported_unchanged(world: World, sessions: AwsSessions, faults: Faults) -> None:
+    deploy(world.deployment(sessions, "globex", run_id="run-1"))
+    faults.add(
+        service="cloudformation",
+        operation="describe_stacks",
+        account=GLOBEX,
+        rewrite=with_status("UPDATE_ROLLBACK_FAILED"),
+    )
+    run = world.deployment(sessions, "globex", run_id="run-2").run
+
+    changes, _ = find_changes(sessions, run, _planned(world, "globex"))
+
+    assert [t.tenant for t in changes.deploy] == ["globex"]
+
+
+# --- bootstrap at fleet scale --------------------------------------------------------------------------------
+
+
+def test_bootstrap_again_touches_no_account_and_a_new_tenant_only_its_own(
+    world: World, sessions: AwsSessions, faults: Faults, tmp_path: Path
+) -> None:
+    again = bootstrap_fleet(sessions, world.loaded, sleep=_no_sleep, concurrency=4)
+
+    assert {r.action for r in again} == {"UNCHANGED"}
+    writes = [(acct, name) for _, acct, name in faults.calls if name in {"create_stack", "update_stack"}]
+    assert writes == []
+
+    grown = FLEET.read_text() + ('  - name: newco\n    account_id: "999999999999"\n    region: us-east-1\n    groups: [qa]\n')
+    path = tmp_path / "grown.yaml"
+    path.write_text(grown)
+    results = bootstrap_fleet(sessions, load_fleet(path), sleep=_no_sleep, concurrency=4)
+
+    assert {(r.account_id, r.action) for r in results if r.action != "UNCHANGED"} == {("999999999999", "CREATED")}
+    writes = [(acct, name) for _, acct, name in faults.calls if name in {"create_stack", "update_stack"}]
+    assert writes == [("999999999999", "create_stack")]  # the tooling stack and the other accounts are left alone

@@ -432,6 +432,28 @@ def test_airflow_services_use_celery_with_postgres_and_redis(services: dict[str,
         assert env.get("AIRFLOW__API_AUTH__JWT_SECRET"), f"{name}: components need one shared JWT secret"
 
 
+FLEET_SCALE_SETTINGS = (
+    "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY",
+    "AIRFLOW__TRIGGERER__CAPACITY",
+    "AIRFLOW__CORE__LAZY_LOAD_PLUGINS",
+    "AIRFLOW__LOGGING__NAMESPACE_LEVELS",
+)
+
+
+def test_airflow_services_carry_the_fleet_scale_settings_of_the_local_stack(
+    services: dict[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import local_stack
+
+    for name in FLEET_SCALE_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    local = local_stack.environment(local_stack.Stack(state_dir=tmp_path))
+    for service in AIRFLOW_SERVICES:
+        env = _environment(services[service])
+        for name in FLEET_SCALE_SETTINGS:
+            assert env.get(name, "").lower() == local[name].lower(), f"{service}: {name}"
+
+
 def test_aws_endpoint_points_at_moto(services: dict[str, dict[str, Any]]) -> None:
     for name in (*AIRFLOW_SERVICES, "tenant-release-bootstrap"):
         env = _environment(services[name])
