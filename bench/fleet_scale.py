@@ -268,7 +268,11 @@ class Harness:
 
 
 class Sampler:
-    """Once a second: task instances running on a worker (slots in use), deferred ones, and the Airflow processes' memory."""
+    """Once a second: task instances running on a worker (slots in use), deferred ones, and the Airflow processes' memory.
+
+    `busy_max_waiting` is the most worker slots in use while tenants wait for their stacks: some tenant deferred
+    and none left to start (scheduled or queued). A tenant that holds a slot while it waits shows up there.
+    """
 
     def __init__(self, harness: Harness) -> None:
         self.harness = harness
@@ -296,12 +300,13 @@ class Sampler:
         token = local_stack.login(self.harness.stack)
         while not self._stop.wait(1.0):
             try:
-                running = self._count(run_id, "running", token)
-                deferred = self._count(run_id, "deferred", token)
+                running = self._count(run_id, ["running"], token)
+                deferred = self._count(run_id, ["deferred"], token)
+                to_start = self._count(run_id, ["scheduled", "queued"], token) if deferred else 0
             except (urllib.error.URLError, OSError, KeyError):
                 continue
             self.busy_max = max(self.busy_max, running)
-            if deferred:
+            if deferred and not to_start:
                 self.busy_max_waiting = max(self.busy_max_waiting, running)
             self.rss_max_mb = max(self.rss_max_mb, airflow_rss_mb(self.harness.stack))
 

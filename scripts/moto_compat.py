@@ -4,8 +4,9 @@
   calls `json.loads` on it and every DescribeKey/Encrypt on that key fails with a TypeError.
   We store the policy as the JSON text real KMS returns (without the nulls that a statement removed by
   `!If … AWS::NoValue` leaves in moto's list).
-- Executing a change set leaves the stack's tags as they were; AWS applies the change set's tags (ours
-  carry ReleaseVersion and DeployDigest, read back as "version before" and to decide "unchanged").
+- Executing a change set leaves the stack's tags and parameters as they were; AWS applies the change set's
+  (our tags carry ReleaseVersion and DeployDigest, read back as "version before" and to decide "unchanged").
+  With stale parameters, going back to an earlier version (1.4 → 1.5 → 1.4) made moto answer "no changes".
 - A deleted stack keeps its change sets, found by name alone, so a stack created again under the same
   name "finds" the old executed change set; AWS deletes a stack's change sets with the stack.
 
@@ -80,6 +81,8 @@ def _apply_change_set_fixes() -> None:
                 continue
             if change_set.tags:
                 change_set.stack.tags = dict(change_set.tags)
+            if change_set.parameters:
+                change_set.stack.parameters = change_set.parameters
             if delay > 0:
                 stack = change_set.stack
                 stack._settles_at, stack._settled_status = time.time() + delay, stack.status

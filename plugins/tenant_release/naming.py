@@ -76,6 +76,12 @@ def change_set_name(*, version: str, deploy_digest: str) -> str:
     return _fit(f"tr-{version}-{deploy_digest[:12]}", 128, unsafe=_CHANGE_SET_UNSAFE, replacement="-")
 
 
+def change_set_name_from(name: str, stack_digest: str | None) -> str:
+    """The same deploy again from another starting point of the stack (its current digest): a new, stable name."""
+    suffix = (stack_digest or "none")[:8]
+    return _fit(f"{name}-from-{suffix}", 128, unsafe=_CHANGE_SET_UNSAFE, replacement="-")
+
+
 def deploy_digest(*, template_sha256: str, code_sha256: str, parameters: dict[str, str]) -> str:
     """What makes two deploys the same: template, code and every parameter value."""
     flat = "\n".join(f"{key}={parameters[key]}" for key in sorted(parameters))

@@ -653,3 +653,17 @@ def test_bootstrap_again_touches_no_account_and_a_new_tenant_only_its_own(
     assert {(r.account_id, r.action) for r in results if r.action != "UNCHANGED"} == {("999999999999", "CREATED")}
     writes = [(acct, name) for _, acct, name in faults.calls if name in {"create_stack", "update_stack"}]
     assert writes == [("999999999999", "create_stack")]  # the tooling stack and the other accounts are left alone
+
+
+def test_going_back_to_an_earlier_build_deploys_it_again(world: World, sessions: AwsSessions) -> None:
+    """1.4.0 → 1.5.0 → 1.4.0: the first 1.4.0 change set is spent; the third deploy must not mistake it for its own."""
+    deploy(world.deployment(sessions, "globex", run_id="run-1"))
+    deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-2"))
+
+    back = deploy(world.deployment(sessions, "globex", run_id="run-3"))
+
+    assert (back.status, back.version_before, back.version_after) == (Outcome.SUCCEEDED, "1.5.0", "1.4.0")
+    assert world.function_config("globex")["Environment"]["Variables"]["RELEASE_VERSION"] == "1.4.0"
+    assert stack_tag(world.stack(GLOBEX, "us-east-1", "tenant-app-globex"), "ReleaseVersion") == "1.4.0"
+    again = deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-4"))  # and forth once more
+    assert (again.status, again.version_after) == (Outcome.SUCCEEDED, "1.5.0")

@@ -137,8 +137,13 @@ def test_group_tag_and_second_release_only_touch_their_tenants(bootstrapped, rel
     assert deployed_version("044444444444", "us-east-1", "umbrella") == "1.4.0"
     assert deployed_version("111111111111", "eu-central-1", "acme") is None
 
+    changes_before = len(faults.calls)
     again = release_dag.test(run_conf={"release_tag": "v-1.4.0-qa", "tenants": ["umbrella"]})
     assert str(again.state) == "success"
+    # Already at the release: recorded UNCHANGED by fleet_changes, with no task instance and no change set.
+    assert not [key for key in task_states(again) if key[0] == "deploy" and key[1] != -1]
+    umbrella_calls = [name for _, account, name in faults.calls[changes_before:] if account == "044444444444"]
+    assert "create_change_set" not in umbrella_calls and "execute_change_set" not in umbrella_calls
     records = history()
     assert records[("umbrella", "v-1.4.0-qa")].status.value == "UNCHANGED"
     assert records[("umbrella", "v-1.4.0-qa")].run_id == again.run_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -154,6 +155,24 @@ def assert_release_succeeded(run: StackRun) -> None:
     assert dag_run["state"] == "success"
     deploys = [ti for ti in local_stack.task_instances(stack, run_id, token) if ti["task_id"] == local_stack.MAPPED_TASK]
     assert {ti["rendered_map_index"]: ti["state"] for ti in deploys} == dict.fromkeys(targets, "success")
+
+    # A tenant's log, as the UI shows it: the deploy ran in the triggerer, and its steps are in that tenant's log.
+    first = min(deploys, key=lambda ti: ti["map_index"])
+    log_url = (
+        f"{stack.api_url}/api/v2/dags/{local_stack.DAG_ID}/dagRuns/{run_id}/taskInstances/"
+        f"{local_stack.MAPPED_TASK}/logs/{first['try_number']}?map_index={first['map_index']}"
+    )
+    log = json.dumps(local_stack.http("GET", log_url, token=token))
+    name = first["rendered_map_index"]
+    for step in (
+        "handing the deploy",
+        f"to {name} (account",
+        "copied s3://",
+        "executing CREATE change set",
+        f"{name}: SUCCEEDED",
+    ):
+        assert step in log, step
+    assert "Found endpoint for" not in log and "Found credentials" not in log  # botocore's chatter stays out
 
     # History table (tooling account) and each tenant's stack tag (its own account), read straight from moto.
     aws = {

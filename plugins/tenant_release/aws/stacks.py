@@ -10,7 +10,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tenant_release import classify
+from tenant_release import classify, naming
 from tenant_release.errors import PermanentAwsError, RecoverableAwsError, StackFailedError
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,15 @@ def start_deploy(
 
     change_set_type = "CREATE" if status in (None, "REVIEW_IN_PROGRESS") else "UPDATE"
     existing = _describe_change_set(cloudformation, stack_name, change_set_name)
+    if existing and existing.get("ExecutionStatus") == "EXECUTE_COMPLETE":
+        # This exact deploy ran before, but the stack has moved on since (another release, a failed update, a
+        # rollback to this version): that change set is spent. Make one for the stack as it is now, named after
+        # its current digest, so that a retry of this attempt finds it again.
+        change_set_name = naming.change_set_name_from(change_set_name, stack_tag(stack, TAG_DEPLOY_DIGEST))
+        existing = _describe_change_set(cloudformation, stack_name, change_set_name)
     if existing:
         execution = existing.get("ExecutionStatus")
-        if execution in {"EXECUTE_IN_PROGRESS", "EXECUTE_COMPLETE"}:
+        if execution == "EXECUTE_IN_PROGRESS":
             return StackDeployStart(unchanged=False, change_set_name=change_set_name, change_set_type=change_set_type)
         if existing.get("Status") == "FAILED" and classify.is_no_changes(existing.get("StatusReason")):
             return StackDeployStart(unchanged=True, change_set_name=None, change_set_type=None)
