@@ -291,9 +291,10 @@ class Sampler:
         if self._thread:
             self._thread.join(timeout=10)
 
-    def _count(self, run_id: str, state: str, token: str) -> int:
+    def _count(self, run_id: str, states: list[str], token: str) -> int:
         stack = self.harness.stack
-        url = f"{stack.api_url}/api/v2/dags/{local_stack.DAG_ID}/dagRuns/{run_id}/taskInstances?state={state}&limit=1"
+        query = "&".join(f"state={state}" for state in states)
+        url = f"{stack.api_url}/api/v2/dags/{local_stack.DAG_ID}/dagRuns/{run_id}/taskInstances?{query}&limit=1"
         return int(local_stack.http("GET", url, token=token)["total_entries"])
 
     def _loop(self, run_id: str) -> None:

@@ -41,25 +41,39 @@ def build_release(sessions: AwsSessions, tooling: ToolingAccount, release: Relea
     """Package, lint, validate and publish the application once; the same tag and code reuse the artifact."""
     template_text = artifacts.APP_TEMPLATE.read_text(encoding="utf-8")
     code = artifacts.package_application()
-    artifacts.lint_template(template_text)
     retry = classify.RetryPolicy()
-    cloudformation = sessions.tooling_client("cloudformation", tooling.region)
-    retry.call("validate template", artifacts.validate_template, cloudformation, template_text, log=log.warning)
-    check_parameters(targets, artifacts.declared_parameters(template_text))
-    kms = sessions.tooling_client("kms", tooling.region)
-    key_arn = retry.call("resolve tooling key", artifacts.resolve_kms_key_arn, kms, tooling.kms_key_alias, log=log.warning)
-    artifact = retry.call(
-        "publish artifact",
-        artifacts.publish_artifact,
-        sessions.tooling_client("s3", tooling.region),
+    s3 = sessions.tooling_client("s3", tooling.region)
+    planned = artifacts.planned_artifact(
         bucket=tooling.artifact_bucket,
-        kms_key_id=key_arn,
         release_prefix=tooling.release_prefix,
         version=release.version,
         code=code,
         template_text=template_text,
-        log=log.warning,
     )
+    if retry.call("look for the build", artifacts.already_published, s3, planned, log=log.warning):
+        # The same bytes under the same keys: this build was linted and validated when it was published. The
+        # fleet's parameters may have changed since, so they are checked again.
+        check_parameters(targets, artifacts.declared_parameters(template_text))
+        artifact = planned.model_copy(update={"reused": True})
+    else:
+        artifacts.lint_template(template_text)
+        cloudformation = sessions.tooling_client("cloudformation", tooling.region)
+        retry.call("validate template", artifacts.validate_template, cloudformation, template_text, log=log.warning)
+        check_parameters(targets, artifacts.declared_parameters(template_text))
+        kms = sessions.tooling_client("kms", tooling.region)
+        key_arn = retry.call("resolve tooling key", artifacts.resolve_kms_key_arn, kms, tooling.kms_key_alias, log=log.warning)
+        artifact = retry.call(
+            "publish artifact",
+            artifacts.publish_artifact,
+            s3,
+            bucket=tooling.artifact_bucket,
+            kms_key_id=key_arn,
+            release_prefix=tooling.release_prefix,
+            version=release.version,
+            code=code,
+            template_text=template_text,
+            log=log.warning,
+        )
     log.info(
         "%s artifact %s sha256=%s",
         "reused" if artifact.reused else "published",

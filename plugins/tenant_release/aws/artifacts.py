@@ -91,13 +91,14 @@ def publish_artifact(
     template_text: str,
 ) -> Artifact:
     """Upload code and template under a key naming version and content hash; reuse what is already there."""
-    code_sha = sha256_hex(code)
-    template_sha = sha256_hex(template_text.encode())
-    bundle_sha = sha256_hex(f"{code_sha}:{template_sha}".encode())
-    code_key = naming.code_key(release_prefix=release_prefix, version=version, sha256=bundle_sha)
-    template_key = naming.template_key(release_prefix=release_prefix, version=version, sha256=bundle_sha)
+    planned = planned_artifact(
+        bucket=bucket, release_prefix=release_prefix, version=version, code=code, template_text=template_text
+    )
     reused = True
-    for key, body, sha in ((code_key, code, code_sha), (template_key, template_text.encode(), template_sha)):
+    for key, body, sha in (
+        (planned.code_key, code, planned.sha256),
+        (planned.template_key, template_text.encode(), planned.template_sha256),
+    ):
         existing = head_object(s3, bucket=bucket, key=key)
         if existing is not None and existing.get("Metadata", {}).get("sha256") == sha:
             continue
@@ -112,15 +113,31 @@ def publish_artifact(
             ChecksumSHA256=_checksum_b64(sha),
             Metadata={"sha256": sha, "release-version": version},
         )
+    return planned.model_copy(update={"reused": reused})
+
+
+def planned_artifact(*, bucket: str, release_prefix: str, version: str, code: bytes, template_text: str) -> Artifact:
+    """Where this build lives (keys named by version and content hash), whether or not it is uploaded yet."""
+    code_sha = sha256_hex(code)
+    template_sha = sha256_hex(template_text.encode())
+    bundle_sha = sha256_hex(f"{code_sha}:{template_sha}".encode())
     return Artifact(
         version=version,
         sha256=code_sha,
         bucket=bucket,
-        code_key=code_key,
-        template_key=template_key,
+        code_key=naming.code_key(release_prefix=release_prefix, version=version, sha256=bundle_sha),
+        template_key=naming.template_key(release_prefix=release_prefix, version=version, sha256=bundle_sha),
         template_sha256=template_sha,
-        reused=reused,
     )
+
+
+def already_published(s3: Any, artifact: Artifact) -> bool:
+    """Both objects of this exact build are in the bucket: it passed the build's checks when it was published."""
+    for key, sha in ((artifact.code_key, artifact.sha256), (artifact.template_key, artifact.template_sha256)):
+        existing = head_object(s3, bucket=artifact.bucket, key=key)
+        if existing is None or existing.get("Metadata", {}).get("sha256") != sha:
+            return False
+    return True
 
 
 def head_object(s3: Any, *, bucket: str, key: str) -> dict[str, Any] | None:
