@@ -260,7 +260,9 @@ class Harness:
             "assert not bag.import_errors, bag.import_errors\n"
             "print(time.perf_counter() - t)\n"
         )
-        result = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, check=True)
+        # Plugins loaded lazily here: eager loading would import our modules before the clock starts.
+        env = {**self.env, "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "True"}
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         return round(float(result.stdout.strip().splitlines()[-1]), 3)
 
     def stop(self) -> None:
@@ -408,25 +410,23 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             for n in sorted(args.sizes):
                 harness.write_fleet(n)
                 parse = harness.dag_parse_seconds()
-                slow_tag = None
+                # Ours for every mode first, then the plain script for every mode: `noop` must repeat a release
+                # with nothing deployed in between (the plain runs deploy versions of their own).
+                ours_rows = []
                 for mode in args.modes:
-                    tag, settle = mode_tag(n, mode, index), (args.settle if mode == "slow" else 0.0)
-                    if mode == "noop":
-                        tag = slow_tag or mode_tag(n, "instant", index)
-                        settle = args.settle if slow_tag else 0.0
-                    if mode == "slow":
-                        slow_tag = tag
+                    tag, settle = ours_release(n, mode, index, args)
                     harness.settle(settle)
                     print(f"  N={n} {mode}: ours ({tag})", flush=True)
-                    ours = harness.release(tag, timeout=args.timeout)
-                    plain = plain_cache.get((n, mode))
+                    ours_rows.append({"n": n, "mode": mode, "executor": executor, **harness.release(tag, timeout=args.timeout)})
+                for row in ours_rows:
+                    plain = plain_cache.get((n, row["mode"]))
                     if plain is None:
-                        plain = measure_plain(harness, n, mode, settle, plain_cache)
-                        plain_cache[(n, mode)] = plain
-                    row = {"n": n, "mode": mode, "executor": executor, **ours, **plain, "dag_parse_s": parse}
+                        plain = measure_plain(harness, n, row["mode"], args, plain_cache)
+                        plain_cache[(n, row["mode"])] = plain
+                    row.update(plain, dag_parse_s=parse)
                     row["ratio_floor"] = round(row["wall_s"] / row["floor_s"], 2) if row.get("floor_s") else None
                     row["ratio_sequential"] = round(row["wall_s"] / row["sequential_s"], 3) if row.get("sequential_s") else None
-                    if mode == "instant":
+                    if row["mode"] == "instant":
                         row["overhead_per_tenant_s"] = round((row["wall_s"] - row["floor_s"]) / n, 3)
                     rows.append(row)
                     print(f"    {summary_line(row)}", flush=True)
@@ -438,22 +438,24 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def mode_tag(n: int, mode: str, executor_index: int) -> str:
-    # A new version per (N, mode, executor): every `instant`/`slow` run deploys something new to every tenant.
-    minor = {"instant": 1, "slow": 2, "noop": 2}[mode]
-    return f"v{n}.{minor + 10 * executor_index}.0"
+def ours_release(n: int, mode: str, executor_index: int, args: argparse.Namespace) -> tuple[str, float]:
+    """(tag, settle seconds) of our release in `mode`: a new version for `instant` and `slow`; `noop` repeats the last."""
+    minor = {"instant": 1, "slow": 2}.get(mode) or (2 if "slow" in args.modes else 1)
+    settle = args.settle if mode == "slow" or (mode == "noop" and minor == 2) else 0.0
+    return f"v{n}.{minor + 10 * executor_index}.0", settle
 
 
-def measure_plain(harness: Harness, n: int, mode: str, settle: float, cache: dict[tuple[int, str], dict[str, Any]]) -> dict:
+def measure_plain(harness: Harness, n: int, mode: str, args: argparse.Namespace, cache: dict) -> dict[str, Any]:
     """The plain script's figures for this N and mode (once per N and mode; the executor plays no part)."""
-    minor = {"instant": 101, "slow": 102, "noop": 102}[mode]
-    version = f"{n}.{minor}.0"
-    if mode == "noop" and (n, "slow") not in cache:
-        version = f"{n}.101.0"  # no slow run to repeat: repeat the instant one
-    print(f"  N={n} {mode}: plain floor ({min(n, 1000) if settle else 32} threads)", flush=True)
-    floor_threads = n if settle else 32
-    floor = plain_release(harness, version, threads=min(floor_threads, 1000))
-    if settle and mode == "slow":
+    repeat = "slow" if "slow" in args.modes else "instant"
+    source = repeat if mode == "noop" else mode
+    version = f"{n}.{ {'instant': 101, 'slow': 102}[source] }.0"
+    settle = args.settle if source == "slow" else 0.0
+    harness.settle(settle)
+    threads = min(n, 1000) if settle else 32
+    print(f"  N={n} {mode}: plain floor ({threads} threads)", flush=True)
+    floor = plain_release(harness, version, threads=threads)
+    if mode == "slow":
         instant = cache.get((n, "instant"), {})
         estimated = (instant.get("sequential_s") or floor) + n * settle
         return {"floor_s": round(floor, 1), "sequential_s": round(estimated, 1), "sequential_estimated": True}
