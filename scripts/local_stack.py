@@ -619,10 +619,12 @@ def print_summary(stack: Stack, tag: str, run_id: str, env: dict[str, str]) -> N
 
 
 def print_logs(stack: Stack, run_id: str, token: str) -> None:
+    deploys = [ti for ti in task_instances(stack, run_id, token) if ti["task_id"] == MAPPED_TASK and ti["map_index"] >= 0]
+    if not deploys:
+        say("No tenant needed a change: each is recorded in the history, none got a task instance (see fleet_changes' log).")
+        return
     say("Per-tenant logs (UI link, file):")
-    for ti in sorted(task_instances(stack, run_id, token), key=lambda t: (t["task_id"], t["map_index"])):
-        if ti["task_id"] != MAPPED_TASK:
-            continue
+    for ti in sorted(deploys, key=lambda t: t["map_index"]):
         attempt = max(ti.get("try_number") or 1, 1)
         path = (
             stack.airflow_home
