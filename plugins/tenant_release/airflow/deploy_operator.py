@@ -21,9 +21,8 @@ from tenant_release.airflow.failures import as_task_failure
 from tenant_release.airflow.gate import approval_from_event, remember_ui_answer, request_approval
 from tenant_release.airflow.triggers import TenantDeployTrigger, WindowOpenTrigger
 from tenant_release.aws import ledger
-from tenant_release.deploy import ReleaseRun, TargetDeployment, failure_reason, utc_now
-from tenant_release.models import ApprovalPolicy, Artifact, DeployProgress, Outcome, OutsideWindowPolicy
-from tenant_release.tags import parse_release_tag
+from tenant_release.deploy import TargetDeployment, failure_reason, utc_now
+from tenant_release.models import ApprovalPolicy, DeployProgress, Outcome, OutsideWindowPolicy
 from tenant_release.windows import MaintenanceWindow
 
 
@@ -80,7 +79,7 @@ class TenantDeployOperator(BaseOperator):
         """Back from an approval or window wait."""
         progress = DeployProgress.model_validate(event.get("progress") or {"started_at": utc_now()})
         if "error" in event:
-            self._fail(self._deployment(context, progress), progress, AirflowException(event["error"]))
+            self._fail(self._deployment(context), progress, AirflowException(event["error"]))
         decision = approval_from_event(event)
         if decision is not None:
             progress.approval = decision
@@ -112,22 +111,23 @@ class TenantDeployOperator(BaseOperator):
 
     # --- steps ------------------------------------------------------------------------------------------------
 
-    def _deployment(self, context: Context, progress: DeployProgress) -> TargetDeployment:
+    def _deployment(self, context: Context) -> TargetDeployment:
         try:
-            loaded, target = runtime.planned_target(tenant=self.tenant, digest=self.target_digest, config_path=self.config_path)
-            run = ReleaseRun(
-                release=parse_release_tag(self.release_tag),
+            return runtime.planned_deployment(
+                tenant=self.tenant,
+                digest=self.target_digest,
+                config_path=self.config_path,
+                release_tag=self.release_tag,
                 run_id=context["run_id"],
-                artifact=Artifact.model_validate(self.artifact),
-                tooling=loaded.fleet.tooling,
+                artifact=self.artifact,
+                record_history=self.record_history,
             )
         except Exception as exc:
             self.log.error("%s FAILED: %s", self.tenant, failure_reason(exc))
             raise as_task_failure(exc) from None
-        return TargetDeployment(sessions=runtime.shared_sessions(), run=run, target=target, record_history=self.record_history)
 
     def _pass_gates(self, context: Context, progress: DeployProgress) -> dict[str, Any]:
-        deployment = self._deployment(context, progress)
+        deployment = self._deployment(context)
         target = deployment.target
         if target.approval == ApprovalPolicy.REQUIRED:
             if progress.approval is None:

@@ -8,12 +8,16 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tenant_release.aws.approvals import find_decision
 from tenant_release.aws.session import AwsSessions
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.errors import FleetConfigError
 from tenant_release.models import ApprovalDecision, Target, ToolingAccount
+
+if TYPE_CHECKING:
+    from tenant_release.deploy import TargetDeployment
 
 _session_factory: Callable[[], AwsSessions] = AwsSessions
 _shared: tuple[Callable[[], AwsSessions], AwsSessions] | None = None
@@ -111,3 +115,28 @@ def planned_target(*, tenant: str, digest: str, config_path: str | None) -> tupl
             "re-trigger the release so that the whole run uses one version of the fleet file"
         )
     return loaded, target
+
+
+def planned_deployment(
+    *,
+    tenant: str,
+    digest: str,
+    config_path: str | None,
+    release_tag: str,
+    run_id: str,
+    artifact: dict[str, Any],
+    record_history: bool,
+) -> TargetDeployment:
+    """One target's deploy in one run, as the worker and the triggerer both rebuild it from names (never secrets)."""
+    from tenant_release.deploy import ReleaseRun, TargetDeployment
+    from tenant_release.models import Artifact
+    from tenant_release.tags import parse_release_tag
+
+    loaded, target = planned_target(tenant=tenant, digest=digest, config_path=config_path)
+    run = ReleaseRun(
+        release=parse_release_tag(release_tag),
+        run_id=run_id,
+        artifact=Artifact.model_validate(artifact),
+        tooling=loaded.fleet.tooling,
+    )
+    return TargetDeployment(sessions=shared_sessions(), run=run, target=target, record_history=record_history)

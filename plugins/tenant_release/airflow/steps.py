@@ -110,14 +110,11 @@ def fleet_changes(plan_: dict[str, Any], artifact: dict[str, Any], run_id: str) 
     """Record the tenants already at this release UNCHANGED; return the ones the mapped deploy task deploys."""
     plan = RunPlan.model_validate(plan_)
     try:
-        loaded = load_fleet(plan.config_path)
-        planned = [(entry, loaded.target(entry.tenant)) for entry in plan.targets]
-        for entry, target in planned:
-            if runtime.target_digest(target) != entry.target_digest:
-                raise TenantReleaseError(
-                    f"tenant {entry.tenant!r} changed in {loaded.path} after this run was planned; re-trigger the release "
-                    "so that the whole run uses one version of the fleet file"
-                )
+        loaded = runtime.cached_fleet(plan.config_path)
+        planned = [
+            (entry, runtime.planned_target(tenant=entry.tenant, digest=entry.target_digest, config_path=plan.config_path)[1])
+            for entry in plan.targets
+        ]
         run = ReleaseRun(
             release=parse_release_tag(plan.release_tag),
             run_id=run_id,

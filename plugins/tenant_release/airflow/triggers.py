@@ -16,7 +16,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from tenant_release import classify
 from tenant_release.airflow import runtime
 from tenant_release.classify import describe, is_retriable
-from tenant_release.models import ApprovalDecision, Artifact, DeployProgress
+from tenant_release.models import ApprovalDecision, DeployProgress
 
 T = TypeVar("T")
 
@@ -106,17 +106,15 @@ class TenantDeployTrigger(_Serializable):
         self.end_in_triggerer = end_in_triggerer
 
     def _deployment(self) -> Any:
-        from tenant_release.deploy import ReleaseRun, TargetDeployment
-        from tenant_release.tags import parse_release_tag
-
-        loaded, target = runtime.planned_target(tenant=self.tenant, digest=self.target_digest, config_path=self.config_path)
-        run = ReleaseRun(
-            release=parse_release_tag(self.release_tag),
+        return runtime.planned_deployment(
+            tenant=self.tenant,
+            digest=self.target_digest,
+            config_path=self.config_path,
+            release_tag=self.release_tag,
             run_id=self.run_id,
-            artifact=Artifact.model_validate(self.artifact),
-            tooling=loaded.fleet.tooling,
+            artifact=self.artifact,
+            record_history=self.record_history,
         )
-        return TargetDeployment(sessions=runtime.shared_sessions(), run=run, target=target, record_history=self.record_history)
 
     def _pause(self, first: bool) -> float:
         # Jittered: a thousand tenants that started together must not poll CloudFormation in lockstep.
