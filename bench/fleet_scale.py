@@ -182,10 +182,13 @@ class Harness:
             while time.monotonic() < deadline:
                 local_stack.ensure_running(self.stack)
                 try:
-                    token = local_stack.login(self.stack)
                     state = local_stack.http("GET", f"{api}/api/v2/dags/{local_stack.DAG_ID}/dagRuns/{run_id}", token=token)[
                         "state"
                     ]
+                except urllib.error.HTTPError as exc:
+                    if exc.code == 401:  # the token expired: log in again (not every second: it costs the API server)
+                        token = local_stack.login(self.stack)
+                    state = "running"
                 except (urllib.error.URLError, OSError):
                     state = "running"
                 if state in {"success", "failed"}:

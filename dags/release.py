@@ -2,15 +2,18 @@
 
 Thin wiring only: the fleet file is read when a run starts (the `plan` task), never at parse time. Tenants
 already at the release are recorded UNCHANGED by `fleet_changes` and get no task instance; every other
-tenant gets one, named after it, whose deploy runs in the triggerer.
+tenant gets one, named after it, that the scheduler starts in the triggerer, where its whole deploy runs.
 """
 
 from __future__ import annotations
 
+import uuid
+
 from airflow.sdk import Param, dag, get_current_context, task
 from tenant_release.airflow import runtime, steps
 from tenant_release.airflow.dag_defaults import DEFAULT_ARGS, release_tag_param, tenants_param
-from tenant_release.airflow.deploy_operator import TenantDeployOperator
+from tenant_release.airflow.deploy_operator import FleetTenantDeployOperator, TenantDeployOperator
+from tenant_release.airflow.fleet_targets import TARGETS_ID_KEY
 from tenant_release.airflow.gate import ReleaseGateOperator
 
 PLAN = "{{ ti.xcom_pull(task_ids='plan')"
@@ -54,7 +57,9 @@ def tenant_release() -> None:
 
     @task(retries=0)
     def tenant_targets(changes_: dict, plan_: dict, artifact_: dict) -> list[dict]:
-        return steps.deploy_kwargs(changes_, plan_, artifact_)
+        targets_id = uuid.uuid4().hex
+        get_current_context()["ti"].xcom_push(key=TARGETS_ID_KEY, value=targets_id)
+        return steps.deploy_kwargs(changes_, plan_, artifact_, targets_id=targets_id)
 
     @task(trigger_rule="all_done", retries=0)
     def summary(plan_: dict) -> dict:
@@ -82,7 +87,7 @@ def tenant_release() -> None:
     )
     changes = fleet_changes(planned, artifact)
     gate = ReleaseGateOperator(task_id="approve_release")
-    deploy = TenantDeployOperator.partial(task_id="deploy", map_index_template="{{ task.tenant }}").expand_kwargs(
+    deploy = FleetTenantDeployOperator.partial(task_id="deploy", map_index_template="{{ task.tenant }}").expand_kwargs(
         tenant_targets(changes, planned, artifact)
     )
     deploy_dev >> changes >> gate >> deploy >> summary(planned)

@@ -360,14 +360,16 @@ class FleetChanges(_Strict):
     deploy: tuple[PlannedTarget, ...]
     unchanged: tuple[str, ...] = ()
 
-    def deploy_kwargs(self, *, release_tag: str, config_path: str, artifact: dict[str, Any]) -> list[dict[str, Any]]:
+    def deploy_kwargs(
+        self, *, release_tag: str, config_path: str, artifact: dict[str, Any], targets_id: str
+    ) -> list[dict[str, Any]]:
         """The mapped deploy task's `expand_kwargs`: one entry per tenant that needs a change.
 
-        Each entry carries everything its task needs, so a task reads only its own entry (Airflow fetches one
-        item of the list by index) and no other XCom: at a thousand tenants, pulling the plan in every task
-        would move the whole fleet's plan a thousand times.
+        Each entry carries everything its task needs, so a task reads only its own entry and no other XCom: at a
+        thousand tenants, pulling the plan in every task would move the whole fleet's plan a thousand times.
+        `targets_id` is new for each list, so that a task instance can tell an entry of this list from an older one.
         """
-        shared = {"release_tag": release_tag, "config_path": config_path, "artifact": artifact}
+        shared = {"release_tag": release_tag, "config_path": config_path, "artifact": artifact, "targets_id": targets_id}
         return [
             {"tenant": t.tenant, "target_digest": t.target_digest, "has_own_gate": t.has_own_gate, **shared} for t in self.deploy
         ]

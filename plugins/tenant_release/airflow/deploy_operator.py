@@ -15,11 +15,12 @@ from typing import Any, NoReturn
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from airflow.triggers.base import StartTriggerArgs
 
 from tenant_release.airflow import runtime
 from tenant_release.airflow.failures import as_task_failure
 from tenant_release.airflow.gate import approval_from_event, remember_ui_answer, request_approval
-from tenant_release.airflow.triggers import TenantDeployTrigger, WindowOpenTrigger
+from tenant_release.airflow.triggers import FleetTenantStartTrigger, TenantDeployTrigger, WindowOpenTrigger
 from tenant_release.aws import ledger
 from tenant_release.deploy import TargetDeployment, failure_reason, utc_now
 from tenant_release.models import ApprovalPolicy, DeployProgress, Outcome, OutsideWindowPolicy
@@ -243,3 +244,35 @@ class TenantDeployOperator(BaseOperator):
         except Exception as history_exc:  # the deploy's own error is the one to report
             self.log.warning("could not record the failure in the history table: %s", failure_reason(history_exc))
         raise as_task_failure(exc) from None
+
+
+class FleetTenantDeployOperator(TenantDeployOperator):
+    """The mapped per-tenant deploy of a release run: each task instance starts in the triggerer, with no worker.
+
+    The scheduler defers every task instance straight to `FleetTenantStartTrigger` (`start_from_trigger`), which
+    reads the tenant's entry of the run's target list and deploys it; a success ends the task there. The cluster
+    policy in `tenant_release.airflow.policy` names each task instance after its tenant as the scheduler creates
+    it, since no worker renders `map_index_template` for it. A worker runs only what needs one: a tenant's own
+    approval or maintenance window (the trigger sends it back with `gates`), and failing or retrying a tenant
+    whose deploy failed. Where nothing starts tasks in the triggerer (`dag.test()`), `execute` deploys as the
+    base operator does.
+    """
+
+    start_from_trigger = True
+    start_trigger_args = StartTriggerArgs(
+        trigger_cls=f"{FleetTenantStartTrigger.__module__}.{FleetTenantStartTrigger.__qualname__}",
+        trigger_kwargs={},
+        next_method="execute_complete",
+        next_kwargs=None,
+        timeout=None,
+    )
+
+    def __init__(self, *, targets_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The id of the target list this entry came from (see `fleet_targets`); the worker has its entry already.
+        self.targets_id = targets_id
+
+    def execute_complete(self, context: Context, event: Any) -> dict[str, Any]:
+        if isinstance(event, dict) and event.get("gates"):
+            return self._pass_gates(context, DeployProgress(started_at=utc_now()))
+        return super().execute_complete(context, event)

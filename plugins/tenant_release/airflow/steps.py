@@ -137,10 +137,12 @@ def fleet_changes(plan_: dict[str, Any], artifact: dict[str, Any], run_id: str) 
     return changes.model_dump(mode="json")
 
 
-def deploy_kwargs(changes_: dict[str, Any], plan_: dict[str, Any], artifact: dict[str, Any]) -> list[dict[str, Any]]:
+def deploy_kwargs(
+    changes_: dict[str, Any], plan_: dict[str, Any], artifact: dict[str, Any], *, targets_id: str
+) -> list[dict[str, Any]]:
     plan = RunPlan.model_validate(plan_)
     return FleetChanges.model_validate(changes_).deploy_kwargs(
-        release_tag=plan.release_tag, config_path=plan.config_path, artifact=artifact
+        release_tag=plan.release_tag, config_path=plan.config_path, artifact=artifact, targets_id=targets_id
     )
 
 

@@ -8,13 +8,14 @@ import functools
 import random
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from tenant_release import classify
 from tenant_release.airflow import runtime
+from tenant_release.airflow.fleet_targets import TARGETS_ID_KEY, FleetTargetError, TargetListCache, entry_at, targets_source
 from tenant_release.classify import describe, is_retriable
 from tenant_release.models import ApprovalDecision, DeployProgress
 
@@ -147,12 +148,22 @@ class TenantDeployTrigger(_Serializable):
                 raise PermanentAwsError(f"stack {deployment.target.stack_name} did not settle before {self.deadline}")
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        deployment: list[Any] = []
+        try:
+            async for event in self._deploy(deployment):
+                yield event
+        finally:  # also when the trigger is cancelled (task cleared or killed) mid-deploy
+            for done in deployment:
+                done.sessions.forget_tenant(done.target, session_name=done.run.session_name)
+
+    async def _deploy(self, started: list[Any]) -> AsyncIterator[TriggerEvent]:
         from tenant_release.deploy import failure_reason
 
         progress = DeployProgress.model_validate(self.progress)
         deployment = None
         try:
             deployment = await in_thread(self._deployment)
+            started.append(deployment)
             self.log.info(
                 "deploying %s (sha256 %s) to %s (account %s, %s) as session %s",
                 deployment.run.release.tag,
@@ -188,6 +199,80 @@ class TenantDeployTrigger(_Serializable):
             yield TaskSuccessEvent(xcoms={"return_value": result.to_xcom()})
         else:
             yield TriggerEvent({"result": result.to_xcom()})
+
+
+_TARGET_LISTS = TargetListCache()
+
+
+def _read_xcom(ti: Any, task_id: str, key: str) -> Any:
+    from airflow.sdk.execution_time.xcom import XCom
+
+    return XCom.get_one(key=key, dag_id=ti.dag_id, task_id=task_id, run_id=ti.run_id, map_index=-1)
+
+
+class FleetTenantStartTrigger(_Serializable):
+    """A fleet tenant's task instance, started by the scheduler in the triggerer (no worker): find the tenant, deploy it.
+
+    The scheduler defers each mapped `deploy` task instance straight to this trigger (`start_from_trigger`) with
+    no per-tenant arguments, so it reads its own entry of the run's target list by map index (the list is read
+    once per triggerer process and run). A tenant with no gate of its own is deployed here, by
+    `TenantDeployTrigger`'s steps, and its task ends here. A tenant that needs its own approval or a maintenance
+    window goes to a worker, which asks or waits as before and then hands the deploy back to the triggerer.
+    """
+
+    fields = ("stack_timeout_seconds",)
+
+    def __init__(self, *, stack_timeout_seconds: float = 7200.0) -> None:
+        super().__init__()
+        self.stack_timeout_seconds = stack_timeout_seconds
+
+    async def _own_entry(self) -> dict[str, Any]:
+        ti = self.task_instance
+        if ti is None or getattr(ti, "task", None) is None:
+            raise FleetTargetError("started without its task instance: the triggerer must be Airflow 3.3 or later")
+        task_id, key = targets_source(ti.task)
+        targets_id = await in_thread(_read_xcom, ti, task_id, TARGETS_ID_KEY)
+        if not targets_id:
+            raise FleetTargetError(f"task {task_id!r} of run {ti.run_id} pushed no target list id")
+
+        async def fetch() -> Any:
+            return await in_thread(_read_xcom, ti, task_id, key)
+
+        return entry_at(await _TARGET_LISTS.get(targets_id, fetch), ti.map_index, targets_id)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            entry = await self._own_entry()
+        except Exception as exc:
+            self.log.error("could not find this task instance's tenant: %s", describe(exc))
+            # A list that does not hold this task instance stays wrong on a retry; anything else may pass.
+            yield TriggerEvent({"failed": describe(exc), "permanent": isinstance(exc, FleetTargetError)})
+            return
+        self.log.info(
+            "%s: started in the triggerer by the scheduler (entry %s of target list %s); no worker slot is held",
+            entry["tenant"],
+            self.task_instance.map_index,
+            entry[TARGETS_ID_KEY],
+        )
+        if entry.get("has_own_gate"):
+            self.log.info("%s needs its own approval or maintenance window: a worker asks and waits", entry["tenant"])
+            yield TriggerEvent({"gates": True})
+            return
+        from tenant_release.deploy import utc_now
+
+        deploy = TenantDeployTrigger(
+            tenant=entry["tenant"],
+            target_digest=entry["target_digest"],
+            config_path=entry.get("config_path"),
+            release_tag=entry["release_tag"],
+            run_id=self.task_instance.run_id,
+            artifact=entry["artifact"],
+            progress=DeployProgress(started_at=utc_now()).model_dump(mode="json"),
+            poll_interval=runtime.setting("stack_poll_seconds", 10.0),
+            deadline=(datetime.now(UTC) + timedelta(seconds=self.stack_timeout_seconds)).isoformat(),
+        )
+        async for event in deploy.run():
+            yield event
 
 
 class ApprovalRecordTrigger(_Serializable):

@@ -101,6 +101,25 @@ class AwsSessions:
         log.info("assumed %s as session %s (source identity %s)", target.deploy_role_arn, session_name, source_identity)
         return session
 
+    def open_tenant_sessions(self) -> int:
+        with self._lock:
+            return len(self._tenant_sessions)
+
+    def forget_tenant(self, target: Target, *, session_name: str) -> None:
+        """Drop a tenant's session and clients once its deploy is over (their connections are closed).
+
+        The triggerer keeps one `AwsSessions` for every deploy it ever runs: without this, each release would
+        leave a session and three clients per tenant behind, and a long-lived triggerer would grow without end.
+        """
+        with self._lock:
+            self._tenant_sessions.pop((target.deploy_role_arn, session_name, target.region), None)
+            keys = [k for k in self._clients if k[:3] == ("tenant", target.deploy_role_arn, session_name)]
+            clients = [self._clients.pop(k) for k in keys]
+        for client in clients:
+            close = getattr(client, "close", None)
+            if close is not None:
+                close()
+
     def _sts_client_creator(self, region: str) -> Callable[..., Any]:
         """botocore asks for an STS client at every (re-)assumption, passing a snapshot of the base credentials.
 

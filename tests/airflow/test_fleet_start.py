@@ -1,0 +1,226 @@
+"""Fleet tenants start in the triggerer with no worker: each finds its own entry, deploys, and is named by the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.triggers.base import TaskSuccessEvent
+from tenant_release.airflow import triggers
+from tenant_release.airflow.fleet_targets import TARGETS_ID_KEY, FleetTargetError, TargetListCache, entry_at
+from tenant_release.airflow.triggers import FleetTenantStartTrigger
+from tenant_release.models import Outcome
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+
+@pytest.fixture(scope="module")
+def serialized_release_dag():
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    bag = DagBag(dag_folder=str(DAGS / "release.py"))
+    assert not bag.import_errors, bag.import_errors
+    return DagSerialization.from_dict(DagSerialization.to_dict(bag.dags["tenant_release"]))
+
+
+def test_only_the_mapped_tenant_deploys_start_in_the_triggerer(serialized_release_dag) -> None:
+    deploy = serialized_release_dag.get_task("deploy")
+    assert deploy.start_from_trigger is True
+    assert deploy.start_trigger_args.trigger_cls == "tenant_release.airflow.triggers.FleetTenantStartTrigger"
+    assert deploy.start_trigger_args.next_method == "execute_complete"
+    # dev's result feeds the release gate through XCom: it starts on a worker as before.
+    assert serialized_release_dag.get_task("deploy_dev").start_from_trigger is False
+
+
+def test_the_start_trigger_serializes_without_any_tenant_or_secret() -> None:
+    classpath, kwargs = FleetTenantStartTrigger(stack_timeout_seconds=60).serialize()
+    module, name = classpath.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name)(**kwargs).serialize() == (classpath, kwargs)
+    assert kwargs == {"stack_timeout_seconds": 60}
+
+
+def test_entry_at_returns_its_own_entry_and_refuses_another_list() -> None:
+    entries = [{"tenant": "acme", TARGETS_ID_KEY: "list-2"}, {"tenant": "globex", TARGETS_ID_KEY: "list-2"}]
+    assert entry_at(entries, 1, "list-2")["tenant"] == "globex"
+    with pytest.raises(FleetTargetError, match="map index 2 is outside the run's target list \\(2 entries\\)"):
+        entry_at(entries, 2, "list-2")
+    with pytest.raises(FleetTargetError, match="target list changed"):
+        entry_at(entries, 0, "list-3")
+
+
+def test_a_thousand_tenants_starting_at_once_read_the_list_once() -> None:
+    fetched: list[str] = []
+
+    async def scenario() -> list[Any]:
+        cache = TargetListCache(keep=2)
+
+        def fetcher(targets_id: str):
+            async def fetch() -> list[dict]:
+                fetched.append(targets_id)
+                await asyncio.sleep(0.01)
+                return [{"tenant": f"t{i}", TARGETS_ID_KEY: targets_id} for i in range(1000)]
+
+            return fetch
+
+        first = await asyncio.gather(*(cache.get("a", fetcher("a")) for _ in range(1000)))
+        await cache.get("b", fetcher("b"))
+        await cache.get("c", fetcher("c"))  # keeps two lists: "a" is dropped
+        await cache.get("a", fetcher("a"))
+        return first
+
+    lists = asyncio.run(scenario())
+    assert fetched == ["a", "b", "c", "a"]
+    assert all(entries is lists[0] for entries in lists)
+
+
+def test_a_failed_read_reaches_every_waiter_and_the_next_start_reads_again() -> None:
+    calls = 0
+
+    async def scenario() -> tuple[list[Any], list]:
+        cache = TargetListCache()
+
+        async def broken() -> list:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.01)
+            raise ConnectionError("api server went away")
+
+        async def working() -> list:
+            nonlocal calls
+            calls += 1
+            return [{"tenant": "acme"}]
+
+        outcomes = await asyncio.gather(*(cache.get("x", broken) for _ in range(5)), return_exceptions=True)
+        return outcomes, await cache.get("x", working)
+
+    outcomes, entries = asyncio.run(scenario())
+    assert all(isinstance(o, ConnectionError) for o in outcomes)
+    assert entries == [{"tenant": "acme"}]
+    assert calls == 2
+
+
+class _XComStore:
+    """The two XComs `tenant_targets` pushes, served the way the triggerer's supervisor serves them (counted)."""
+
+    def __init__(self, entries: list[dict], targets_id: str) -> None:
+        self.values = {TARGETS_ID_KEY: targets_id, "return_value": entries}
+        self.reads: list[str] = []
+
+    def read(self, ti: Any, task_id: str, key: str) -> Any:
+        assert task_id == "tenant_targets"
+        self.reads.append(key)
+        return self.values[key]
+
+
+def _entries(names: list[str], *, artifact: dict, config_path: str, targets_id: str, gated: set[str] = frozenset()) -> list[dict]:
+    from tenant_release.airflow import runtime
+
+    loaded = runtime.cached_fleet(config_path)
+    return [
+        {
+            "tenant": name,
+            "target_digest": runtime.target_digest(loaded.target(name)),
+            "has_own_gate": name in gated,
+            "release_tag": "v1.4.0",
+            "config_path": config_path,
+            "artifact": artifact,
+            TARGETS_ID_KEY: targets_id,
+        }
+        for name in names
+    ]
+
+
+async def _events(trigger: FleetTenantStartTrigger) -> list[Any]:
+    return [event async for event in trigger.run()]
+
+
+def _started(task: Any, map_index: int) -> FleetTenantStartTrigger:
+    trigger = FleetTenantStartTrigger()
+    # What the triggerer gives a trigger it started for a task instance (`create_runtime_ti`): ids and the task.
+    trigger.task_instance = SimpleNamespace(
+        dag_id="tenant_release", run_id="manual__fleet", map_index=map_index, task=task, task_id="deploy"
+    )
+    return trigger
+
+
+@pytest.fixture
+def built(bootstrapped, fleet_file: Path) -> dict:
+    from tenant_release.airflow import runtime
+    from tenant_release.deploy import build_release
+    from tenant_release.tags import parse_release_tag
+
+    loaded = runtime.cached_fleet(str(fleet_file))
+    names = ["acme", "globex", "umbrella"]
+    artifact = build_release(
+        runtime.aws_sessions(), loaded.fleet.tooling, parse_release_tag("v1.4.0"), [loaded.target(n) for n in names]
+    )
+    return {"names": names, "artifact": artifact.model_dump(mode="json"), "config_path": str(fleet_file)}
+
+
+def test_tenants_started_in_the_triggerer_deploy_their_own_entry_and_end_there(
+    built: dict, serialized_release_dag, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tenant_release.airflow import runtime
+    from tenant_release.aws import ledger
+
+    store = _XComStore(
+        _entries(built["names"], artifact=built["artifact"], config_path=built["config_path"], targets_id="l1"), "l1"
+    )
+    monkeypatch.setattr(triggers, "_read_xcom", store.read)
+    monkeypatch.setattr(triggers, "_TARGET_LISTS", TargetListCache())
+    deploy_task = serialized_release_dag.get_task("deploy")
+
+    async def all_tenants() -> list[list[Any]]:
+        return await asyncio.gather(*(_events(_started(deploy_task, i)) for i in range(len(built["names"]))))
+
+    results = asyncio.run(all_tenants())
+    assert all(len(events) == 1 and isinstance(events[0], TaskSuccessEvent) for events in results)
+    assert store.reads.count("return_value") == 1  # the list once, for every tenant of the run
+    # The triggerer lives on after the run: each tenant's session and clients are gone with its deploy.
+    assert runtime.shared_sessions().open_tenant_sessions() == 0
+    assert store.reads.count(TARGETS_ID_KEY) == 3
+    tooling = runtime.cached_fleet(built["config_path"]).fleet.tooling
+    history = ledger.get_many(
+        runtime.aws_sessions().tooling_client("dynamodb", tooling.region),
+        tooling.history_table,
+        tenants=built["names"],
+        release="v1.4.0",
+    )
+    assert {name: (r.status, r.version, r.run_id) for name, r in history.items()} == dict.fromkeys(
+        built["names"], (Outcome.SUCCEEDED, "1.4.0", "manual__fleet")
+    )
+
+
+def test_a_tenant_with_its_own_gate_goes_to_a_worker_before_touching_aws(
+    built: dict, serialized_release_dag, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tenant_release.airflow import runtime
+    from tenant_release.aws import ledger
+
+    entries = _entries(
+        built["names"], artifact=built["artifact"], config_path=built["config_path"], targets_id="l2", gated={"globex"}
+    )
+    monkeypatch.setattr(triggers, "_read_xcom", _XComStore(entries, "l2").read)
+    monkeypatch.setattr(triggers, "_TARGET_LISTS", TargetListCache())
+    events = asyncio.run(_events(_started(serialized_release_dag.get_task("deploy"), 1)))
+    assert [e.payload for e in events] == [{"gates": True}]
+    tooling = runtime.cached_fleet(built["config_path"]).fleet.tooling
+    dynamodb = runtime.aws_sessions().tooling_client("dynamodb", tooling.region)
+    assert ledger.get(dynamodb, tooling.history_table, tenant="globex", release="v1.4.0") is None
+
+
+def test_an_entry_from_an_older_list_fails_the_tenant_for_good(
+    built: dict, serialized_release_dag, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = _entries(built["names"], artifact=built["artifact"], config_path=built["config_path"], targets_id="old")
+    monkeypatch.setattr(triggers, "_read_xcom", _XComStore(entries, "new").read)
+    monkeypatch.setattr(triggers, "_TARGET_LISTS", TargetListCache())
+    events = asyncio.run(_events(_started(serialized_release_dag.get_task("deploy"), 0)))
+    assert len(events) == 1
+    assert events[0].payload["permanent"] is True
+    assert "target list changed" in events[0].payload["failed"]
