@@ -166,26 +166,66 @@ class TargetDeployment:
         artifact, target, call = self.run.artifact, self.target, self.retry.call
         earlier = self.earlier_attempt()
         cloudformation = call("assume role", self.client, "cloudformation", log=log.warning)
+        current = call("read stack", stacks.describe_stack, cloudformation, target.stack_name, log=log.warning)
         if earlier is not None:
             progress.started_at = earlier.started_at
             progress.version_before, progress.digest_before = earlier.version_before, earlier.digest_before
         else:
-            before = call("read stack", stacks.describe_stack, cloudformation, target.stack_name, log=log.warning)
+            before = current
             if before is not None and before.get("StackStatus") in {stacks.FAILED_CREATE_STATE, "REVIEW_IN_PROGRESS"}:
                 # Tagged with the version it tried, but it holds no resources: nothing was deployed before.
                 before = None
             progress.version_before = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
             progress.digest_before = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
         self.record(self.result(progress, status=Outcome.IN_PROGRESS))
+        digest = self.digest()
+        progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.code_key)
+        if current is not None and current.get("StackStatus") in stacks.SUCCESS_STATES and (
+            stacks.stack_tag(current, stacks.TAG_DEPLOY_DIGEST) == digest
+        ):
+            # The stack already runs this exact build from copies verified when they were made: nothing to copy.
+            log.info("%s already holds this build (deploy digest %s): no copy needed", target.stack_name, digest)
+        else:
+            progress.kms_key_arn = self._copy_artifact()
+        first_read = [current]  # read a moment ago, before the copies; a retry of this step reads the stack again
+
+        def start_change_set() -> stacks.StackDeployStart:
+            return stacks.start_deploy(
+                cloudformation,
+                stack_name=target.stack_name,
+                template_url=template_url(target.artifact_bucket, target.region, artifact.template_key),
+                parameters=self.parameters(),
+                tags={
+                    stacks.TAG_RELEASE_VERSION: artifact.version,
+                    stacks.TAG_DEPLOY_DIGEST: digest,
+                    stacks.TAG_MANAGED_BY: "tenant-release",
+                },
+                execution_role_arn=target.execution_role_arn,
+                change_set_name=naming.change_set_name(version=artifact.version, deploy_digest=digest),
+                deploy_digest=digest,
+                stack=first_read.pop() if first_read else stacks.NOT_READ,
+            )
+
+        started = call("start change set", start_change_set, log=log.warning)
+        progress.unchanged = started.unchanged
+        progress.change_set = started.change_set_name
+        progress.change_set_type = started.change_set_type
+        return progress
+
+    def _copy_artifact(self) -> str:
+        """Copy the build into the tenant's bucket under the tenant's key; returns that key's ARN.
+
+        The orchestrator makes the copy: it reads in its own account and writes into the tenant's bucket under
+        the tenant's key, which the tenant's bootstrap grants to that one role. So nothing in the tooling account
+        names a tenant, and its policies do not grow with the fleet.
+        """
+        artifact, target, call = self.run.artifact, self.target, self.retry.call
         key_arn = call(
             "resolve tenant key", artifacts.resolve_kms_key_arn, self.client("kms"), target.kms_key_alias, log=log.warning
         )
-        # The orchestrator makes the copy: it reads in its own account and writes into the tenant's bucket under
-        # the tenant's key, which the tenant's bootstrap grants to that one role. So nothing in the tooling
-        # account names a tenant, and its policies do not grow with the fleet.
         s3 = self.sessions.tooling_client("s3", target.region)
         for key, sha in ((artifact.code_key, artifact.sha256), (artifact.template_key, artifact.template_sha256)):
-            copied = call(
+            call(
                 "copy artifact",
                 artifacts.copy_into_tenant,
                 s3,
@@ -197,33 +237,8 @@ class TargetDeployment:
                 kms_key_arn=key_arn,
                 log=log.warning,
             )
-            log.info(
-                "%s s3://%s/%s (SSE-KMS %s)", "copied" if copied else "already present:", target.artifact_bucket, key, key_arn
-            )
-        progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.code_key)
-        progress.kms_key_arn = key_arn
-        digest = self.digest()
-        started = call(
-            "start change set",
-            stacks.start_deploy,
-            cloudformation,
-            stack_name=target.stack_name,
-            template_url=template_url(target.artifact_bucket, target.region, artifact.template_key),
-            parameters=self.parameters(),
-            tags={
-                stacks.TAG_RELEASE_VERSION: artifact.version,
-                stacks.TAG_DEPLOY_DIGEST: digest,
-                stacks.TAG_MANAGED_BY: "tenant-release",
-            },
-            execution_role_arn=target.execution_role_arn,
-            change_set_name=naming.change_set_name(version=artifact.version, deploy_digest=digest),
-            deploy_digest=digest,
-            log=log.warning,
-        )
-        progress.unchanged = started.unchanged
-        progress.change_set = started.change_set_name
-        progress.change_set_type = started.change_set_type
-        return progress
+            log.info("copied s3://%s/%s (SSE-KMS %s, SHA-256 verified)", target.artifact_bucket, key, key_arn)
+        return key_arn
 
     def poll(self) -> stacks.StackPoll:
         return self.retry.call(

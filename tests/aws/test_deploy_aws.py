@@ -483,15 +483,16 @@ def test_stack_left_by_a_failed_create_is_deleted_and_created_again(world: World
 
 
 def test_copy_that_does_not_hash_to_the_build_is_not_deployed(world: World, sessions: AwsSessions, faults: Faults) -> None:
-    copied: list[dict[str, Any]] = []
-    faults.add(service="s3", operation="copy_object", account="tooling", when=recorder(copied))
     wrong = base64.b64encode(hashlib.sha256(b"tampered").digest()).decode()
     faults.add(
         service="s3",
-        operation="head_object",
+        operation="copy_object",
         account="tooling",
-        when=lambda kwargs: bool(copied) and kwargs["Bucket"].startswith(f"tenant-release-{ACME}-"),
-        rewrite=lambda response, kwargs: {**response, "ChecksumSHA256": wrong},
+        when=lambda kwargs: kwargs["Bucket"].startswith(f"tenant-release-{ACME}-"),
+        rewrite=lambda response, kwargs: {
+            **response,
+            "CopyObjectResult": {**response["CopyObjectResult"], "ChecksumSHA256": wrong},
+        },
     )
     artifact = world.artifacts["1.4.0"]
     sleeps: list[float] = []

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
@@ -66,6 +66,9 @@ def stack_tag(stack: dict[str, Any] | None, key: str) -> str | None:
     return None
 
 
+NOT_READ = object()
+
+
 def start_deploy(
     cloudformation: Any,
     *,
@@ -76,12 +79,18 @@ def start_deploy(
     execution_role_arn: str,
     change_set_name: str,
     deploy_digest: str,
+    stack: dict[str, Any] | object | None = NOT_READ,
     wait_poll: float = 2.0,
     wait_timeout: float = 300.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StackDeployStart:
-    """Create (or find again) the deterministic change set and execute it, unless nothing would change."""
-    stack = describe_stack(cloudformation, stack_name)
+    """Create (or find again) the deterministic change set and execute it, unless nothing would change.
+
+    `stack` is the stack as the caller has just read it (None: there is none), to save a second read.
+    """
+    if stack is NOT_READ:
+        stack = describe_stack(cloudformation, stack_name)
+    stack = cast("dict[str, Any] | None", stack)
     status = stack["StackStatus"] if stack else None
     if status and status.endswith("_IN_PROGRESS") and status != "REVIEW_IN_PROGRESS":
         existing = _describe_change_set(cloudformation, stack_name, change_set_name)
