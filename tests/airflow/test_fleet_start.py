@@ -224,3 +224,36 @@ def test_an_entry_from_an_older_list_fails_the_tenant_for_good(
     assert len(events) == 1
     assert events[0].payload["permanent"] is True
     assert "target list changed" in events[0].payload["failed"]
+
+
+def test_a_stray_event_starts_the_tenants_deploy_instead_of_failing_it(fleet_file: Path, aws_credentials: None) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+    from tenant_release.airflow import runtime
+    from tenant_release.airflow.deploy_operator import FleetTenantDeployOperator
+    from tenant_release.airflow.triggers import TenantDeployTrigger
+
+    loaded = runtime.cached_fleet(str(fleet_file))
+    operator = FleetTenantDeployOperator(
+        task_id="deploy",
+        tenant="acme",
+        target_digest=runtime.target_digest(loaded.target("acme")),
+        release_tag="v1.4.0",
+        artifact={
+            "version": "1.4.0",
+            "sha256": "a" * 64,
+            "bucket": "b",
+            "code_key": "k",
+            "template_key": "t",
+            "template_sha256": "b" * 64,
+        },
+        config_path=str(fleet_file),
+        has_own_gate=False,
+        targets_id="l1",
+    )
+    # What a late approval trigger's event looks like when SQLite gave its id to this tenant's trigger.
+    stray = {"approval": {"approved": True, "decided_by": "approver", "source": "ui", "note": ""}, "progress": {}}
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute_complete({"run_id": "manual__stray"}, stray)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, TenantDeployTrigger)
+    assert (trigger.tenant, trigger.run_id, trigger.release_tag) == ("acme", "manual__stray", "v1.4.0")

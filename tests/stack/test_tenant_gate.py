@@ -56,11 +56,24 @@ def test_a_tenant_with_its_own_approval_is_asked_on_a_worker_and_deployed_in_the
         }
         assert {name: ti["state"] for name, ti in deploys.items()} == {"acme": "success", "wayne": "success"}
 
-        wayne = _log(stack, run_id, deploys["wayne"], token)
+        # Its steps span a trigger, a worker and a trigger again: read every file of its attempt.
+        attempt = (
+            run.state_dir
+            / "airflow"
+            / "logs"
+            / f"dag_id={local_stack.DAG_ID}"
+            / f"run_id={run_id}"
+            / f"task_id={local_stack.MAPPED_TASK}"
+            / f"map_index={deploys['wayne']['map_index']}"
+        )
+        wayne = "".join(path.read_text() for path in sorted(attempt.glob("attempt=1.log*")))
+        # Airflow keeps one trigger log file per attempt and triggerer, so the deploy's trigger log replaces the
+        # one of the trigger that sent wayne to the worker; the worker's log shows the wait and the hand-over.
         for step in (
-            "wayne: started in the triggerer by the scheduler",
-            "needs its own approval or maintenance window: a worker asks and waits",
+            "waiting for approval (UI, REST or approval record)",
+            "Deploy v2.0.0 to tenant wayne?",
             "Worker startup parse complete",  # the worker that asked
+            "wayne: handing the deploy of v2.0.0 to the triggerer",
             "to wayne (account 222222222222",
             "wayne: SUCCEEDED",
         ):

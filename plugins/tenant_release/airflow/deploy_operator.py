@@ -275,4 +275,10 @@ class FleetTenantDeployOperator(TenantDeployOperator):
     def execute_complete(self, context: Context, event: Any) -> dict[str, Any]:
         if isinstance(event, dict) and event.get("gates"):
             return self._pass_gates(context, DeployProgress(started_at=utc_now()))
+        if isinstance(event, dict) and not {"failed", "result"} & event.keys():
+            # Not an event of this task's deploy. Seen on SQLite: a trigger whose task Airflow had already
+            # resumed fired late, and its event went to a new trigger that had taken the same id. The deploy
+            # is safe to start again (a stack operation under way is found and waited for), so start it.
+            self.log.warning("%s: resumed by an event that is not its deploy's (%s); starting its deploy", self.tenant, event)
+            return self._pass_gates(context, DeployProgress(started_at=utc_now()))
         return super().execute_complete(context, event)

@@ -309,7 +309,14 @@ class ApprovalRecordTrigger(_Serializable):
         tooling = runtime.cached_fleet(self.config_path).fleet.tooling
         return runtime.recorded_decision(tooling, tenant=self.tenant, release=self.release_tag)
 
-    async def _ui_answer(self) -> dict[str, Any] | None:
+    async def _ui_answer(self, started: datetime) -> dict[str, Any] | None:
+        """An answer given in the UI before this wait began, which Airflow could not hand to the task then.
+
+        Airflow resumes a parked task itself when it is answered in the UI or over REST; this trigger must not
+        also fire then: its row is gone by the time its event arrives, and on SQLite a new trigger (another
+        tenant's) may already have taken the same id and would get the event. Only an answer that came while
+        the task was still running (not yet parked) is the trigger's to deliver.
+        """
         if not self.ti_id:
             return None
         from uuid import UUID
@@ -323,6 +330,8 @@ class ApprovalRecordTrigger(_Serializable):
             return None
         if response is None or not (response.response_received and response.chosen_options):
             return None
+        if response.responded_at is not None and response.responded_at >= started:
+            return None  # answered while parked: Airflow resumed the task with this answer already
         user = response.responded_by_user
         decision = ApprovalDecision(
             approved="Approve" in response.chosen_options, decided_by=(user.name if user else "timeout default"), source="ui"
@@ -349,6 +358,7 @@ class ApprovalRecordTrigger(_Serializable):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline)
+        started = datetime.now(UTC)
         while True:
             # Wait first: the task checked the records just before deferring,
             # and an event within milliseconds of deferring races the scheduler's handling of the deferral.
@@ -365,7 +375,7 @@ class ApprovalRecordTrigger(_Serializable):
                 await self._close_ui_request(decision.approved)
                 yield TriggerEvent({"approval": decision.model_dump(mode="json"), "progress": self.progress})
                 return
-            answer = await self._ui_answer()
+            answer = await self._ui_answer(started)
             if answer is not None:
                 yield TriggerEvent({"approval": answer, "progress": self.progress})
                 return
