@@ -529,6 +529,48 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             )
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The results as the README shows them (`--markdown`: from bench/results/fleet_scale.json, nothing is run)."""
+    lines = [
+        "| N | mode | executor | ours s | floor s | sequential s | ours ÷ floor | ours ÷ sequential | overhead / tenant s "
+        "| first deploy s | tenant phase s | task instances | worker runs | slots busy while waiting | peak RSS MB | parse s "
+        "| outcomes |",
+        "|---" * 17 + "|",
+    ]
+    for r in rows:
+        if r.get("kind") == "bootstrap":
+            continue
+        seq = r.get("sequential_s")
+        seq_text = "" if seq is None else f"{seq:,.1f}{' (est.)' if r.get('sequential_estimated') else ''}"
+        cells = [
+            r["n"],
+            r["mode"],
+            r["executor"],
+            r["wall_s"],
+            r.get("floor_s", ""),
+            seq_text,
+            r.get("ratio_floor") or "",
+            r.get("ratio_sequential") or "",
+            r.get("overhead_per_tenant_s", ""),
+            r.get("first_deploy_s") if r.get("first_deploy_s") is not None else "-",
+            r.get("tenant_phase_s") if r.get("tenant_phase_s") is not None else "-",
+            r["task_instances"],
+            r["worker_executions"],
+            r["worker_slots_busy_max_while_waiting"],
+            r["peak_rss_mb"],
+            r.get("dag_parse_s", ""),
+            ", ".join(f"{k} {v}" for k, v in r["outcomes"].items()),
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    for r in rows:
+        if r.get("kind") == "bootstrap":
+            lines.append(
+                f"\nBootstrap ({r['executor']}), {r['n']:,} tenant accounts + dev + tooling: {r['from_nothing_s']} s from "
+                f"nothing, {r['unchanged_s']} s again with nothing changed, {r['add_one_s']} s after adding one tenant."
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -541,8 +583,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-port", type=int, default=18380)
     parser.add_argument("--moto-port", type=int, default=15380)
     parser.add_argument("--keep", action="store_true", help="leave the stacks running")
+    parser.add_argument("--markdown", action="store_true", help="print the last results as a Markdown table; run nothing")
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.markdown:
+        print(markdown_table(json.loads(RESULTS.read_text())["rows"]))
+        return 0
     rows = run_bench(args)
     print_table(rows)
     print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
