@@ -17,7 +17,12 @@ shell loop or a plain boto3 script does it, and `floor`, a thread pool making th
 thread per tenant: the floor is the settle time plus the work). A sequential slow release would take N x 60 s;
 it is not run but computed (instant sequential + N x settle) and marked `sequential_estimated`.
 Bootstrap is measured on the first stack: N_max accounts from nothing, again with nothing changed, and after
-adding one tenant.
+adding one tenant. Each run also records where its time went: each unmapped task's start and end from the run's
+start (`tasks`), and the CPU seconds each component used (`cpu_s`: moto, scheduler with its LocalExecutor
+workers, triggerer, API server, DAG processor, Celery worker).
+
+`--merge` keeps the rows of the results file that this invocation does not measure (each row has
+`measured_at`); `--no-plain` measures ours only (iterating on a change).
 
 Printed as a table and written to bench/results/fleet_scale.json. Figures only: it never passes or fails on time.
 """
@@ -176,6 +181,7 @@ class Harness:
             "POST", f"{api}/api/v2/dags/{local_stack.DAG_ID}/dagRuns", {"logical_date": None, "conf": {"release_tag": tag}}, token
         )
         run_id = run["dag_run_id"]
+        cpu_before = cpu_seconds_by_component(self.stack)
         sampler = Sampler(self)
         sampler.start(run_id)
         try:
@@ -202,8 +208,10 @@ class Harness:
             wall = time.monotonic() - started
         finally:
             sampler.stop()
+        cpu_after = cpu_seconds_by_component(self.stack)
         figures = self.run_figures(run_id, started_wall=run.get("start_date") or run.get("queued_at"))
         figures.update(
+            cpu_s={name: round(cpu_after[name] - cpu_before.get(name, 0.0), 1) for name in sorted(cpu_after)},
             run_id=run_id,
             state=state,
             wall_s=round(wall, 1),
@@ -225,6 +233,7 @@ class Harness:
         # The tenants' part of the run: first tenant's task start to last tenant's end (after build, dev, gate).
         phase = (max(ends) - min(starts)).total_seconds() if starts and ends else None
         return {
+            "tasks": task_timeline(instances, run_start),
             "task_instances": len(instances),
             "deploy_task_instances": len(deploys),
             "retries": sum(1 for ti in instances if (ti.get("try_number") or 1) > 1),
@@ -284,8 +293,9 @@ class Harness:
 class Sampler:
     """Once a second: task instances running on a worker (slots in use), deferred ones, and the Airflow processes' memory.
 
-    `busy_max_waiting` is the most worker slots in use while tenants wait for their stacks: some tenant deferred
-    and none left to start (scheduled or queued). A tenant that holds a slot while it waits shows up there.
+    `busy_max_waiting` is the most worker slots in use while tenants wait for their stacks: some tenant's `deploy`
+    instance deferred and no task instance left to start (scheduled or queued). A tenant that holds a slot while
+    it waits shows up there.
     """
 
     def __init__(self, harness: Harness) -> None:
@@ -305,18 +315,22 @@ class Sampler:
         if self._thread:
             self._thread.join(timeout=10)
 
-    def _count(self, run_id: str, states: list[str], token: str) -> int:
+    def _count(self, run_id: str, states: list[str], token: str, *, task_id: str | None = None) -> int:
         stack = self.harness.stack
         query = "&".join(f"state={state}" for state in states)
-        url = f"{stack.api_url}/api/v2/dags/{local_stack.DAG_ID}/dagRuns/{run_id}/taskInstances?{query}&limit=1"
-        return int(local_stack.http("GET", url, token=token)["total_entries"])
+        instances = f"{stack.api_url}/api/v2/dags/{local_stack.DAG_ID}/dagRuns/{run_id}/taskInstances"
+        if task_id is not None:
+            instances += f"/{task_id}/listMapped"
+        return int(local_stack.http("GET", f"{instances}?{query}&limit=1", token=token)["total_entries"])
 
     def _loop(self, run_id: str) -> None:
         token = local_stack.login(self.harness.stack)
         while not self._stop.wait(1.0):
             try:
                 running = self._count(run_id, ["running"], token)
-                deferred = self._count(run_id, ["deferred"], token)
+                # Tenants waiting: `deploy` instances deferred. (dev's own deferral while `fleet_changes` runs
+                # on a worker is not a tenant holding a slot.)
+                deferred = self._count(run_id, ["deferred"], token, task_id=local_stack.MAPPED_TASK)
                 to_start = self._count(run_id, ["scheduled", "queued"], token) if deferred else 0
             except (urllib.error.URLError, OSError, KeyError):
                 continue
@@ -324,6 +338,44 @@ class Sampler:
             if deferred and not to_start:
                 self.busy_max_waiting = max(self.busy_max_waiting, running)
             self.rss_max_mb = max(self.rss_max_mb, airflow_rss_mb(self.harness.stack))
+
+
+def task_timeline(instances: list[dict[str, Any]], run_start: datetime | None) -> dict[str, list[float | None]]:
+    """Each unmapped task's [start, end] in seconds from the run's start: where the time before the tenants goes."""
+    timeline: dict[str, list[float | None]] = {}
+    if run_start is None:
+        return timeline
+    for ti in instances:
+        if ti["map_index"] >= 0:
+            continue
+        start, end = parse_time(ti.get("start_date")), parse_time(ti.get("end_date"))
+        timeline[ti["task_id"]] = [
+            round((start - run_start).total_seconds(), 1) if start else None,
+            round((end - run_start).total_seconds(), 1) if end else None,
+        ]
+    return timeline
+
+
+def cpu_seconds_by_component(stack: local_stack.Stack) -> dict[str, float]:
+    """CPU seconds used so far by each component (moto, scheduler, triggerer...) with every process it started.
+
+    Each component runs in a session of its own; a live process's own time plus the time of the children it has
+    reaped counts every process of that session once (a task process that ended is in its parent's figure).
+    """
+    sessions = {pid: name for name, pid in local_stack.read_pids(stack).items()}
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = dict.fromkeys(sessions.values(), 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        name = sessions.get(int(fields[3]))  # field 6 of stat: the session id
+        if name is not None:
+            used[name] += sum(int(value) for value in fields[11:15]) / ticks  # utime stime cutime cstime
+    return used
 
 
 def airflow_rss_mb(stack: local_stack.Stack) -> float:
@@ -392,6 +444,7 @@ def measure_bootstrap(harness: Harness, n_max: int) -> dict[str, Any]:
     harness.write_fleet(n_max)
     return {
         "kind": "bootstrap",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "executor": harness.executor,
         "n": n_max,
         "from_nothing_s": round(from_nothing, 1),
@@ -416,8 +469,12 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"\n== {executor}: {harness.stack.describe()} (state in {state_dir})", flush=True)
         try:
             harness.start_moto()
-            rows.append(measure_bootstrap(harness, n_max))
-            print(f"  {rows[-1]}", flush=True)
+            if args.no_bootstrap or index > 0:  # measured on the first stack only
+                harness.write_fleet(n_max)
+                harness.bootstrap()
+            else:
+                rows.append(measure_bootstrap(harness, n_max))
+                print(f"  {rows[-1]}", flush=True)
             harness.start_airflow()
             for n in sorted(args.sizes):
                 harness.write_fleet(n)
@@ -429,10 +486,14 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     tag, settle = ours_release(n, mode, index, args)
                     harness.settle(settle)
                     print(f"  N={n} {mode}: ours ({tag})", flush=True)
-                    ours_rows.append({"n": n, "mode": mode, "executor": executor, **harness.release(tag, timeout=args.timeout)})
+                    when = datetime.now(UTC).isoformat(timespec="seconds")
+                    figures = harness.release(tag, timeout=args.timeout)
+                    ours_rows.append({"n": n, "mode": mode, "executor": executor, "measured_at": when, **figures})
                 for row in ours_rows:
                     plain = plain_cache.get((n, row["mode"]))
-                    if plain is None:
+                    if plain is None and not args.plain:
+                        plain = {}
+                    elif plain is None:
                         plain = measure_plain(harness, n, row["mode"], args, plain_cache)
                         plain_cache[(n, row["mode"])] = plain
                     row.update(plain, dag_parse_s=parse)
@@ -443,6 +504,7 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     rows.append(row)
                     print(f"    {summary_line(row)}", flush=True)
                     write_results(rows, args)
+
         finally:
             if not args.keep:
                 harness.stop()
@@ -485,12 +547,26 @@ def summary_line(row: dict[str, Any]) -> str:
         f"{' (est.)' if row.get('sequential_estimated') else ''}  ratio/floor {row.get('ratio_floor')}  "
         f"TIs {row['task_instances']} (deploy {row['deploy_task_instances']})  worker runs {row['worker_executions']}  "
         f"slots max {row['worker_slots_busy_max']} (while waiting {row['worker_slots_busy_max_while_waiting']})  "
-        f"rss {row['peak_rss_mb']} MB  state {row['state']}  {row['outcomes']}"
+        f"rss {row['peak_rss_mb']} MB  state {row['state']}  {row['outcomes']}\n"
+        f"      tasks {row.get('tasks')}\n      cpu s {row.get('cpu_s')}"
     )
 
 
+def row_key(row: dict[str, Any]) -> tuple:
+    return (row.get("kind", "release"), row["n"], row.get("mode"), row["executor"])
+
+
 def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and results.exists():
+        # Rows this invocation did not measure stay as they were.
+        measured = {row_key(r) for r in rows}
+        kept = [r for r in json.loads(results.read_text())["rows"] if row_key(r) not in measured]
+        order = {"instant": 0, "slow": 1, "noop": 2}
+        rows = sorted(
+            kept + rows, key=lambda r: (r["executor"], r.get("kind") != "bootstrap", r["n"], order.get(r.get("mode"), -1))
+        )
     meta = {
         "command": "python bench/fleet_scale.py " + " ".join(args.argv),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -499,7 +575,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "poll_s": POLL_SECONDS,
         "parallelism": args.parallelism,
     }
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    results.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -584,14 +660,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moto-port", type=int, default=15380)
     parser.add_argument("--keep", action="store_true", help="leave the stacks running")
     parser.add_argument("--markdown", action="store_true", help="print the last results as a Markdown table; run nothing")
+    parser.add_argument("--no-plain", dest="plain", action="store_false", help="measure ours only, not the plain script")
+    parser.add_argument("--no-bootstrap", action="store_true", help="bootstrap without measuring it (no bootstrap row)")
+    parser.add_argument("--results", default=str(RESULTS), help="where to write the results (JSON)")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of the results file this run does not measure")
     args = parser.parse_args(argv)
     args.argv = argv
     if args.markdown:
-        print(markdown_table(json.loads(RESULTS.read_text())["rows"]))
+        print(markdown_table(json.loads(Path(args.results).read_text())["rows"]))
         return 0
     rows = run_bench(args)
     print_table(rows)
-    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    print(f"\nwritten to {args.results}")
     return 0
 
 

@@ -1,8 +1,10 @@
-"""tenant_release: build once → deploy to dev → find the tenants that need a change → gate → deploy each → summary.
+"""tenant_release: build once → deploy to dev, meanwhile find the tenants that need a change → gate → deploy each → summary.
 
 Thin wiring only: the fleet file is read when a run starts (the `plan` task), never at parse time. Tenants
 already at the release are recorded UNCHANGED by `fleet_changes` and get no task instance; every other
 tenant gets one, named after it, that the scheduler starts in the triggerer, where its whole deploy runs.
+Finding the changes only reads the tenants' stacks, so it runs while dev's stack settles; no tenant is
+deployed before dev has succeeded and the gate has passed.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def tenant_release() -> None:
     deploy = FleetTenantDeployOperator.partial(task_id="deploy", map_index_template="{{ task.tenant }}").expand_kwargs(
         tenant_targets(changes, planned, artifact)
     )
-    deploy_dev >> changes >> gate >> deploy >> summary(planned)
+    [deploy_dev, changes] >> gate >> deploy >> summary(planned)
 
 
 tenant_release()

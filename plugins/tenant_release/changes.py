@@ -45,8 +45,16 @@ def find_changes(
         deployment = TargetDeployment(sessions=sessions, run=run, target=target, retry=classify.RetryPolicy(attempts=3))
         started = utc_now()
         try:
-            cloudformation = deployment.retry.call("assume role", deployment.client, "cloudformation")
+            cloudformation = deployment.retry.call(
+                "assume role",
+                sessions.tenant_reader,
+                target,
+                "cloudformation",
+                session_name=run.session_name,
+                source_identity=run.source_identity,
+            )
             stack = deployment.retry.call("read stack", stacks.describe_stack, cloudformation, target.stack_name)
+            cloudformation.close()
         except Exception as exc:  # the tenant's own task meets this again and reports it
             return _Verdict(planned=plan_entry, unchanged=None, why=f"could not read its stack ({failure_reason(exc)})")
         if stack is None:

@@ -603,8 +603,30 @@ def test_tenants_already_at_the_release_are_unchanged_without_a_change_set(
         "1.4.0",
         "run-2",
     )
-    reads = {name for _, _, name in faults.calls[before:]}
+    reads = {name for _, _, name in faults.calls[before:] if name != "close"}  # close: the reader's connections
     assert reads <= {"assume_role", "describe_stacks"}  # one read per tenant: no change set, copy or history write
+
+
+def test_the_fleet_pass_reads_each_tenant_under_the_runs_named_session_and_keeps_no_session(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    assumed: list[dict[str, Any]] = []
+    faults.add(service="sts", operation="assume_role", account="tooling", when=recorder(assumed))
+    run = world.deployment(sessions, "acme", run_id="manual__2026-11-23T10:00:00+00:00").run
+
+    reader = sessions.tenant_reader(
+        world.loaded.target("acme"), "sts", session_name=run.session_name, source_identity=run.source_identity
+    )
+    identity = reader.get_caller_identity()
+    find_changes(sessions, run, _planned(world, "globex"))
+
+    assert identity["Arn"] == f"arn:aws:sts::{ACME}:assumed-role/tenant-release-deploy/{run.session_name}"
+    assert [(c["RoleArn"], c["RoleSessionName"], c["SourceIdentity"]) for c in assumed] == [
+        (f"arn:aws:iam::{ACME}:role/tenant-release-deploy", run.session_name, run.source_identity),
+        (f"arn:aws:iam::{GLOBEX}:role/tenant-release-deploy", run.session_name, run.source_identity),
+    ]
+    assert assumed[0]["ExternalId"] == "acme-ext-0001"
+    assert sessions.open_tenant_sessions() == 0  # a read leaves no tenant session behind in the process
 
 
 def test_a_tenant_whose_stack_cannot_be_read_is_deployed_so_its_own_task_reports_why(

@@ -435,6 +435,7 @@ def test_airflow_services_use_celery_with_postgres_and_redis(services: dict[str,
 FLEET_SCALE_SETTINGS = (
     "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY",
     "AIRFLOW__TRIGGERER__CAPACITY",
+    "AIRFLOW__TRIGGERER__MAX_TRIGGER_TO_SELECT_PER_LOOP",
     "AIRFLOW__CORE__LAZY_LOAD_PLUGINS",
     "AIRFLOW__LOGGING__NAMESPACE_LEVELS",
 )

@@ -101,6 +101,32 @@ class AwsSessions:
         log.info("assumed %s as session %s (source identity %s)", target.deploy_role_arn, session_name, source_identity)
         return session
 
+    def tenant_reader(self, target: Target, service: str, *, session_name: str, source_identity: str) -> Any:
+        """A client for one quick read in a tenant's account (the fleet pass): one assumption, nothing kept.
+
+        Its credentials are not refreshed, so it is for reads that end within minutes, not for a deploy. It is
+        made from the base session with those credentials: about 4 ms of CPU, where a session of its own and
+        its first client cost about 16 ms, which a thousand tenants read in one process feel.
+        """
+        extra: dict[str, Any] = {"RoleSessionName": session_name, "SourceIdentity": source_identity}
+        if target.external_id:
+            extra["ExternalId"] = target.external_id
+        sts = self.tooling_client("sts", target.region)
+        try:
+            credentials = sts.assume_role(RoleArn=target.deploy_role_arn, DurationSeconds=900, **extra)["Credentials"]
+        except ClientError as exc:
+            raise assume_role_error(target, exc) from None
+        with self._lock:  # creating clients from one session is not thread-safe; it is CPU-bound anyway
+            client = self._base.client(
+                service,
+                region_name=target.region,
+                config=CLIENT_CONFIG,
+                aws_access_key_id=credentials["AccessKeyId"],
+                aws_secret_access_key=credentials["SecretAccessKey"],
+                aws_session_token=credentials["SessionToken"],
+            )
+        return self._wrap(service, target.account_id, client)
+
     def open_tenant_sessions(self) -> int:
         with self._lock:
             return len(self._tenant_sessions)
