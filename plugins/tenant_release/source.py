@@ -1,0 +1,176 @@
+"""Where a release's application comes from: the source a release tag names, checked out, and its build command.
+
+A git source maps a release tag to a ref (by default the tag itself, as both seed pipelines do), refuses a tag
+with no such ref (naming the refs that exist), checks out exactly that commit, and records it. A tag that was
+moved to another commit after a build of that version is refused unless the trigger asks to rebuild.
+
+Plain Python around the `git` command line: no Airflow, no AWS.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tenant_release.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+GIT_TIMEOUT_SECONDS = 300
+REFS_SHOWN = 20
+
+
+class SourceError(BuildError):
+    """The release tag names no source, or not the source an earlier build of it used."""
+
+
+@dataclass(frozen=True)
+class SourceRevision:
+    """The exact source a release is built from."""
+
+    url: str
+    ref: str  # the full ref the tag mapped to, e.g. refs/tags/v1.4.0
+    commit: str
+    checkout: Path
+
+
+@dataclass(frozen=True)
+class GitSource:
+    url: str  # anything `git fetch` accepts: https://, ssh://, git@host:repo, a local path
+    ref: str = "{tag}"  # the ref a release tag maps to: {tag} (v1.4.0) or {version} (1.4.0), e.g. "release/{version}"
+
+    def ref_for(self, *, tag: str, version: str) -> str:
+        return self.ref.format(tag=tag, version=version)
+
+    def remote_refs(self) -> dict[str, str]:
+        """Every tag and branch of the repository → the commit it points at (annotated tags peeled)."""
+        output = _git("ls-remote", "--tags", "--heads", self.url, what=f"reading the refs of {self.url}")
+        refs: dict[str, str] = {}
+        for line in output.splitlines():
+            commit, _, name = line.partition("\t")
+            if name.endswith("^{}"):
+                refs[name[:-3]] = commit  # the peeled commit of an annotated tag wins over the tag object
+            else:
+                refs.setdefault(name, commit)
+        return refs
+
+    def resolve(self, *, tag: str, version: str) -> tuple[str, str]:
+        """(full ref, commit) that the release tag names; refused, with what exists, when there is none."""
+        wanted = self.ref_for(tag=tag, version=version)
+        refs = self.remote_refs()
+        for candidate in (wanted, f"refs/tags/{wanted}", f"refs/heads/{wanted}"):
+            if candidate in refs:
+                return candidate, refs[candidate]
+        tags = sorted((r.removeprefix("refs/tags/") for r in refs if r.startswith("refs/tags/")), reverse=True)
+        shown = ", ".join(tags[:REFS_SHOWN]) + (f" and {len(tags) - REFS_SHOWN} more" if len(tags) > REFS_SHOWN else "")
+        raise SourceError(
+            f"release tag {tag} names {wanted!r}, which {self.url} does not have (tags there: {shown or 'none'}). "
+            "Fix: push that tag to the application's repository, or correct the release tag or `source.ref`."
+        )
+
+    def checkout(self, *, tag: str, version: str, into: Path) -> SourceRevision:
+        """Fetch exactly the commit the tag names into an empty folder (shallow) and check it out."""
+        ref, commit = self.resolve(tag=tag, version=version)
+        into.mkdir(parents=True, exist_ok=True)
+        if any(into.iterdir()):
+            raise SourceError(f"cannot check out {ref} into {into}: the folder is not empty")
+        _git("init", "--quiet", str(into), what="preparing the checkout")
+        _git("-C", str(into), "fetch", "--quiet", "--depth", "1", self.url, ref, what=f"fetching {ref} from {self.url}")
+        _git("-C", str(into), "checkout", "--quiet", "--detach", "FETCH_HEAD", what=f"checking out {ref}")
+        checked_out = _git("-C", str(into), "rev-parse", "HEAD", what="reading the checked-out commit").strip()
+        if checked_out != commit:  # the tag moved between listing and fetching
+            moved = f"{commit[:12]} -> {checked_out[:12]}"
+            raise SourceError(f"{ref} moved while it was fetched ({moved}); trigger the release again")
+        log.info("source: %s %s at commit %s", self.url, ref, commit)
+        return SourceRevision(url=self.url, ref=ref, commit=commit, checkout=into)
+
+
+def refuse_moved_tag(*, tag: str, commit: str, built_from: str | None, rebuild: bool) -> None:
+    """A version is built from one commit: a tag moved since an earlier build of it is refused unless asked to rebuild."""
+    if built_from is None or built_from == commit:
+        return
+    if rebuild:
+        log.warning("release tag %s moved from commit %s to %s; rebuilding as the trigger asked", tag, built_from, commit)
+        return
+    raise SourceError(
+        f"release tag {tag} now points at commit {commit[:12]}, but {tag} was already built from {built_from[:12]}. "
+        "A version must not change under the same name. Fix: tag a new version, or trigger with rebuild=true "
+        "if the tag was moved on purpose."
+    )
+
+
+def run_build(
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout_seconds: float,
+    log_line: Callable[[str], None] = log.info,
+) -> None:
+    """Run the application's build command in its checkout; every output line goes to the build's log.
+
+    `command` comes from the fleet file (trusted configuration, like a CI pipeline's), run by the shell.
+    """
+    log_line(f"build: $ {command}  (in {cwd})")
+    tail: deque[str] = deque(maxlen=20)
+    with subprocess.Popen(  # noqa: S602 (the operator's own build command, from configuration)
+        command,
+        shell=True,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # a timeout stops the command and everything it started
+    ) as process:
+
+        def relay() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                tail.append(line.rstrip("\n"))
+                log_line(f"build: {tail[-1]}")
+
+        reader = threading.Thread(target=relay, name="build-output", daemon=True)
+        reader.start()
+        try:
+            code = process.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise BuildError(
+                f"the build command {shlex.quote(command)} ran longer than {timeout_seconds:.0f} s and was stopped"
+            ) from None
+        finally:
+            reader.join(timeout=10)
+    if code != 0:
+        last = "\n".join(tail)
+        raise BuildError(f"the build command {shlex.quote(command)} failed with exit code {code}; its last lines:\n{last}")
+
+
+def _git(*args: str, what: str) -> str:
+    try:
+        result = subprocess.run(  # noqa: S603 (fixed program; arguments are never run by a shell)
+            ["git", *args],  # noqa: S607 (git from PATH, as a CI runner has it)
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_SECONDS,
+            check=False,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},  # never wait for a password nobody will type
+        )
+    except FileNotFoundError:
+        raise SourceError("git is not installed where the build runs; install git to build from a repository") from None
+    except subprocess.TimeoutExpired:
+        raise SourceError(f"{what}: git did not answer within {GIT_TIMEOUT_SECONDS} s") from None
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise SourceError(f"{what} failed: {detail[-1] if detail else f'git exit code {result.returncode}'}")
+    return result.stdout
