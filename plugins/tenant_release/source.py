@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import signal
+import string
 import subprocess
 import threading
 from collections import deque
@@ -46,6 +47,19 @@ class SourceRevision:
 class GitSource:
     url: str  # anything `git fetch` accepts: https://, ssh://, git@host:repo, a local path
     ref: str = "{tag}"  # the ref a release tag maps to: {tag} (v1.4.0) or {version} (1.4.0), e.g. "release/{version}"
+
+    def __post_init__(self) -> None:
+        # Both reach git's command line: one starting with "-" would be read as an option (--upload-pack=...).
+        if not self.url or self.url.startswith("-"):
+            raise SourceError(f"source.git {self.url!r} is not a repository address")
+        if self.ref.startswith("-") or not self.ref.strip():
+            raise SourceError(f"source.ref {self.ref!r} is not a ref pattern such as {{tag}} or release/{{version}}")
+        try:
+            fields = {field for _, field, _, _ in string.Formatter().parse(self.ref) if field is not None}
+        except ValueError:
+            fields = {"(unbalanced braces)"}
+        if not fields <= {"tag", "version"}:
+            raise SourceError(f"source.ref {self.ref!r} may use only {{tag}} and {{version}}")
 
     def ref_for(self, *, tag: str, version: str) -> str:
         return self.ref.format(tag=tag, version=version)

@@ -4,6 +4,7 @@ or moved, and the application's build command run in it with its output in the b
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -121,3 +122,16 @@ def test_a_failing_build_fails_with_its_exit_code_and_last_lines(tmp_path: Path)
 def test_a_build_that_hangs_is_stopped_at_its_timeout(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=r"ran longer than 1 s and was stopped"):
         run_build("sleep 30", cwd=tmp_path, env={}, timeout_seconds=1, log_line=print)
+
+
+@pytest.mark.parametrize(
+    ("url", "ref", "problem"),
+    [
+        ("--upload-pack=touch /tmp/pwned", "{tag}", "is not a repository address"),
+        ("https://example.com/app.git", "-c core.sshCommand=x", "is not a ref pattern"),
+        ("https://example.com/app.git", "{tag.__class__}", "may use only {tag} and {version}"),
+    ],
+)
+def test_a_source_that_git_would_read_as_an_option_is_refused(url: str, ref: str, problem: str) -> None:
+    with pytest.raises(SourceError, match=re.escape(problem)):
+        GitSource(url=url, ref=ref).ref_for(tag="v1.4.0", version="1.4.0")
