@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -200,6 +201,81 @@ class ReleaseSchedule(_Strict):
     freezes: tuple[Freeze, ...] = ()
 
 
+class Capability(StrEnum):
+    IAM = "CAPABILITY_IAM"
+    NAMED_IAM = "CAPABILITY_NAMED_IAM"
+    AUTO_EXPAND = "CAPABILITY_AUTO_EXPAND"
+
+
+class VerifyMode(StrEnum):
+    # The function the target names (`function_name`) reports the release in its RELEASE_VERSION variable.
+    FUNCTION_VERSION = "function_version"
+    # The stack settled with the release's version tag: what any CloudFormation application can promise.
+    STACK = "stack"
+
+
+class ApplicationSource(_Strict):
+    """Where the application's source is: a folder, or a git repository at the ref a release tag maps to."""
+
+    path: str | None = None  # relative to the fleet file's folder
+    git: str | None = None  # anything `git fetch` accepts
+    ref: str = "{tag}"  # the git ref a release tag maps to: {tag} (v1.4.0) or {version} (1.4.0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ApplicationSource:
+        if (self.path is None) == (self.git is None):
+            raise ValueError("give exactly one of path (a folder) or git (a repository address)")
+        if self.path is not None and self.ref != "{tag}":
+            raise ValueError("ref applies to a git source only")
+        return self
+
+
+class ReleaseParameterNames(_Strict):
+    """Under which names the application's template takes what the release sets; null: it does not take it."""
+
+    version: str | None = "ReleaseVersion"
+    tenant: str | None = "TenantName"
+    bucket: str | None = "CodeS3Bucket"  # the tenant's artifact bucket, which holds the packaged code
+    name: str | None = "ApplicationName"  # the target's function_name, the application's own name prefix
+    permissions_boundary: str | None = "PermissionsBoundaryArn"
+
+    def names(self) -> dict[str, str]:
+        return {role: name for role, name in self.model_dump().items() if name}
+
+
+class Application(_Strict):
+    """The application a release ships. Unset: the bundled sample Lambda of include/templates/app."""
+
+    source: ApplicationSource | None = None
+    build: str | None = None  # a shell command run in the source folder before packaging
+    build_timeout_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
+    template: str = "template.yaml"  # relative to the source folder
+    parameters: ReleaseParameterNames = ReleaseParameterNames()
+    capabilities: tuple[Capability, ...] = (Capability.IAM, Capability.NAMED_IAM)
+    verify: VerifyMode | None = None  # unset: function_version for the sample, stack for your own
+
+    @property
+    def is_sample(self) -> bool:
+        return self.source is None
+
+    @property
+    def verify_mode(self) -> VerifyMode:
+        if self.verify is not None:
+            return self.verify
+        return VerifyMode.FUNCTION_VERSION if self.is_sample else VerifyMode.STACK
+
+    @model_validator(mode="after")
+    def _check(self) -> Application:
+        if self.source is None and (self.build is not None or self.template != "template.yaml"):
+            raise ValueError("build and template describe your own application: give its source too")
+        if self.parameters.bucket is None:
+            raise ValueError("parameters.bucket may not be null: the packaged code is found through it")
+        template = PurePosixPath(self.template)
+        if template.is_absolute() or ".." in template.parts:
+            raise ValueError(f"template {self.template!r} must be a path inside the source folder")
+        return self
+
+
 class Fleet(_Strict):
     """The whole fleet file, validated; tenants still hold their raw (uninherited) settings."""
 
@@ -210,6 +286,7 @@ class Fleet(_Strict):
     gated_groups: tuple[str, ...] = ()
     approval_timeout_hours: float = Field(default=72.0, gt=0, le=24 * 30)
     schedule: ReleaseSchedule = ReleaseSchedule()
+    application: Application = Application()
     tenants: tuple[TargetSpec, ...]
 
     @model_validator(mode="after")
@@ -264,15 +341,27 @@ class Release(_Strict):
     group: str | None  # None: the fleet's default group
 
 
+class ArtifactObject(_Strict):
+    """One packaged object of a build (a code zip, a layer, a nested template), named by its SHA-256."""
+
+    key: str
+    sha256: str
+
+
 class Artifact(_Strict):
-    """The built release in the tooling bucket."""
+    """The built release in the tooling bucket: the packaged template and the objects it refers to.
+
+    `sha256` is the packaged template's. The template names every object by its own hash, so this one hash
+    identifies the whole build: the same source gives the same hash.
+    """
 
     version: str
     sha256: str
     bucket: str
-    code_key: str
     template_key: str
-    template_sha256: str
+    objects: tuple[ArtifactObject, ...]
+    source: str  # where it was built from, e.g. "https://git.example.com/app.git refs/tags/v1.4.0"
+    source_commit: str | None = None  # the commit, for a git source
     reused: bool = False
 
 
@@ -344,6 +433,7 @@ class RunPlan(_Strict):
     targets: tuple[PlannedTarget, ...] = ()
     dev: PlannedTarget | None = None
     freeze_override: str | None = None
+    rebuild: bool = False  # build again even if the tag moved since this version was built
 
 
 class QueuedPlan(RunPlan):

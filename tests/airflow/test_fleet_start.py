@@ -151,13 +151,18 @@ def _started(task: Any, map_index: int) -> FleetTenantStartTrigger:
 @pytest.fixture
 def built(bootstrapped, fleet_file: Path) -> dict:
     from tenant_release.airflow import runtime
-    from tenant_release.deploy import build_release
+    from tenant_release.build import build_release
     from tenant_release.tags import parse_release_tag
 
     loaded = runtime.cached_fleet(str(fleet_file))
     names = ["acme", "globex", "umbrella"]
     artifact = build_release(
-        runtime.aws_sessions(), loaded.fleet.tooling, parse_release_tag("v1.4.0"), [loaded.target(n) for n in names]
+        runtime.aws_sessions(),
+        tooling=loaded.fleet.tooling,
+        application=loaded.fleet.application,
+        fleet_path=loaded.path,
+        release=parse_release_tag("v1.4.0"),
+        targets=[loaded.target(n) for n in names],
     )
     return {"names": names, "artifact": artifact.model_dump(mode="json"), "config_path": str(fleet_file)}
 
@@ -242,9 +247,9 @@ def test_a_stray_event_starts_the_tenants_deploy_instead_of_failing_it(fleet_fil
             "version": "1.4.0",
             "sha256": "a" * 64,
             "bucket": "b",
-            "code_key": "k",
             "template_key": "t",
-            "template_sha256": "b" * 64,
+            "objects": [{"key": "k", "sha256": "b" * 64}],
+            "source": "folder /app",
         },
         config_path=str(fleet_file),
         has_own_gate=False,

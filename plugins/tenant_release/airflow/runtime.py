@@ -138,5 +138,6 @@ def planned_deployment(
         run_id=run_id,
         artifact=Artifact.model_validate(artifact),
         tooling=loaded.fleet.tooling,
+        application=loaded.fleet.application,
     )
     return TargetDeployment(sessions=shared_sessions(), run=run, target=target, record_history=record_history)

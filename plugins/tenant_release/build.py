@@ -1,0 +1,226 @@
+"""Builds a release once: the application's source at the tag, its build command, packaged, checked, published.
+
+The release tag names a build. For a git source it maps to a ref (by default the tag itself); a tag with no such
+ref is refused with the refs that exist, and a tag that moved to another commit since that version was built is
+refused unless the trigger asks to rebuild. A folder source is packaged as it is. Building the same source again
+reuses the published build (same bytes, same keys), without checking out or building anything.
+
+Each build leaves a manifest beside its objects (`<release prefix>/<version>/build.json`): the artifact as the
+release uses it, with the source and commit it came from. It is written last, after every check passed, so a
+build that has a manifest was linted and validated when it was published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tenant_release import classify
+from tenant_release.aws import artifacts
+from tenant_release.aws.session import AwsSessions
+from tenant_release.errors import BuildError
+from tenant_release.models import Application, Artifact, ArtifactObject, Capability, Release, Target, ToolingAccount
+from tenant_release.packaging import PackagedTemplate, package_template
+from tenant_release.source import GitSource, refuse_moved_tag, run_build
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_BODY_MAX_BYTES = 51_200  # larger templates reach CloudFormation through S3
+
+
+@dataclass(frozen=True)
+class _Checkout:
+    root: Path
+    description: str
+    commit: str | None
+
+
+def application_root(application: Application, fleet_path: Path | None) -> Path:
+    """The folder a folder source names, relative to the fleet file's folder (the bundled sample if unset)."""
+    if application.source is None:
+        return artifacts.SAMPLE_APP_DIR
+    assert application.source.path is not None
+    folder = Path(application.source.path).expanduser()
+    if not folder.is_absolute():
+        folder = (fleet_path.parent if fleet_path else Path.cwd()) / folder
+    return folder.resolve()
+
+
+def build_release(
+    sessions: AwsSessions,
+    *,
+    tooling: ToolingAccount,
+    application: Application,
+    fleet_path: Path | None,
+    release: Release,
+    targets: list[Target],
+    rebuild: bool = False,
+    log_line: Callable[[str], None] = log.info,
+) -> Artifact:
+    """Build (or find again) the release's artifact and check it against every target's parameters."""
+    retry = classify.RetryPolicy()
+    s3 = sessions.tooling_client("s3", tooling.region)
+    key_prefix = f"{tooling.release_prefix.strip('/')}/{release.version}"
+    manifest_key = f"{key_prefix}/build.json"
+    built = retry.call("read the build manifest", read_manifest, s3, tooling.artifact_bucket, manifest_key, log=log.warning)
+    git = _git_source(application)
+    commit = None
+    if git is not None:
+        ref, commit = git.resolve(tag=release.tag, version=release.version)
+        refuse_moved_tag(tag=release.tag, commit=commit, built_from=built.source_commit if built else None, rebuild=rebuild)
+        if built is not None and built.source_commit == commit and not rebuild and _present(s3, built, retry):
+            check_parameters(targets, application, declared=_declared(s3, built, retry))
+            log_line(f"build: {release.tag} is {ref} at {commit[:12]}, built before as sha256 {built.sha256}: reused")
+            return built.model_copy(update={"reused": True})
+    with _checked_out(application, fleet_path, git, release) as checkout:
+        if application.build:
+            run_build(
+                application.build,
+                cwd=checkout.root,
+                env={"RELEASE_TAG": release.tag, "RELEASE_VERSION": release.version, "SOURCE_COMMIT": checkout.commit or ""},
+                timeout_seconds=application.build_timeout_minutes * 60,
+                log_line=log_line,
+            )
+        template_path = checkout.root / application.template
+        if not template_path.is_file():
+            raise BuildError(
+                f"the application template {application.template} is not in {checkout.description}. "
+                "Fix: set application.template to its path inside the source folder."
+            )
+        packaged = package_template(template_path, key_prefix=key_prefix, bucket_parameter=application.parameters.bucket or "")
+    artifact = Artifact(
+        version=release.version,
+        sha256=packaged.sha256,
+        bucket=tooling.artifact_bucket,
+        template_key=f"{key_prefix}/{packaged.sha256}.template.json",
+        objects=tuple(ArtifactObject(key=o.key, sha256=o.sha256) for o in packaged.objects),
+        source=checkout.description,
+        source_commit=checkout.commit,
+    )
+    for obj in packaged.objects:
+        log_line(f"build: {obj.key} ({obj.size} bytes) <- {obj.source}")
+    if built is not None and built.sha256 == artifact.sha256 and _present(s3, built, retry):
+        check_parameters(targets, application, declared=declared_parameters(packaged.text))
+        log_line(f"build: sha256 {artifact.sha256} was built and checked before: reused")
+        return built.model_copy(update={"reused": True})
+    check_build(packaged, application, targets)
+    kms = sessions.tooling_client("kms", tooling.region)
+    key_arn = retry.call("resolve tooling key", artifacts.resolve_kms_key_arn, kms, tooling.kms_key_alias, log=log.warning)
+    uploads = [(o.key, o.body, o.sha256) for o in packaged.objects]
+    uploads.append((artifact.template_key, packaged.text.encode(), packaged.sha256))
+    for key, body, sha in uploads:
+        retry.call(
+            "publish", artifacts.put_once, s3, bucket=tooling.artifact_bucket, key=key, body=body, sha256=sha,
+            kms_key_id=key_arn, version=release.version, log=log.warning,
+        )  # fmt: skip
+    cloudformation = sessions.tooling_client("cloudformation", tooling.region)
+    retry.call("validate template", validate, cloudformation, packaged, artifact, tooling.region, log=log.warning)
+    manifest = json.dumps(artifact.model_dump(mode="json", exclude={"reused"}), indent=1).encode()
+    retry.call(
+        "write the build manifest", artifacts.put_object, s3, bucket=tooling.artifact_bucket, key=manifest_key,
+        body=manifest, kms_key_id=key_arn, log=log.warning,
+    )  # fmt: skip
+    log_line(f"build: published {artifact.version} sha256 {artifact.sha256} from {artifact.source}")
+    return artifact
+
+
+def _git_source(application: Application) -> GitSource | None:
+    source = application.source
+    if source is None or source.git is None:
+        return None
+    return GitSource(url=source.git, ref=source.ref)
+
+
+@contextmanager
+def _checked_out(
+    application: Application, fleet_path: Path | None, git: GitSource | None, release: Release
+) -> Iterator[_Checkout]:
+    if git is None:
+        root = application_root(application, fleet_path)
+        if not root.is_dir():
+            raise BuildError(
+                f"the application source folder {root} does not exist. Fix: set application.source.path "
+                "(relative to the fleet file's folder)."
+            )
+        yield _Checkout(root=root, description=f"folder {root}", commit=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="tenant-release-build-") as work:
+        revision = git.checkout(tag=release.tag, version=release.version, into=Path(work) / "source")
+        yield _Checkout(root=revision.checkout, description=f"{revision.url} {revision.ref}", commit=revision.commit)
+
+
+def read_manifest(s3: Any, bucket: str, key: str) -> Artifact | None:
+    body = artifacts.get_object(s3, bucket=bucket, key=key)
+    if body is None:
+        return None
+    try:
+        return Artifact.model_validate_json(body)
+    except ValueError:
+        log.warning("the build manifest s3://%s/%s cannot be read; building again", bucket, key)
+        return None
+
+
+def _present(s3: Any, artifact: Artifact, retry: classify.RetryPolicy) -> bool:
+    return retry.call("look for the build", artifacts.already_published, s3, artifact, log=log.warning)
+
+
+def _declared(s3: Any, artifact: Artifact, retry: classify.RetryPolicy) -> list[str]:
+    body = retry.call("read the template", artifacts.get_object, s3, bucket=artifact.bucket, key=artifact.template_key)
+    return declared_parameters((body or b"{}").decode())
+
+
+def declared_parameters(packaged_text: str) -> list[str]:
+    template = json.loads(packaged_text)
+    return sorted((template.get("Parameters") or {}).keys())
+
+
+def check_build(packaged: PackagedTemplate, application: Application, targets: list[Target]) -> None:
+    """Once per build: cfn-lint on every template, the capabilities they need, the parameters each target sets."""
+    nested = [o for o in packaged.objects if o.key.endswith(".template.json")]
+    artifacts.lint_template(packaged.text)
+    for template in nested:
+        artifacts.lint_template(template.body.decode(), name=template.source)
+    texts = [packaged.text, *(t.body.decode() for t in nested)]
+    if any("Transform" in json.loads(text) for text in texts) and Capability.AUTO_EXPAND not in application.capabilities:
+        raise BuildError(
+            "the application's templates use a transform (e.g. AWS::Serverless-2016-10-31) but application.capabilities "
+            "lacks CAPABILITY_AUTO_EXPAND. Fix: add it to application.capabilities."
+        )
+    check_parameters(targets, application, declared=declared_parameters(packaged.text))
+
+
+def check_parameters(targets: list[Target], application: Application, *, declared: list[str]) -> None:
+    """Every name the release sets is declared; no target sets one of them or one the template does not declare."""
+    release_names = application.parameters.names()
+    problems = [
+        f"application.parameters.{role} names {name}, which the template does not declare"
+        for role, name in release_names.items()
+        if name not in declared
+    ]
+    for target in targets:
+        reserved = sorted(set(target.parameters) & set(release_names.values()))
+        unknown = sorted(set(target.parameters) - set(declared))
+        if reserved:
+            problems.append(f"tenant {target.name!r} sets {', '.join(reserved)}, which the release sets itself; remove them")
+        if unknown:
+            problems.append(
+                f"tenant {target.name!r} sets parameter(s) {', '.join(unknown)} that the application template does not "
+                f"declare (it declares: {', '.join(declared)})"
+            )
+    if problems:
+        raise BuildError("the fleet file's parameters do not fit the template: " + "; ".join(problems))
+
+
+def validate(cloudformation: Any, packaged: PackagedTemplate, artifact: Artifact, region: str) -> None:
+    """CloudFormation's own ValidateTemplate: the body when it fits, else the published copy by URL."""
+    if len(packaged.text.encode()) <= TEMPLATE_BODY_MAX_BYTES:
+        artifacts.validate_template(cloudformation, template_body=packaged.text)
+    else:
+        url = artifacts.template_url(artifact.bucket, region, artifact.template_key)
+        artifacts.validate_template(cloudformation, template_url=url)
