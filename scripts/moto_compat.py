@@ -9,6 +9,8 @@
   With stale parameters, going back to an earlier version (1.4 → 1.5 → 1.4) made moto answer "no changes".
 - A deleted stack keeps its change sets, found by name alone, so a stack created again under the same
   name "finds" the old executed change set; AWS deletes a stack's change sets with the stack.
+- A nested stack (`AWS::CloudFormation::Stack`) is created, but `!GetAtt Nested.Outputs.Name` fails with an
+  AttributeError; AWS resolves it to the nested stack's output.
 
 And one thing moto cannot do at all, for benchmarks: stacks that take time to settle. moto applies a change
 set at once; with a settle time set, the stack reports `CREATE_IN_PROGRESS`/`UPDATE_IN_PROGRESS` for that
@@ -64,6 +66,22 @@ def apply() -> None:
     models.Key.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)
     models.Key._tenant_release_patched = True
     _apply_change_set_fixes()
+    _apply_nested_stack_outputs()
+
+
+def _apply_nested_stack_outputs() -> None:
+    from moto.cloudformation.exceptions import UnformattedGetAttTemplateException
+    from moto.cloudformation.models import Stack
+
+    def get_cfn_attribute(self: Any, attribute_name: str) -> Any:
+        if attribute_name.startswith("Outputs."):
+            wanted = attribute_name.split(".", 1)[1]
+            for output in self.output_map.values():
+                if output and output.key == wanted:
+                    return output.value
+        raise UnformattedGetAttTemplateException()
+
+    Stack.get_cfn_attribute = get_cfn_attribute
 
 
 def _apply_change_set_fixes() -> None:

@@ -162,7 +162,8 @@ def _package(path: Path, *, key_prefix: str, bucket_parameter: str, seen: tuple[
                 body = nested.text.encode()
                 key = f"{key_prefix}/{nested.sha256}.template.json"
                 packaged = PackagedObject(key=key, body=body, sha256=nested.sha256, source=f"{where} <- {local}")
-                _pass_bucket_parameter(resource, bucket_parameter)
+                if bucket_parameter in (json.loads(nested.text).get("Parameters") or {}):
+                    _pass_bucket_parameter(resource, bucket_parameter)  # only what it declares: AWS refuses others
             else:
                 body, suffix = _object_body(source, zip_files=rule.zip_files)
                 digest = hashlib.sha256(body).hexdigest()

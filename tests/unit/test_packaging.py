@@ -227,3 +227,19 @@ def test_a_bucket_parameter_the_template_already_declares_is_kept(tmp_path: Path
 
     assert template["Parameters"] == {"ArtifactBucket": {"Type": "String", "Description": "mine"}}
     assert template["Resources"]["Fn"]["Properties"]["Code"]["S3Bucket"] == {"Ref": "ArtifactBucket"}
+
+
+def test_a_nested_template_without_local_code_is_not_passed_the_bucket_parameter(tmp_path: Path) -> None:
+    # CloudFormation refuses a nested stack a parameter its template does not declare.
+    (tmp_path / "topic.yaml").write_text("Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n")
+    (tmp_path / "template.yaml").write_text(
+        "Resources:\n  Events:\n    Type: AWS::CloudFormation::Stack\n    Properties:\n      TemplateURL: topic.yaml\n"
+    )
+
+    packaged = package_template(tmp_path / "template.yaml", key_prefix="r")
+    parent = json.loads(packaged.text)
+    (nested,) = packaged.objects
+
+    assert "Parameters" not in parent["Resources"]["Events"]["Properties"]
+    assert "Parameters" not in json.loads(nested.body)
+    assert parent["Parameters"]["CodeS3Bucket"]["Type"] == "String"  # the parent still finds the nested template by it

@@ -1,0 +1,256 @@
+"""Your own application (issue 9): a release tag builds that tag's source from a git repository, with the
+application's build command, templates and parameter names, and deploys it to three tenants (moto in-process).
+
+The application (tests/fixtures/orders_app) is unlike the sample: a table, a queue, two functions with code in
+two folders (one of them made by the build command), a nested stack whose output feeds a function, and
+parameter names of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import moto_compat
+import pytest
+import yaml
+from moto import mock_aws
+from tenant_release.aws.bootstrap import bootstrap_fleet
+from tenant_release.aws.session import AwsSessions
+from tenant_release.aws.stacks import describe_stack, stack_tag
+from tenant_release.build import build_release
+from tenant_release.config import LoadedFleet, load_fleet
+from tenant_release.deploy import ReleaseRun, TargetDeployment
+from tenant_release.errors import BuildError
+from tenant_release.models import Artifact, Outcome, TenantResult
+from tenant_release.source import GitSource, SourceError
+from tenant_release.tags import parse_release_tag
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+ORDERS_APP = FIXTURES / "orders_app"
+BUILD = "mkdir -p build/api && cp src/api.py build/api/app.py"
+TENANTS = ("acme", "globex", "initech")
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "dev",
+    "GIT_AUTHOR_EMAIL": "d@example.com",
+    "GIT_COMMITTER_NAME": "dev",
+    "GIT_COMMITTER_EMAIL": "d@example.com",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env={**os.environ, **GIT_ENV}
+    )
+    return done.stdout.strip()
+
+
+def commit_api(repo: Path, code_version: str, tag: str, *, force: bool = False) -> str:
+    (repo / "src" / "api.py").write_text(
+        f'CODE_VERSION = "{code_version}"\n\n\ndef handler(event, context):\n    return CODE_VERSION\n'
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "-m", code_version)
+    git(repo, "tag", *(["--force"] if force else []), "-a", tag, "-m", tag)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@dataclass
+class Orders:
+    repo: Path
+    loaded: LoadedFleet
+    sessions: AwsSessions
+    commits: dict[str, str]
+
+    def build(self, tag: str, **kwargs: Any) -> Artifact:
+        application = kwargs.pop("application", self.loaded.fleet.application)
+        return build_release(
+            self.sessions,
+            tooling=self.loaded.fleet.tooling,
+            application=application,
+            fleet_path=self.loaded.path,
+            release=parse_release_tag(tag),
+            targets=[self.loaded.target(n) for n in TENANTS],
+            **kwargs,
+        )
+
+    def deploy(self, tenant: str, artifact: Artifact) -> TenantResult:
+        run = ReleaseRun(
+            release=parse_release_tag(f"v{artifact.version}"),
+            run_id=f"run-{artifact.version}",
+            artifact=artifact,
+            tooling=self.loaded.fleet.tooling,
+            application=self.loaded.fleet.application,
+        )
+        deployment = TargetDeployment(sessions=self.sessions, run=run, target=self.loaded.target(tenant))
+        return deployment.run_to_completion(sleep=lambda _: None)
+
+    def client(self, service: str, tenant: str) -> Any:
+        target = self.loaded.target(tenant)
+        creds = boto3.client("sts", region_name="us-east-1").assume_role(
+            RoleArn=f"arn:aws:iam::{target.account_id}:role/inspector", RoleSessionName="inspector"
+        )["Credentials"]
+        return boto3.client(
+            service,
+            region_name=target.region,
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+        )
+
+    def tooling_objects(self, prefix: str) -> list[str]:
+        s3 = boto3.client("s3", region_name="us-east-1")
+        return [
+            o["Key"]
+            for o in s3.list_objects_v2(Bucket=self.loaded.fleet.tooling.artifact_bucket, Prefix=prefix).get("Contents", [])
+        ]
+
+
+@pytest.fixture(scope="module")
+def orders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orders]:
+    root = tmp_path_factory.mktemp("orders")
+    repo = root / "orders"
+    shutil.copytree(ORDERS_APP, repo)
+    git(repo, "init", "--quiet", "--initial-branch", "main")
+    commits = {"v1.4.0": commit_api(repo, "api 1", "v1.4.0"), "v1.5.0": commit_api(repo, "api 2", "v1.5.0")}
+    fleet = yaml.safe_load((FIXTURES / "fleet.yaml").read_text())
+    fleet["defaults"]["parameters"] = {}
+    for tenant in fleet["tenants"]:
+        tenant.pop("parameters", None)
+    fleet["application"] = {
+        "source": {"git": str(repo)},
+        "build": BUILD,
+        "parameters": {
+            "version": "OrdersVersion",
+            "tenant": "Customer",
+            "bucket": "ArtifactsBucket",
+            "name": None,
+            "permissions_boundary": None,
+        },
+        "capabilities": ["CAPABILITY_IAM"],
+    }
+    fleet_file = root / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "MOTO_ACCOUNT_ID"):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        moto_compat.apply()
+        with mock_aws(config={"lambda": {"use_docker": False}}):
+            loaded = load_fleet(fleet_file)
+            bootstrap_fleet(AwsSessions(), loaded, sleep=lambda _: None)
+            yield Orders(repo=repo, loaded=loaded, sessions=AwsSessions(), commits=commits)
+
+
+def _zip_member(body: bytes, name: str) -> str:
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        return archive.read(name).decode()
+
+
+def _lambda_sha(body: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(body).digest()).decode()
+
+
+def _object(artifact: Artifact, key: str) -> bytes:
+    return boto3.client("s3", region_name="us-east-1").get_object(Bucket=artifact.bucket, Key=key)["Body"].read()
+
+
+def test_a_tag_is_built_from_its_commit_and_reaches_three_tenants_with_its_code_and_parameter_names(orders: Orders) -> None:
+    artifact = orders.build("v1.4.0")
+
+    assert (artifact.source, artifact.source_commit) == (f"{orders.repo} refs/tags/v1.4.0", orders.commits["v1.4.0"])
+    bodies = {o.key: _object(artifact, o.key) for o in artifact.objects}
+    api_key = next(k for k, b in bodies.items() if k.endswith(".zip") and "app.py" in zipfile.ZipFile(io.BytesIO(b)).namelist()
+                   and "CODE_VERSION" in _zip_member(b, "app.py"))  # fmt: skip
+    assert _zip_member(bodies[api_key], "app.py").startswith('CODE_VERSION = "api 1"')  # made by the build command
+    assert len(artifact.objects) == 3  # api code, worker code, the nested events template
+
+    for tenant in TENANTS:
+        result = orders.deploy(tenant, artifact)
+        assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "1.4.0")
+        target = orders.loaded.target(tenant)
+        stack = describe_stack(orders.client("cloudformation", tenant), target.stack_name)
+        assert stack is not None and stack["StackStatus"] in {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
+        parameters = {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+        assert parameters == {
+            "OrdersVersion": "1.4.0",
+            "Customer": tenant,
+            "ArtifactsBucket": target.artifact_bucket,
+            "BillingMode": "PAY_PER_REQUEST",
+        }
+        assert stack_tag(stack, "ReleaseVersion") == "1.4.0"
+        # Its own resources, in its own account: the table, the queue, the nested stack's topic.
+        assert orders.client("dynamodb", tenant).describe_table(TableName=f"orders-{tenant}")["Table"]["TableStatus"] == "ACTIVE"
+        orders.client("sqs", tenant).get_queue_url(QueueName=f"orders-{tenant}-work")
+        topics = [t["TopicArn"] for t in orders.client("sns", tenant).list_topics()["Topics"]]
+        topic = next(t for t in topics if t.endswith(f":orders-{tenant}-events"))
+        api = orders.client("lambda", tenant).get_function_configuration(FunctionName=f"orders-{tenant}-api")
+        assert api["Environment"]["Variables"]["TOPIC"] == topic  # the nested stack's output fed the function
+        assert api["Environment"]["Variables"]["VERSION"] == "1.4.0"
+        assert api["CodeSha256"] == _lambda_sha(bodies[api_key])  # the tag's packaged code, copied into the tenant
+
+
+def test_each_tag_deploys_its_own_code(orders: Orders) -> None:
+    older, newer = orders.build("v1.4.0"), orders.build("v1.5.0")
+
+    assert newer.source_commit == orders.commits["v1.5.0"] != older.source_commit
+    orders.deploy("globex", older)
+    result = orders.deploy("globex", newer)
+
+    assert (result.status, result.version_before, result.version_after) == (Outcome.SUCCEEDED, "1.4.0", "1.5.0")
+    api = orders.client("lambda", "globex").get_function_configuration(FunctionName="orders-globex-api")
+    shipped = [o for o in newer.objects if o.key.endswith(".zip") and _lambda_sha(_object(newer, o.key)) == api["CodeSha256"]]
+    assert len(shipped) == 1 and _zip_member(_object(newer, shipped[0].key), "app.py").startswith('CODE_VERSION = "api 2"')
+
+
+def test_a_tag_with_no_source_is_refused_before_anything_is_built_naming_the_tags_there(orders: Orders) -> None:
+    with pytest.raises(SourceError, match=r"v9\.9\.9.* does not have \(tags there: v1\.5\.0, v1\.4\.0\)"):
+        orders.build("v9.9.9")
+
+    assert orders.tooling_objects("releases/9.9.9/") == []
+
+
+def test_building_a_built_tag_again_reuses_it_without_a_checkout(orders: Orders, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = orders.build("v1.4.0")
+
+    def no_checkout(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("checked out a build that exists")
+
+    monkeypatch.setattr(GitSource, "checkout", no_checkout)
+    again = orders.build("v1.4.0")
+
+    assert again.reused is True and again.model_copy(update={"reused": False}) == first.model_copy(update={"reused": False})
+
+
+def test_a_moved_tag_is_refused_unless_the_trigger_asks_to_rebuild(orders: Orders) -> None:
+    first = commit_api(orders.repo, "api 3", "v2.0.0")
+    original = orders.build("v2.0.0")
+    moved = commit_api(orders.repo, "api 3 fixed", "v2.0.0", force=True)  # someone moved the tag
+
+    with pytest.raises(
+        SourceError, match=rf"v2\.0\.0 now points at commit {moved[:12]}, but v2\.0\.0 was already built from {first[:12]}"
+    ):
+        orders.build("v2.0.0")
+    rebuilt = orders.build("v2.0.0", rebuild=True)
+
+    assert (original.source_commit, rebuilt.source_commit) == (first, moved)
+    assert rebuilt.sha256 != original.sha256 and rebuilt.reused is False
+
+
+def test_a_failing_build_command_fails_the_build_with_its_output(orders: Orders) -> None:
+    failing = orders.loaded.fleet.application.model_copy(update={"build": "echo 'npm ERR! no build script' && exit 7"})
+
+    with pytest.raises(BuildError, match=r"failed with exit code 7; its last lines:\nnpm ERR! no build script"):
+        orders.build("v1.5.0", application=failing, rebuild=True)
