@@ -59,12 +59,14 @@ def test_plan_names_the_commit_a_tag_builds_and_refuses_a_tag_with_no_source(fle
     import os
     import subprocess
 
-    env = {**os.environ, "GIT_AUTHOR_NAME": "d", "GIT_AUTHOR_EMAIL": "d@e", "GIT_COMMITTER_NAME": "d", "GIT_COMMITTER_EMAIL": "d@e"}
+    names = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
+    env = {**os.environ, **dict.fromkeys(names, "dev")}
     repo = tmp_path / "app"
     repo.mkdir()
     for command in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "one"], ["tag", "v1.4.0"]):
         subprocess.run(["git", "-C", str(repo), *command], check=True, env=env)
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    commit = head.stdout.strip()
     fleet_file.write_text(fleet_file.read_text() + f"application:\n  source:\n    git: {repo}\n")
 
     code, out, err = run(capsys, "plan", "v1.4.0")
