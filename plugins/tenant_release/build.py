@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,7 +70,7 @@ def build_release(
     key_prefix = f"{tooling.release_prefix.strip('/')}/{release.version}"
     manifest_key = f"{key_prefix}/build.json"
     built = retry.call("read the build manifest", read_manifest, s3, tooling.artifact_bucket, manifest_key, log=log.warning)
-    git = _git_source(application)
+    git = git_source(application, fleet_path)
     commit = None
     if git is not None:
         ref, commit = git.resolve(tag=release.tag, version=release.version)
@@ -130,11 +131,16 @@ def build_release(
     return artifact
 
 
-def _git_source(application: Application) -> GitSource | None:
+def git_source(application: Application, fleet_path: Path | None) -> GitSource | None:
+    """The application's git source; a relative local repository path is relative to the fleet file's folder."""
     source = application.source
     if source is None or source.git is None:
         return None
-    return GitSource(url=source.git, ref=source.ref)
+    url = source.git
+    remote = "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url)
+    if not remote and not Path(url).expanduser().is_absolute():
+        url = str(((fleet_path.parent if fleet_path else Path.cwd()) / url).resolve())
+    return GitSource(url=url, ref=source.ref)
 
 
 @contextmanager

@@ -64,13 +64,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _source_for(loaded: LoadedFleet, release: Release) -> str:
     """What the tag builds: a git tag is resolved now, so a tag with no source is refused before any run."""
-    from tenant_release.source import GitSource
+    from tenant_release.build import git_source
 
-    source = loaded.fleet.application.source
-    if source is None or source.git is None:
+    git = git_source(loaded.fleet.application, loaded.path)
+    if git is None:
         return _describe_application(loaded)
-    ref, commit = GitSource(url=source.git, ref=source.ref).resolve(tag=release.tag, version=release.version)
-    return f"{source.git} {ref} at commit {commit}"
+    ref, commit = git.resolve(tag=release.tag, version=release.version)
+    return f"{git.url} {ref} at commit {commit}"
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:

@@ -128,7 +128,7 @@ def orders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orders]:
     for tenant in fleet["tenants"]:
         tenant.pop("parameters", None)
     fleet["application"] = {
-        "source": {"git": str(repo)},
+        "source": {"git": "orders"},  # relative: beside the fleet file
         "build": BUILD,
         "parameters": {
             "version": "OrdersVersion",
