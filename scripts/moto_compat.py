@@ -9,6 +9,8 @@
   With stale parameters, going back to an earlier version (1.4 → 1.5 → 1.4) made moto answer "no changes".
 - A deleted stack keeps its change sets, found by name alone, so a stack created again under the same
   name "finds" the old executed change set; AWS deletes a stack's change sets with the stack.
+- Executing a change set leaves the stack's outputs as they were (none, for a stack a change set created);
+  AWS recomputes them from the new template. (Health checks read outputs.)
 - A nested stack (`AWS::CloudFormation::Stack`) is created, but `!GetAtt Nested.Outputs.Name` fails with an
   AttributeError; AWS resolves it to the nested stack's output.
 
@@ -103,6 +105,8 @@ def _apply_change_set_fixes() -> None:
                 change_set.stack.tags = dict(change_set.tags)
             if change_set.parameters:
                 change_set.stack.parameters = change_set.parameters
+            change_set.stack.template_dict = change_set.stack.parse_template(change_set.template)
+            change_set.stack.output_map = change_set.stack._create_output_map()
             if delay > 0:
                 stack = change_set.stack
                 stack._settles_at, stack._settled_status = time.time() + delay, stack.status

@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tenant_release import classify, naming
+from tenant_release import classify, health, naming
 from tenant_release.aws import artifacts, ledger, stacks
 from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import PermanentAwsError, StackFailedError, TenantReleaseError, VerificationError
@@ -186,6 +186,8 @@ class TargetDeployment:
         if stack_status not in stacks.SUCCESS_STATES:
             stacks.raise_for_failed_stack(cloudformation, self.target.stack_name, stack_status)
         reported = self.retry.call("verify", self.verify, log=log.warning)
+        if self.run.application.health:
+            health.check_all(self, self.run.application.health)
         # UNCHANGED means this run found the stack exactly as the release wants it, not merely that the
         # last attempt had nothing left to do.
         unchanged = progress.digest_before == self.digest()

@@ -243,6 +243,39 @@ class ReleaseParameterNames(_Strict):
         return {role: name for role, name in self.model_dump().items() if name}
 
 
+class HealthCheck(_Strict):
+    """A check after a tenant's stack settled, on what a stack output names. A failed check fails that tenant.
+
+    One of: `invoke` (the output names a Lambda function: invoke it), `http` (the output is a URL: GET it), or
+    `equals` (the output's value itself). `contains` checks the invocation's or the response's body.
+    `{version}` and `{tenant}` in `equals` and `contains` are filled in.
+    """
+
+    output: str
+    invoke: bool = False
+    payload: dict[str, Any] = Field(default_factory=dict)
+    http: bool = False
+    status: int = Field(default=200, ge=100, le=599)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    equals: str | None = None
+    contains: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HealthCheck:
+        if [self.invoke, self.http, self.equals is not None].count(True) != 1:
+            raise ValueError(f"health check of output {self.output}: give exactly one of invoke, http or equals")
+        if self.contains is not None and self.equals is not None:
+            raise ValueError(f"health check of output {self.output}: contains applies to invoke and http only")
+        return self
+
+    def describe(self) -> str:
+        if self.invoke:
+            return f"invoke the function in output {self.output}"
+        if self.http:
+            return f"GET the URL in output {self.output} (expect {self.status})"
+        return f"output {self.output} equals {self.equals!r}"
+
+
 class Application(_Strict):
     """The application a release ships. Unset: the bundled sample Lambda of include/templates/app."""
 
@@ -253,6 +286,7 @@ class Application(_Strict):
     parameters: ReleaseParameterNames = ReleaseParameterNames()
     capabilities: tuple[Capability, ...] = (Capability.IAM, Capability.NAMED_IAM)
     verify: VerifyMode | None = None  # unset: function_version for the sample, stack for your own
+    health: tuple[HealthCheck, ...] = ()  # after the verify, in order; the first that fails fails the tenant
 
     @property
     def is_sample(self) -> bool:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.server
 import io
 import os
+import re
 import shutil
 import subprocess
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,8 +34,8 @@ from tenant_release.aws.stacks import describe_stack, stack_tag
 from tenant_release.build import build_release
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment
-from tenant_release.errors import BuildError
-from tenant_release.models import Artifact, Outcome, TenantResult
+from tenant_release.errors import BuildError, VerificationError
+from tenant_release.models import Artifact, HealthCheck, Outcome, TenantResult
 from tenant_release.source import GitSource, SourceError
 from tenant_release.tags import parse_release_tag
 
@@ -84,15 +87,18 @@ class Orders:
             **kwargs,
         )
 
-    def deploy(self, tenant: str, artifact: Artifact) -> TenantResult:
+    def deploy(self, tenant: str, artifact: Artifact, *, application: Any = None, parameters: Any = None) -> TenantResult:
         run = ReleaseRun(
             release=parse_release_tag(f"v{artifact.version}"),
             run_id=f"run-{artifact.version}",
             artifact=artifact,
             tooling=self.loaded.fleet.tooling,
-            application=self.loaded.fleet.application,
+            application=application or self.loaded.fleet.application,
         )
-        deployment = TargetDeployment(sessions=self.sessions, run=run, target=self.loaded.target(tenant))
+        target = self.loaded.target(tenant)
+        if parameters:
+            target = target.model_copy(update={"parameters": {**target.parameters, **parameters}})
+        deployment = TargetDeployment(sessions=self.sessions, run=run, target=target)
         return deployment.run_to_completion(sleep=lambda _: None)
 
     def client(self, service: str, tenant: str) -> Any:
@@ -189,6 +195,7 @@ def test_a_tag_is_built_from_its_commit_and_reaches_three_tenants_with_its_code_
             "Customer": tenant,
             "ArtifactsBucket": target.artifact_bucket,
             "BillingMode": "PAY_PER_REQUEST",
+            "StatusUrl": "https://status.example.com/orders",
         }
         assert stack_tag(stack, "ReleaseVersion") == "1.4.0"
         # Its own resources, in its own account: the table, the queue, the nested stack's topic.
@@ -254,3 +261,55 @@ def test_a_failing_build_command_fails_the_build_with_its_output(orders: Orders)
 
     with pytest.raises(BuildError, match=r"failed with exit code 7; its last lines:\nnpm ERR! no build script"):
         orders.build("v1.5.0", application=failing, rebuild=True)
+
+
+class _Status(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        healthy = self.path == "/health"
+        body = b"ok: orders is up" if healthy else b"down for maintenance"
+        self.send_response(200 if healthy else 503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def status_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_health_checks_say_what_healthy_means_and_a_failed_one_fails_the_tenant_with_what_it_saw(
+    orders: Orders, status_server: str
+) -> None:
+    artifact = orders.build("v1.4.0")
+    healthy = [
+        {"output": "ApiVersion", "equals": "{version}"},
+        {"output": "ApiFunction", "invoke": True, "payload": {"ping": 1}, "contains": "ping"},  # moto echoes the event
+        {"output": "StatusUrl", "http": True, "contains": "orders is up"},
+    ]
+    application = orders.loaded.fleet.application.model_copy(update={"health": tuple(HealthCheck(**c) for c in healthy)})
+
+    passed = orders.deploy("acme", artifact, application=application, parameters={"StatusUrl": f"{status_server}/health"})
+
+    assert passed.status == Outcome.SUCCEEDED
+    for check, reason in (
+        ({"output": "StatusUrl", "http": True}, "answered 503: 'down for maintenance'"),
+        (
+            {"output": "ApiFunction", "invoke": True, "contains": "api {version}"},
+            "'api 1.4.0' not in ",
+        ),
+        (
+            {"output": "NoSuchOutput", "equals": "x"},
+            "has no output NoSuchOutput (outputs: ApiFunction, ApiVersion, StatusUrl, TopicArn)",
+        ),
+    ):
+        failing = application.model_copy(update={"health": (HealthCheck(**check),)})
+        with pytest.raises(VerificationError, match=re.escape(reason)):
+            orders.deploy("globex", artifact, application=failing, parameters={"StatusUrl": f"{status_server}/down"})
