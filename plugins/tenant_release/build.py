@@ -2,8 +2,10 @@
 
 The release tag names a build. For a git source it maps to a ref (by default the tag itself); a tag with no such
 ref is refused with the refs that exist, and a tag that moved to another commit since that version was built is
-refused unless the trigger asks to rebuild. A folder source is packaged as it is. Building the same source again
-reuses the published build (same bytes, same keys), without checking out or building anything.
+refused unless the trigger asks to rebuild. A published archive (a zip CI put in S3 under a key naming the
+version) is fetched and unpacked, its SHA-256 standing for the commit. A folder source is packaged as it is.
+Building the same source again reuses the published build (same bytes, same keys), without checking out or
+building anything.
 
 Each build leaves a manifest beside its objects (`<release prefix>/<version>/build.json`): the artifact as the
 release uses it, with the source and commit it came from. It is written last, after every check passed, so a
@@ -12,6 +14,7 @@ build that has a manifest was linted and validated when it was published.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -28,7 +31,7 @@ from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import BuildError
 from tenant_release.models import Application, Artifact, ArtifactObject, Capability, Release, Target, ToolingAccount
 from tenant_release.packaging import PackagedTemplate, package_template
-from tenant_release.source import GitSource, refuse_moved_tag, run_build
+from tenant_release.source import GitSource, PublishedArchive, refuse_moved_tag, run_build
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +74,23 @@ def build_release(
     manifest_key = f"{key_prefix}/build.json"
     built = retry.call("read the build manifest", read_manifest, s3, tooling.artifact_bucket, manifest_key, log=log.warning)
     git = git_source(application, fleet_path)
-    commit = None
+    archive = PublishedArchive(uri=application.source.archive) if application.source and application.source.archive else None
+    published: bytes | None = None
+    identity, what = None, "commit"
     if git is not None:
-        ref, commit = git.resolve(tag=release.tag, version=release.version)
-        refuse_moved_tag(tag=release.tag, commit=commit, built_from=built.source_commit if built else None, rebuild=rebuild)
-        if built is not None and built.source_commit == commit and not rebuild and _present(s3, built, retry):
+        ref, identity = git.resolve(tag=release.tag, version=release.version)
+    elif archive is not None:
+        bucket, key = archive.location(tag=release.tag, version=release.version)
+        published = retry.call("fetch the published archive", archive.fetch, s3, tag=release.tag, version=release.version)
+        ref, identity, what = f"s3://{bucket}/{key}", hashlib.sha256(published).hexdigest(), "published archive"
+    if identity is not None:
+        built_from = built.source_commit if built else None
+        refuse_moved_tag(tag=release.tag, commit=identity, built_from=built_from, rebuild=rebuild, what=what)
+        if built is not None and built_from == identity and not rebuild and _present(s3, built, retry):
             check_parameters(targets, application, declared=_declared(s3, built, retry))
-            log_line(f"build: {release.tag} is {ref} at {commit[:12]}, built before as sha256 {built.sha256}: reused")
+            log_line(f"build: {release.tag} is {ref} ({what} {identity[:12]}), built before as sha256 {built.sha256}: reused")
             return built.model_copy(update={"reused": True})
-    with _checked_out(application, fleet_path, git, release) as checkout:
+    with _checked_out(application, fleet_path, git, release, published=published, archive=archive) as checkout:
         if application.build:
             run_build(
                 application.build,
@@ -145,8 +156,21 @@ def git_source(application: Application, fleet_path: Path | None) -> GitSource |
 
 @contextmanager
 def _checked_out(
-    application: Application, fleet_path: Path | None, git: GitSource | None, release: Release
+    application: Application,
+    fleet_path: Path | None,
+    git: GitSource | None,
+    release: Release,
+    *,
+    published: bytes | None,
+    archive: PublishedArchive | None,
 ) -> Iterator[_Checkout]:
+    if archive is not None and published is not None:
+        bucket, key = archive.location(tag=release.tag, version=release.version)
+        with tempfile.TemporaryDirectory(prefix="tenant-release-build-") as work:
+            root = Path(work) / "source"
+            PublishedArchive.unpack(published, root)
+            yield _Checkout(root=root, description=f"s3://{bucket}/{key}", commit=hashlib.sha256(published).hexdigest())
+        return
     if git is None:
         root = application_root(application, fleet_path)
         if not root.is_dir():

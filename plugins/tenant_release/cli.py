@@ -40,6 +40,8 @@ def _describe_application(loaded: LoadedFleet) -> str:
         where = f"the bundled sample ({application_root(application, loaded.path)})"
     elif source.git:
         where = f"git {source.git} at ref {source.ref}"
+    elif source.archive:
+        where = f"the archive CI publishes at {source.archive}"
     else:
         where = f"folder {application_root(application, loaded.path)}"
     build = f", built with `{application.build}`" if application.build else ""
@@ -65,7 +67,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _source_for(loaded: LoadedFleet, release: Release) -> str:
     """What the tag builds: a git tag is resolved now, so a tag with no source is refused before any run."""
     from tenant_release.build import git_source
+    from tenant_release.source import PublishedArchive
 
+    source = loaded.fleet.application.source
+    if source is not None and source.archive:
+        bucket, key = PublishedArchive(uri=source.archive).location(tag=release.tag, version=release.version)
+        return f"the archive s3://{bucket}/{key} (read when the build runs)"
     git = git_source(loaded.fleet.application, loaded.path)
     if git is None:
         return _describe_application(loaded)

@@ -220,12 +220,13 @@ class ApplicationSource(_Strict):
     path: str | None = None  # relative to the fleet file's folder
     git: str | None = None  # anything `git fetch` accepts
     ref: str = "{tag}"  # the git ref a release tag maps to: {tag} (v1.4.0) or {version} (1.4.0)
+    archive: str | None = None  # a zip CI published: s3://bucket/key naming {version} or {tag}
 
     @model_validator(mode="after")
     def _one_kind(self) -> ApplicationSource:
-        if (self.path is None) == (self.git is None):
-            raise ValueError("give exactly one of path (a folder) or git (a repository address)")
-        if self.path is not None and self.ref != "{tag}":
+        if [self.path, self.git, self.archive].count(None) != 2:
+            raise ValueError("give exactly one of path (a folder), git (a repository address) or archive (a published zip)")
+        if self.git is None and self.ref != "{tag}":
             raise ValueError("ref applies to a git source only")
         return self
 

@@ -4,23 +4,33 @@ A git source maps a release tag to a ref (by default the tag itself, as both see
 with no such ref (naming the refs that exist), checks out exactly that commit, and records it. A tag that was
 moved to another commit after a build of that version is refused unless the trigger asks to rebuild.
 
-Plain Python around the `git` command line: no Airflow, no AWS.
+A published archive (a zip CI put in S3 under a key naming the version) is fetched and unpacked instead; its
+SHA-256 plays the commit's part.
+
+Plain Python around the `git` command line and an S3 client: no Airflow.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shlex
 import signal
+import stat
 import string
 import subprocess
 import threading
+import zipfile
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from botocore.exceptions import ClientError
+
+from tenant_release import classify
 from tenant_release.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -107,18 +117,82 @@ class GitSource:
         return SourceRevision(url=self.url, ref=ref, commit=commit, checkout=into)
 
 
-def refuse_moved_tag(*, tag: str, commit: str, built_from: str | None, rebuild: bool) -> None:
-    """A version is built from one commit: a tag moved since an earlier build of it is refused unless asked to rebuild."""
+def refuse_moved_tag(*, tag: str, commit: str, built_from: str | None, rebuild: bool, what: str = "commit") -> None:
+    """A version is built from one commit: a tag moved since an earlier build of it is refused unless asked to rebuild.
+
+    `what` names the source's identity: a git commit, or the SHA-256 of a published archive.
+    """
     if built_from is None or built_from == commit:
         return
     if rebuild:
-        log.warning("release tag %s moved from commit %s to %s; rebuilding as the trigger asked", tag, built_from, commit)
+        log.warning("release tag %s moved from %s %s to %s; rebuilding as the trigger asked", tag, what, built_from, commit)
         return
     raise SourceError(
-        f"release tag {tag} now points at commit {commit[:12]}, but {tag} was already built from {built_from[:12]}. "
+        f"release tag {tag} now points at {what} {commit[:12]}, but {tag} was already built from {built_from[:12]}. "
         "A version must not change under the same name. Fix: tag a new version, or trigger with rebuild=true "
         "if the tag was moved on purpose."
     )
+
+
+MAX_ARCHIVE_BYTES = 1 << 30  # what a published archive may unpack to
+
+
+@dataclass(frozen=True)
+class PublishedArchive:
+    """A zip of the application's source tree (built by CI), published in S3 under a key naming the version."""
+
+    uri: str  # s3://bucket/key with {tag} or {version}, e.g. s3://ci-builds/orders/{version}.zip
+
+    def __post_init__(self) -> None:
+        if not self.uri.startswith("s3://") or "/" not in self.uri[5:]:
+            raise SourceError(f"source.archive {self.uri!r} is not an S3 URI such as s3://ci-builds/orders/{{version}}.zip")
+        fields = {field for _, field, _, _ in string.Formatter().parse(self.uri) if field is not None}
+        if not fields or not fields <= {"tag", "version"}:
+            raise SourceError(f"source.archive {self.uri!r} must name the version with {{version}} or {{tag}} (and nothing else)")
+
+    def location(self, *, tag: str, version: str) -> tuple[str, str]:
+        bucket, _, key = self.uri[5:].format(tag=tag, version=version).partition("/")
+        return bucket, key
+
+    def fetch(self, s3: Any, *, tag: str, version: str) -> bytes:
+        """The archive's bytes; a version with none is refused with the archives that exist beside it."""
+        bucket, key = self.location(tag=tag, version=version)
+        try:
+            return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if classify.error_code(exc) not in {"NoSuchKey", "404", "NotFound"}:
+                raise
+        prefix = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=REFS_SHOWN).get("Contents", [])
+        shown = ", ".join(item["Key"].removeprefix(prefix) for item in listed) or "none"
+        raise SourceError(
+            f"release tag {tag} names s3://{bucket}/{key}, which does not exist (published there: {shown}). "
+            "Fix: let CI publish that version first, or correct the release tag or `source.archive`."
+        )
+
+    @staticmethod
+    def unpack(body: bytes, into: Path) -> None:
+        """Unzip safely: no path outside `into`, no links, at most MAX_ARCHIVE_BYTES unpacked."""
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(body))
+        except zipfile.BadZipFile:
+            raise SourceError("the published archive is not a zip file") from None
+        with archive:
+            members = archive.infolist()
+            if sum(m.file_size for m in members) > MAX_ARCHIVE_BYTES:
+                raise SourceError(f"the published archive unpacks to more than {MAX_ARCHIVE_BYTES >> 20} MiB")
+            root = into.resolve()
+            for member in members:
+                target = (root / member.filename).resolve()
+                if not target.is_relative_to(root) or stat.S_ISLNK(member.external_attr >> 16):
+                    raise SourceError(f"the published archive holds {member.filename!r}, which would land outside its folder")
+                if member.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(archive.read(member))
+                if (member.external_attr >> 16) & stat.S_IXUSR:
+                    target.chmod(0o755)
 
 
 def run_build(

@@ -35,7 +35,7 @@ from tenant_release.build import build_release
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment
 from tenant_release.errors import BuildError, VerificationError
-from tenant_release.models import Artifact, HealthCheck, Outcome, TenantResult
+from tenant_release.models import ApplicationSource, Artifact, HealthCheck, Outcome, TenantResult
 from tenant_release.source import GitSource, SourceError
 from tenant_release.tags import parse_release_tag
 
@@ -313,3 +313,48 @@ def test_health_checks_say_what_healthy_means_and_a_failed_one_fails_the_tenant_
         failing = application.model_copy(update={"health": (HealthCheck(**check),)})
         with pytest.raises(VerificationError, match=re.escape(reason)):
             orders.deploy("globex", artifact, application=failing, parameters={"StatusUrl": f"{status_server}/down"})
+
+
+def _source_zip(repo: Path, api_version: str) -> bytes:
+    """The source tree as CI publishes it after building: build output included, no .git."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(repo.rglob("*")):
+            if path.is_file() and ".git" not in path.relative_to(repo).parts and "build" not in path.relative_to(repo).parts:
+                archive.write(path, path.relative_to(repo).as_posix())
+        archive.writestr("build/api/app.py", f'CODE_VERSION = "{api_version}"\n')
+    return buffer.getvalue()
+
+
+def test_an_archive_ci_published_is_built_reused_and_refused_when_missing_or_replaced(orders: Orders) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="tr-ci-builds")
+    first = _source_zip(orders.repo, "ci 3")
+    s3.put_object(Bucket="tr-ci-builds", Key="orders/3.0.0.zip", Body=first)
+    application = orders.loaded.fleet.application.model_copy(
+        update={"source": ApplicationSource(archive="s3://tr-ci-builds/orders/{version}.zip"), "build": None}
+    )
+
+    artifact = orders.build("v3.0.0", application=application)
+    result = orders.deploy("initech", artifact, application=application)
+
+    assert (artifact.source, artifact.source_commit) == ("s3://tr-ci-builds/orders/3.0.0.zip", hashlib.sha256(first).hexdigest())
+    assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "3.0.0")
+    api = orders.client("lambda", "initech").get_function_configuration(FunctionName="orders-initech-api")
+    shipped = [
+        o for o in artifact.objects if o.key.endswith(".zip") and _lambda_sha(_object(artifact, o.key)) == api["CodeSha256"]
+    ]
+    assert len(shipped) == 1 and _zip_member(_object(artifact, shipped[0].key), "app.py") == 'CODE_VERSION = "ci 3"\n'
+    assert orders.build("v3.0.0", application=application).reused is True
+
+    with pytest.raises(
+        SourceError, match=r"s3://tr-ci-builds/orders/3\.1\.0\.zip, which does not exist \(published there: 3\.0\.0\.zip\)"
+    ):
+        orders.build("v3.1.0", application=application)
+
+    s3.put_object(Bucket="tr-ci-builds", Key="orders/3.0.0.zip", Body=_source_zip(orders.repo, "ci 3 again"))
+    with pytest.raises(
+        SourceError, match=r"v3\.0\.0 now points at published archive [0-9a-f]{12}, but v3\.0\.0 was already built"
+    ):
+        orders.build("v3.0.0", application=application)
+    assert orders.build("v3.0.0", application=application, rebuild=True).sha256 != artifact.sha256

@@ -10,6 +10,7 @@ from tenant_release.config import parse_fleet
 from tenant_release.errors import FleetConfigError
 from tenant_release.models import Capability, VerifyMode
 
+ONE_SOURCE = "give exactly one of path (a folder), git (a repository address) or archive"
 FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet.yaml"
 
 
@@ -56,9 +57,13 @@ def test_your_own_application_is_verified_by_its_stack_and_uses_its_own_names() 
 @pytest.mark.parametrize(
     ("application", "problem"),
     [
-        ({"source": {"path": "app", "git": "https://x/y.git"}}, "give exactly one of path (a folder) or git"),
-        ({"source": {}}, "give exactly one of path (a folder) or git"),
+        (
+            {"source": {"path": "app", "git": "https://x/y.git"}},
+            ONE_SOURCE,
+        ),
+        ({"source": {}}, ONE_SOURCE),
         ({"source": {"path": "app", "ref": "main"}}, "ref applies to a git source only"),
+        ({"source": {"git": "x", "archive": "s3://b/{version}.zip"}}, "give exactly one of path"),
         ({"build": "make"}, "build and template describe your own application: give its source too"),
         ({"source": {"path": "app"}, "template": "../elsewhere.yaml"}, "must be a path inside the source folder"),
         ({"source": {"path": "app"}, "parameters": {"bucket": None}}, "parameters.bucket may not be null"),

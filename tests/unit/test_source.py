@@ -135,3 +135,27 @@ def test_a_build_that_hangs_is_stopped_at_its_timeout(tmp_path: Path) -> None:
 def test_a_source_that_git_would_read_as_an_option_is_refused(url: str, ref: str, problem: str) -> None:
     with pytest.raises(SourceError, match=re.escape(problem)):
         GitSource(url=url, ref=ref).ref_for(tag="v1.4.0", version="1.4.0")
+
+
+def test_a_published_archive_is_unpacked_only_inside_its_folder(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from tenant_release.source import PublishedArchive
+
+    def archive(*names: str) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as out:
+            for name in names:
+                out.writestr(name, "x")
+        return buffer.getvalue()
+
+    PublishedArchive.unpack(archive("template.yaml", "src/app.py"), tmp_path / "ok")
+    assert (tmp_path / "ok" / "src" / "app.py").read_text() == "x"
+    with pytest.raises(SourceError, match=r"holds '\.\./escape\.txt', which would land outside its folder"):
+        PublishedArchive.unpack(archive("../escape.txt"), tmp_path / "bad")
+    assert not (tmp_path / "escape.txt").exists()
+    with pytest.raises(SourceError, match="is not a zip file"):
+        PublishedArchive.unpack(b"not a zip", tmp_path / "worse")
+    with pytest.raises(SourceError, match=r"must name the version with \{version\} or \{tag\}"):
+        PublishedArchive(uri="s3://ci-builds/orders/latest.zip")
