@@ -277,6 +277,38 @@ class HealthCheck(_Strict):
         return f"output {self.output} equals {self.equals!r}"
 
 
+class ExecutionRolePolicy(_Strict):
+    """What the tenant's CloudFormation execution role may manage beyond the sample's resources (see execution_policy)."""
+
+    resource_types: tuple[str, ...] = ()
+    statements: tuple[dict[str, Any], ...] = ()
+
+    @field_validator("resource_types")
+    @classmethod
+    def _known_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from tenant_release.execution_policy import CATALOG
+
+        unknown = [kind for kind in value if kind not in CATALOG]
+        if unknown:
+            raise ValueError(
+                f"resource type(s) {', '.join(unknown)} are not in the catalog ({', '.join(sorted(CATALOG))}); "
+                "grant what they need with statements"
+            )
+        return value
+
+    @field_validator("statements")
+    @classmethod
+    def _bounded_statements(cls, value: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        from tenant_release.execution_policy import check_statements
+
+        check_statements(value)
+        return value
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.resource_types and not self.statements
+
+
 class Application(_Strict):
     """The application a release ships. Unset: the bundled sample Lambda of include/templates/app."""
 
@@ -288,6 +320,7 @@ class Application(_Strict):
     capabilities: tuple[Capability, ...] = (Capability.IAM, Capability.NAMED_IAM)
     verify: VerifyMode | None = None  # unset: function_version for the sample, stack for your own
     health: tuple[HealthCheck, ...] = ()  # after the verify, in order; the first that fails fails the tenant
+    execution_role: ExecutionRolePolicy = ExecutionRolePolicy()
 
     @property
     def is_sample(self) -> bool:

@@ -35,6 +35,7 @@ from tenant_release.build import build_release
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment
 from tenant_release.errors import BuildError, VerificationError
+from tenant_release.execution_policy import POLICY_NAME
 from tenant_release.models import ApplicationSource, Artifact, HealthCheck, Outcome, TenantResult
 from tenant_release.source import GitSource, SourceError
 from tenant_release.tags import parse_release_tag
@@ -43,6 +44,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ORDERS_APP = FIXTURES / "orders_app"
 BUILD = "mkdir -p build/api && cp src/api.py build/api/app.py"
 TENANTS = ("acme", "globex", "initech")
+ORDER_RESOURCE_TYPES = ["AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::CloudFormation::Stack"]
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "dev",
     "GIT_AUTHOR_EMAIL": "d@example.com",
@@ -130,7 +132,7 @@ def orders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orders]:
     git(repo, "init", "--quiet", "--initial-branch", "main")
     commits = {"v1.4.0": commit_api(repo, "api 1", "v1.4.0"), "v1.5.0": commit_api(repo, "api 2", "v1.5.0")}
     fleet = yaml.safe_load((FIXTURES / "fleet.yaml").read_text())
-    fleet["defaults"]["parameters"] = {}
+    fleet["defaults"].update(parameters={}, stack_name="orders-{name}", function_name="orders-{name}-api")
     for tenant in fleet["tenants"]:
         tenant.pop("parameters", None)
     fleet["application"] = {
@@ -144,6 +146,7 @@ def orders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orders]:
             "permissions_boundary": None,
         },
         "capabilities": ["CAPABILITY_IAM"],
+        "execution_role": {"resource_types": ORDER_RESOURCE_TYPES},
     }
     fleet_file = root / "fleet.yaml"
     fleet_file.write_text(yaml.safe_dump(fleet, sort_keys=False))
@@ -358,3 +361,29 @@ def test_an_archive_ci_published_is_built_reused_and_refused_when_missing_or_rep
     ):
         orders.build("v3.0.0", application=application)
     assert orders.build("v3.0.0", application=application, rebuild=True).sha256 != artifact.sha256
+
+
+def test_each_tenants_execution_role_may_manage_the_applications_resources_and_bootstrap_applies_a_change(
+    orders: Orders, tmp_path: Path
+) -> None:
+    def declared(tenant: str) -> dict[str, list[str]]:
+        document = orders.client("iam", tenant).get_role_policy(RoleName="tenant-release-cfn-execution", PolicyName=POLICY_NAME)
+        statements = document["PolicyDocument"]["Statement"]
+        return {s["Sid"]: s["Resource"] for s in statements}
+
+    for tenant in TENANTS:
+        account = orders.loaded.target(tenant).account_id
+        resources = declared(tenant)
+        assert resources["ManageApplicationTables"] == [f"arn:aws:dynamodb:*:{account}:table/orders-*"]
+        assert resources["ManageApplicationQueues"] == [f"arn:aws:sqs:*:{account}:orders-*"]
+    again = bootstrap_fleet(orders.sessions, orders.loaded, sleep=lambda _: None)
+    assert {r.action for r in again} == {"UNCHANGED"}
+
+    grown = yaml.safe_load(orders.loaded.path.read_text())
+    grown["application"]["execution_role"]["resource_types"].append("AWS::Events::Rule")
+    path = tmp_path / "grown.yaml"
+    path.write_text(yaml.safe_dump(grown, sort_keys=False))
+    results = bootstrap_fleet(orders.sessions, load_fleet(path), sleep=lambda _: None)
+
+    assert {r.action for r in results if r.stack != "tenant-release-tooling"} == {"UPDATED"}
+    assert "ManageApplicationRules" in declared("acme")

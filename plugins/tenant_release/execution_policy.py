@@ -1,0 +1,253 @@
+"""The tenant's CloudFormation execution role, fitted to the application (`application.execution_role`).
+
+The bootstrap's execution role may manage the sample's resources only: Lambda functions, their bounded roles and
+log groups, all named with the application's name prefix. An application with a table, a queue or a topic names
+those resource types here; each adds the actions CloudFormation's handler for that type needs, on resources
+named with the same prefix only (`${AppNamePrefix}`, the bootstrap's parameter). Extra statements may be given
+too, under the same rules: no wildcard resource, no IAM action (roles stay bounded by the permissions boundary
+through the statements the bootstrap already has), nothing outside this account.
+
+The statements become one more inline policy of the execution role, rendered into the bootstrap template, so
+`tenant-release bootstrap` re-applies it to every account when it changes (the template's digest changes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+POLICY_NAME = "manage-application-declared-resources"
+
+_ARN = "arn:${AWS::Partition}"
+_ACCOUNT = "${AWS::AccountId}"
+_PREFIX = "${AppNamePrefix}"
+
+# Resource type -> statements (Sid, actions, resource ARN patterns); from each type's CloudFormation handler
+# permissions (the registry schema's `handlers`), minus features that need other services (encryption with
+# customer keys, replication, Kinesis streaming...), which an application adds as `statements`.
+CATALOG: dict[str, list[dict[str, Any]]] = {
+    "AWS::DynamoDB::Table": [
+        {
+            "Sid": "ManageApplicationTables",
+            "Action": [
+                "dynamodb:CreateTable",
+                "dynamodb:DeleteTable",
+                "dynamodb:DescribeTable",
+                "dynamodb:UpdateTable",
+                "dynamodb:DescribeContinuousBackups",
+                "dynamodb:UpdateContinuousBackups",
+                "dynamodb:DescribeTimeToLive",
+                "dynamodb:UpdateTimeToLive",
+                "dynamodb:DescribeContributorInsights",
+                "dynamodb:UpdateContributorInsights",
+                "dynamodb:DescribeKinesisStreamingDestination",
+                "dynamodb:GetResourcePolicy",
+                "dynamodb:ListTagsOfResource",
+                "dynamodb:TagResource",
+                "dynamodb:UntagResource",
+            ],
+            "Resource": [f"{_ARN}:dynamodb:*:{_ACCOUNT}:table/{_PREFIX}*"],
+        }
+    ],
+    "AWS::SQS::Queue": [
+        {
+            "Sid": "ManageApplicationQueues",
+            "Action": [
+                "sqs:CreateQueue",
+                "sqs:DeleteQueue",
+                "sqs:GetQueueAttributes",
+                "sqs:SetQueueAttributes",
+                "sqs:GetQueueUrl",
+                "sqs:ListQueueTags",
+                "sqs:TagQueue",
+                "sqs:UntagQueue",
+            ],
+            "Resource": [f"{_ARN}:sqs:*:{_ACCOUNT}:{_PREFIX}*"],
+        }
+    ],
+    "AWS::SNS::Topic": [
+        {
+            "Sid": "ManageApplicationTopics",
+            "Action": [
+                "sns:CreateTopic",
+                "sns:DeleteTopic",
+                "sns:GetTopicAttributes",
+                "sns:SetTopicAttributes",
+                "sns:GetDataProtectionPolicy",
+                "sns:PutDataProtectionPolicy",
+                "sns:ListSubscriptionsByTopic",
+                "sns:ListTagsForResource",
+                "sns:TagResource",
+                "sns:UntagResource",
+            ],
+            "Resource": [f"{_ARN}:sns:*:{_ACCOUNT}:{_PREFIX}*"],
+        }
+    ],
+    "AWS::SNS::Subscription": [
+        {
+            "Sid": "ManageApplicationSubscriptions",
+            "Action": ["sns:Subscribe", "sns:Unsubscribe", "sns:GetSubscriptionAttributes", "sns:SetSubscriptionAttributes"],
+            "Resource": [f"{_ARN}:sns:*:{_ACCOUNT}:{_PREFIX}*"],
+        }
+    ],
+    "AWS::S3::Bucket": [
+        {
+            "Sid": "ManageApplicationBuckets",
+            "Action": [
+                "s3:CreateBucket",
+                "s3:DeleteBucket",
+                "s3:GetBucket*",
+                "s3:PutBucket*",
+                "s3:GetEncryptionConfiguration",
+                "s3:PutEncryptionConfiguration",
+                "s3:GetLifecycleConfiguration",
+                "s3:PutLifecycleConfiguration",
+                "s3:GetAccelerateConfiguration",
+                "s3:GetReplicationConfiguration",
+            ],
+            "Resource": [f"{_ARN}:s3:::{_PREFIX}*"],
+        }
+    ],
+    "AWS::Events::Rule": [
+        {
+            "Sid": "ManageApplicationRules",
+            "Action": [
+                "events:PutRule",
+                "events:DeleteRule",
+                "events:DescribeRule",
+                "events:EnableRule",
+                "events:DisableRule",
+                "events:PutTargets",
+                "events:RemoveTargets",
+                "events:ListTargetsByRule",
+                "events:TagResource",
+                "events:UntagResource",
+            ],
+            "Resource": [f"{_ARN}:events:*:{_ACCOUNT}:rule/{_PREFIX}*"],
+        }
+    ],
+    "AWS::Lambda::Permission": [
+        {
+            "Sid": "ManageApplicationFunctionPermissions",
+            "Action": ["lambda:AddPermission", "lambda:RemovePermission", "lambda:GetPolicy"],
+            "Resource": [f"{_ARN}:lambda:*:{_ACCOUNT}:function:{_PREFIX}*"],
+        }
+    ],
+    "AWS::Lambda::LayerVersion": [
+        {
+            "Sid": "ManageApplicationLayers",
+            "Action": ["lambda:PublishLayerVersion", "lambda:DeleteLayerVersion", "lambda:GetLayerVersion"],
+            "Resource": [f"{_ARN}:lambda:*:{_ACCOUNT}:layer:{_PREFIX}*", f"{_ARN}:lambda:*:{_ACCOUNT}:layer:{_PREFIX}*:*"],
+        }
+    ],
+    "AWS::SSM::Parameter": [
+        {
+            "Sid": "ManageApplicationParameters",
+            "Action": [
+                "ssm:PutParameter",
+                "ssm:DeleteParameter",
+                "ssm:GetParameters",
+                "ssm:AddTagsToResource",
+                "ssm:RemoveTagsFromResource",
+                "ssm:ListTagsForResource",
+            ],
+            "Resource": [f"{_ARN}:ssm:*:{_ACCOUNT}:parameter/{_PREFIX}*"],
+        }
+    ],
+    "AWS::StepFunctions::StateMachine": [
+        {
+            "Sid": "ManageApplicationStateMachines",
+            "Action": [
+                "states:CreateStateMachine",
+                "states:DeleteStateMachine",
+                "states:DescribeStateMachine",
+                "states:UpdateStateMachine",
+                "states:ListTagsForResource",
+                "states:TagResource",
+                "states:UntagResource",
+            ],
+            "Resource": [f"{_ARN}:states:*:{_ACCOUNT}:stateMachine:{_PREFIX}*"],
+        },
+        {
+            "Sid": "PassApplicationRolesToStepFunctions",
+            "Action": ["iam:PassRole"],
+            "Resource": [f"{_ARN}:iam::{_ACCOUNT}:role/{_PREFIX}*"],
+            "Condition": {"StringEquals": {"iam:PassedToService": "states.amazonaws.com"}},
+        },
+    ],
+    "AWS::CloudFormation::Stack": [
+        {
+            # A nested stack is named after its parent (<parent>-<logical id>-<suffix>), so the prefix holds.
+            "Sid": "ManageApplicationNestedStacks",
+            "Action": [
+                "cloudformation:CreateStack",
+                "cloudformation:UpdateStack",
+                "cloudformation:DeleteStack",
+                "cloudformation:DescribeStacks",
+                "cloudformation:DescribeStackEvents",
+                "cloudformation:GetTemplate",
+            ],
+            "Resource": [f"{_ARN}:cloudformation:*:{_ACCOUNT}:stack/{_PREFIX}*/*"],
+        }
+    ],
+}
+
+_FORBIDDEN_ACTION_PREFIXES = ("iam:", "sts:", "organizations:", "kms:CreateGrant", "kms:PutKeyPolicy")
+
+
+def check_statements(statements: tuple[dict[str, Any], ...]) -> None:
+    """Refuse what would widen the role beyond the application's own resources (a ValueError names the statement)."""
+    for index, statement in enumerate(statements):
+        where = f"execution_role.statements[{index}]"
+        if set(statement) - {"Sid", "Effect", "Action", "Resource", "Condition"}:
+            raise ValueError(f"{where} may have only Sid, Effect, Action, Resource and Condition")
+        if statement.get("Effect") not in {"Allow", "Deny"}:
+            raise ValueError(f"{where}: Effect must be Allow or Deny")
+        actions = _as_list(statement.get("Action"))
+        resources = _as_list(statement.get("Resource"))
+        if not actions or not resources:
+            raise ValueError(f"{where} needs Action and Resource")
+        if statement["Effect"] == "Deny":
+            continue
+        for action in actions:
+            if not isinstance(action, str) or action == "*" or action.lower().startswith(_FORBIDDEN_ACTION_PREFIXES):
+                raise ValueError(
+                    f"{where} allows {action!r}: IAM, STS and key-policy actions stay with the bootstrap's bounded "
+                    "statements, and '*' is never allowed"
+                )
+        for resource in resources:
+            names_account = _ACCOUNT in resource or ":s3:::" in resource  # S3 ARNs name no account
+            if not isinstance(resource, str) or _PREFIX not in resource or not names_account:
+                raise ValueError(
+                    f"{where} allows {resource!r}: every resource must name this account (${{AWS::AccountId}}) and the "
+                    "application's name prefix (${AppNamePrefix}), e.g. "
+                    "arn:${AWS::Partition}:sqs:*:${AWS::AccountId}:${AppNamePrefix}*"
+                )
+
+
+def statements_for(resource_types: tuple[str, ...], extra: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """The policy's statements, each resource ARN a `Fn::Sub` over the bootstrap's parameters."""
+    chosen = [dict(s) for kind in resource_types for s in CATALOG[kind]] + [dict(s) for s in extra]
+    rendered = []
+    for statement in chosen:
+        statement.setdefault("Effect", "Allow")
+        statement["Resource"] = [{"Fn::Sub": resource} for resource in _as_list(statement["Resource"])]
+        rendered.append(statement)
+    return rendered
+
+
+def policy_resource(resource_types: tuple[str, ...], extra: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """An inline policy of the execution role (`AWS::IAM::Policy`, which the emulation supports too)."""
+    return {
+        "Type": "AWS::IAM::Policy",
+        "Properties": {
+            "Roles": [{"Ref": "ExecutionRole"}],
+            "PolicyName": POLICY_NAME,
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": statements_for(resource_types, extra)},
+        },
+    }
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

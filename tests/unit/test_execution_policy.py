@@ -1,0 +1,114 @@
+"""The tenant's execution role fitted to the application (issue 9): least privilege, scoped to its name prefix."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tenant_release.aws.bootstrap import TENANT_TEMPLATE, tenant_template_text
+from tenant_release.config import parse_fleet
+from tenant_release.errors import FleetConfigError
+from tenant_release.execution_policy import CATALOG, POLICY_NAME
+
+FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet.yaml"
+ORDERS_TYPES = ["AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::CloudFormation::Stack"]
+
+
+def fleet_with(execution_role: dict | None) -> str:
+    fleet = yaml.safe_load(FLEET.read_text())
+    fleet["application"] = {"source": {"path": "orders"}}
+    if execution_role is not None:
+        fleet["application"]["execution_role"] = execution_role
+    return yaml.safe_dump(fleet, sort_keys=False)
+
+
+def _policy(text: str) -> list[dict]:
+    template = json.loads(text)
+    resource = template["Resources"]["ApplicationDeclaredResources"]
+    assert resource["Type"] == "AWS::IAM::Policy"
+    assert resource["Properties"]["Roles"] == [{"Ref": "ExecutionRole"}]
+    assert resource["Properties"]["PolicyName"] == POLICY_NAME
+    return resource["Properties"]["PolicyDocument"]["Statement"]
+
+
+def test_without_declared_resources_the_bootstrap_template_is_the_file_as_it_is() -> None:
+    # So its digest, and every account's bootstrap stack, stay as they were.
+    assert tenant_template_text(parse_fleet(fleet_with(None))) == TENANT_TEMPLATE.read_text(encoding="utf-8")
+
+
+def test_declared_resource_types_add_their_actions_on_the_applications_own_names_only() -> None:
+    text = tenant_template_text(parse_fleet(fleet_with({"resource_types": ORDERS_TYPES})))
+    statements = _policy(text)
+
+    assert [s["Sid"] for s in statements] == [
+        "ManageApplicationTables",
+        "ManageApplicationQueues",
+        "ManageApplicationTopics",
+        "ManageApplicationNestedStacks",
+    ]
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        assert not any(action == "*" or action.startswith("iam:") for action in statement["Action"])
+        for resource in statement["Resource"]:
+            arn = resource["Fn::Sub"]
+            assert "${AppNamePrefix}" in arn and "${AWS::AccountId}" in arn, arn
+    tables = statements[0]
+    assert tables["Resource"] == [{"Fn::Sub": "arn:${AWS::Partition}:dynamodb:*:${AWS::AccountId}:table/${AppNamePrefix}*"}]
+    assert "dynamodb:CreateTable" in tables["Action"] and not any(
+        fnmatch.fnmatch("dynamodb:PutItem", a) for a in tables["Action"]
+    )
+
+    from cfnlint.api import lint
+
+    problems = [f"{m.rule.id}: {m.message}" for m in lint(text) if m.rule.severity in {"error", "warning"}]
+    assert problems == []
+
+
+def test_every_catalog_statement_is_scoped_to_the_prefix_and_only_passes_roles_conditionally() -> None:
+    for kind, statements in CATALOG.items():
+        for statement in statements:
+            assert all("${AppNamePrefix}" in r for r in statement["Resource"]), kind
+            if any(a.startswith("iam:") for a in statement["Action"]):
+                assert statement["Action"] == ["iam:PassRole"] and "iam:PassedToService" in json.dumps(statement["Condition"])
+
+
+@pytest.mark.parametrize(
+    ("execution_role", "problem"),
+    [
+        ({"resource_types": ["AWS::RDS::DBInstance"]}, "AWS::RDS::DBInstance are not in the catalog"),
+        (
+            {"statements": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]},
+            "allows '*': every resource must name this account",
+        ),
+        (
+            {
+                "statements": [
+                    {"Effect": "Allow", "Action": "iam:AttachRolePolicy", "Resource": "x${AppNamePrefix}${AWS::AccountId}"}
+                ]
+            },
+            "allows 'iam:AttachRolePolicy'",
+        ),
+        ({"statements": [{"Effect": "Allow", "Action": "*", "Resource": "x"}]}, "allows '*'"),
+        ({"statements": [{"Effect": "Allow", "NotAction": "s3:*", "Resource": "x"}]}, "may have only Sid, Effect, Action"),
+    ],
+)
+def test_a_statement_that_would_widen_the_role_is_refused(execution_role: dict, problem: str) -> None:
+    with pytest.raises(FleetConfigError) as refused:
+        parse_fleet(fleet_with(execution_role))
+
+    assert problem in str(refused.value)
+
+
+def test_an_own_statement_scoped_to_the_prefix_is_accepted_and_rendered() -> None:
+    own = {
+        "Sid": "ReadOwnSecrets",
+        "Effect": "Allow",
+        "Action": ["secretsmanager:DescribeSecret"],
+        "Resource": "arn:${AWS::Partition}:secretsmanager:*:${AWS::AccountId}:secret:${AppNamePrefix}*",
+    }
+    statements = _policy(tenant_template_text(parse_fleet(fleet_with({"statements": [own]}))))
+
+    assert statements == [{**own, "Resource": [{"Fn::Sub": own["Resource"]}]}]
