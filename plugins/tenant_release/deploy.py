@@ -90,7 +90,7 @@ class TargetDeployment:
     def digest(self) -> str:
         return naming.deploy_digest(build_sha256=self.run.artifact.sha256, parameters=self.parameters())
 
-    def begin(self, progress: DeployProgress) -> DeployProgress:
+    def begin(self, progress: DeployProgress, *, wait_for_change_set: bool = True) -> DeployProgress:
         """Assume the role, copy the artifact in, start the change set. Returns the progress to finish with.
 
         What the stack held before is read once per run: a retry (or a resumed run) takes it from the
@@ -139,12 +139,34 @@ class TargetDeployment:
                 change_set_name=naming.change_set_name(version=artifact.version, deploy_digest=digest),
                 deploy_digest=digest,
                 stack=first_read.pop() if first_read else stacks.NOT_READ,
+                wait=wait_for_change_set,
             )
 
         started = call("start change set", start_change_set, log=log.warning)
         progress.unchanged = started.unchanged
         progress.change_set = started.change_set_name
         progress.change_set_type = started.change_set_type
+        progress.change_set_pending = started.pending
+        return progress
+
+    def execute_when_ready(self, progress: DeployProgress) -> DeployProgress | None:
+        """A change set `begin` left being created: None while it still is, else the progress once it executes."""
+        assert progress.change_set is not None
+        started = self.retry.call(
+            "execute change set",
+            stacks.execute_when_ready,
+            self.client("cloudformation"),
+            stack_name=self.target.stack_name,
+            change_set_name=progress.change_set,
+            change_set_type=progress.change_set_type,
+            log=log.warning,
+        )
+        if started is None:
+            return None
+        progress = progress.model_copy(deep=True)
+        progress.change_set_pending = False
+        progress.unchanged = started.unchanged
+        progress.change_set = started.change_set_name
         return progress
 
     def _copy_artifact(self) -> str:

@@ -546,6 +546,7 @@ class DeployProgress(BaseModel):
     unchanged: bool = False
     change_set: str | None = None
     change_set_type: str | None = None
+    change_set_pending: bool = False  # created, not yet ready to execute
     notes: list[str] = Field(default_factory=list)
     approval: ApprovalDecision | None = None
     approved_by: str | None = None

@@ -38,7 +38,7 @@ from tenant_release.errors import (
     RecoverableAwsError,
     StackFailedError,
 )
-from tenant_release.models import Artifact, Outcome, PlannedTarget, TenantResult
+from tenant_release.models import Artifact, DeployProgress, Outcome, PlannedTarget, TenantResult
 from tenant_release.tags import parse_release_tag
 
 from tests.faults import Faults
@@ -708,3 +708,28 @@ def test_going_back_to_an_earlier_build_deploys_it_again(world: World, sessions:
     assert stack_tag(world.stack(GLOBEX, "us-east-1", "tenant-app-globex"), "ReleaseVersion") == "1.4.0"
     again = deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-4"))  # and forth once more
     assert (again.status, again.version_after) == (Outcome.SUCCEEDED, "1.5.0")
+
+
+def test_a_change_set_still_being_created_is_executed_once_ready_without_a_thread_waiting_for_it(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    # CloudFormation takes seconds to make a change set; moto makes it at once. The first look says it is not ready.
+    faults.add(
+        service="cloudformation",
+        operation="describe_change_set",
+        account=GLOBEX,
+        rewrite=lambda response, kwargs: {**response, "Status": "CREATE_IN_PROGRESS", "ExecutionStatus": "UNAVAILABLE"},
+        when=lambda kwargs: count(faults, GLOBEX, "execute_change_set") == 0 and count(faults, GLOBEX, "create_change_set") == 1,
+        times=1,
+    )
+    deployment = world.deployment(sessions, "globex")
+
+    progress = deployment.begin(DeployProgress(started_at="2026-12-03T00:00:00+00:00"), wait_for_change_set=False)
+
+    assert progress.change_set_pending and progress.change_set and count(faults, GLOBEX, "execute_change_set") == 0
+    assert deployment.execute_when_ready(progress) is None
+    ready = deployment.execute_when_ready(progress)
+    assert ready is not None and not ready.change_set_pending and count(faults, GLOBEX, "execute_change_set") == 1
+    assert deployment.poll().settled
+    result = deployment.finish(ready, stack_status=deployment.poll().status)
+    assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "1.4.0")
