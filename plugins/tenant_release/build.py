@@ -31,7 +31,7 @@ from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import BuildError
 from tenant_release.models import Application, Artifact, ArtifactObject, Capability, Release, Target, ToolingAccount
 from tenant_release.packaging import PackagedTemplate, package_template
-from tenant_release.source import GitSource, PublishedArchive, refuse_moved_tag, run_build
+from tenant_release.source import GitSource, PublishedArchive, build_environment, refuse_moved_tag, run_build
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,10 @@ def build_release(
             run_build(
                 application.build,
                 cwd=checkout.root,
-                env={"RELEASE_TAG": release.tag, "RELEASE_VERSION": release.version, "SOURCE_COMMIT": checkout.commit or ""},
+                env=build_environment(
+                    application.build_env,
+                    {"RELEASE_TAG": release.tag, "RELEASE_VERSION": release.version, "SOURCE_COMMIT": checkout.commit or ""},
+                ),
                 timeout_seconds=application.build_timeout_minutes * 60,
                 log_line=log_line,
             )
@@ -105,7 +108,9 @@ def build_release(
                 f"the application template {application.template} is not in {checkout.description}. "
                 "Fix: set application.template to its path inside the source folder."
             )
-        packaged = package_template(template_path, key_prefix=key_prefix, bucket_parameter=application.parameters.bucket or "")
+        packaged = package_template(
+            template_path, key_prefix=key_prefix, bucket_parameter=application.parameters.bucket or "", root=checkout.root
+        )
     artifact = Artifact(
         version=release.version,
         sha256=packaged.sha256,

@@ -13,6 +13,9 @@ The statements become one more inline policy of the execution role, rendered int
 
 from __future__ import annotations
 
+import copy
+import fnmatch
+import re
 from typing import Any
 
 POLICY_NAME = "manage-application-declared-resources"
@@ -191,46 +194,79 @@ CATALOG: dict[str, list[dict[str, Any]]] = {
     ],
 }
 
-_FORBIDDEN_ACTION_PREFIXES = ("iam:", "sts:", "organizations:", "kms:CreateGrant", "kms:PutKeyPolicy")
+# Services none of whose actions a declared statement may allow, and single actions likewise (lowercase).
+_FORBIDDEN_SERVICES = {"iam", "sts", "organizations", "account", "sso", "identitystore"}
+_FORBIDDEN_ACTIONS = ("kms:creategrant", "kms:putkeypolicy", "kms:schedulekeydeletion", "kms:disablekey", "s3:putbucketpolicy")
+_ACTION = re.compile(r"^[a-z0-9-]+:[A-Za-z0-9*?]+$")
+_OWN_RESOURCE = re.compile(r"^([A-Za-z0-9-]+[/:])?\$\{AppNamePrefix\}")
 
 
 def check_statements(statements: tuple[dict[str, Any], ...]) -> None:
-    """Refuse what would widen the role beyond the application's own resources (a ValueError names the statement)."""
+    """Refuse what would widen the role beyond the application's own resources (a ValueError names the statement).
+
+    Allowed: actions of other services than IAM/STS/Organizations, no wildcard that reaches a forbidden action, on
+    resources `arn:${AWS::Partition}:<service>:<region>:${AWS::AccountId}:[<type>/]${AppNamePrefix}...` (S3:
+    `arn:${AWS::Partition}:s3:::${AppNamePrefix}...`, held to this account by a condition added when rendered).
+    """
     for index, statement in enumerate(statements):
         where = f"execution_role.statements[{index}]"
+        if not isinstance(statement, dict):
+            raise ValueError(f"{where} must be a mapping with Effect, Action and Resource")
         if set(statement) - {"Sid", "Effect", "Action", "Resource", "Condition"}:
             raise ValueError(f"{where} may have only Sid, Effect, Action, Resource and Condition")
         if statement.get("Effect") not in {"Allow", "Deny"}:
             raise ValueError(f"{where}: Effect must be Allow or Deny")
-        actions = _as_list(statement.get("Action"))
-        resources = _as_list(statement.get("Resource"))
-        if not actions or not resources:
-            raise ValueError(f"{where} needs Action and Resource")
+        actions, resources = _as_list(statement.get("Action")), _as_list(statement.get("Resource"))
+        if not actions or not resources or not all(isinstance(v, str) for v in (*actions, *resources)):
+            raise ValueError(f"{where} needs Action and Resource, each a string or a list of strings")
         if statement["Effect"] == "Deny":
             continue
         for action in actions:
-            if not isinstance(action, str) or action == "*" or action.lower().startswith(_FORBIDDEN_ACTION_PREFIXES):
-                raise ValueError(
-                    f"{where} allows {action!r}: IAM, STS and key-policy actions stay with the bootstrap's bounded "
-                    "statements, and '*' is never allowed"
-                )
+            _check_action(where, action)
         for resource in resources:
-            names_account = _ACCOUNT in resource or ":s3:::" in resource  # S3 ARNs name no account
-            if not isinstance(resource, str) or _PREFIX not in resource or not names_account:
-                raise ValueError(
-                    f"{where} allows {resource!r}: every resource must name this account (${{AWS::AccountId}}) and the "
-                    "application's name prefix (${AppNamePrefix}), e.g. "
-                    "arn:${AWS::Partition}:sqs:*:${AWS::AccountId}:${AppNamePrefix}*"
-                )
+            _check_resource(where, resource)
+
+
+def _check_action(where: str, action: str) -> None:
+    lowered = action.lower()
+    service = lowered.split(":", 1)[0]
+    reaches_forbidden = any(fnmatch.fnmatchcase(forbidden, lowered) for forbidden in _FORBIDDEN_ACTIONS)
+    if not _ACTION.match(action) or service in _FORBIDDEN_SERVICES or reaches_forbidden:
+        raise ValueError(
+            f"{where} allows {action!r}: IAM, STS, Organizations and key- or bucket-policy actions stay with the "
+            "bootstrap's bounded statements, and '*' is never allowed"
+        )
+
+
+def _check_resource(where: str, resource: str) -> None:
+    # The pseudo parameters hold "::" themselves: name them first, then split the ARN into its six fields.
+    named = resource.replace("${AWS::Partition}", "PARTITION").replace(_ACCOUNT, "ACCOUNT").replace("${AWS::Region}", "REGION")
+    parts = named.split(":", 5)
+    ok = len(parts) == 6 and parts[0] == "arn" and parts[1] == "PARTITION"
+    if ok and parts[2] == "s3":
+        ok = parts[3] == "" and parts[4] == "" and parts[5].startswith(_PREFIX)
+    elif ok:
+        ok = parts[4] == "ACCOUNT" and bool(_OWN_RESOURCE.match(parts[5]))
+    if not ok:
+        raise ValueError(
+            f"{where} allows {resource!r}: every resource must be in this account and named with the application's "
+            "prefix, e.g. arn:${AWS::Partition}:sqs:*:${AWS::AccountId}:${AppNamePrefix}* "
+            "(S3: arn:${AWS::Partition}:s3:::${AppNamePrefix}*)"
+        )
 
 
 def statements_for(resource_types: tuple[str, ...], extra: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
     """The policy's statements, each resource ARN a `Fn::Sub` over the bootstrap's parameters."""
-    chosen = [dict(s) for kind in resource_types for s in CATALOG[kind]] + [dict(s) for s in extra]
+    chosen = copy.deepcopy([s for kind in resource_types for s in CATALOG[kind]] + list(extra))
     rendered = []
     for statement in chosen:
         statement.setdefault("Effect", "Allow")
-        statement["Resource"] = [{"Fn::Sub": resource} for resource in _as_list(statement["Resource"])]
+        resources = _as_list(statement["Resource"])
+        if any(resource.startswith("arn:${AWS::Partition}:s3:::") for resource in resources):
+            # S3 ARNs name no account: keep the statement to buckets of this account.
+            condition = statement.setdefault("Condition", {})
+            condition.setdefault("StringEquals", {})["aws:ResourceAccount"] = {"Ref": "AWS::AccountId"}
+        statement["Resource"] = [{"Fn::Sub": resource} for resource in resources]
         rendered.append(statement)
     return rendered
 

@@ -315,6 +315,7 @@ class Application(_Strict):
     source: ApplicationSource | None = None
     build: str | None = None  # a shell command run in the source folder before packaging
     build_timeout_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
+    build_env: tuple[str, ...] = ()  # worker environment variables the build may see (never AWS credentials)
     template: str = "template.yaml"  # relative to the source folder
     parameters: ReleaseParameterNames = ReleaseParameterNames()
     capabilities: tuple[Capability, ...] = (Capability.IAM, Capability.NAMED_IAM)
@@ -336,6 +337,10 @@ class Application(_Strict):
     def _check(self) -> Application:
         if self.source is None and (self.build is not None or self.template != "template.yaml"):
             raise ValueError("build and template describe your own application: give its source too")
+        never = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"}
+        refused = [name for name in self.build_env if name in never or name.startswith("AIRFLOW")]
+        if refused:
+            raise ValueError(f"build_env may not pass {', '.join(refused)}: the build never gets the orchestrator's credentials")
         if self.parameters.bucket is None:
             raise ValueError("parameters.bucket may not be null: the packaged code is found through it")
         template = PurePosixPath(self.template)

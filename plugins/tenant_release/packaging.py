@@ -72,6 +72,18 @@ PACKAGEABLE: dict[str, tuple[_Rule, ...]] = {
     "AWS::Lambda::LayerVersion": (_Rule(("Content",), _lambda_code, zip_files=True),),
     "AWS::CloudFormation::Stack": (_Rule(("TemplateURL",), _template_url, template=True),),
     "AWS::ApiGateway::RestApi": (_Rule(("BodyS3Location",), _bucket_key),),
+    "AWS::ApiGatewayV2::Api": (_Rule(("BodyS3Location",), _bucket_key),),
+    "AWS::AppSync::Resolver": (
+        _Rule(("RequestMappingTemplateS3Location",), _s3_uri),
+        _Rule(("ResponseMappingTemplateS3Location",), _s3_uri),
+        _Rule(("CodeS3Location",), _s3_uri),
+    ),
+    "AWS::AppSync::FunctionConfiguration": (
+        _Rule(("RequestMappingTemplateS3Location",), _s3_uri),
+        _Rule(("ResponseMappingTemplateS3Location",), _s3_uri),
+        _Rule(("CodeS3Location",), _s3_uri),
+    ),
+    "AWS::ElasticBeanstalk::ApplicationVersion": (_Rule(("SourceBundle",), _lambda_code, zip_files=True),),
     "AWS::StepFunctions::StateMachine": (_Rule(("DefinitionS3Location",), _bucket_key),),
     "AWS::AppSync::GraphQLSchema": (_Rule(("DefinitionS3Location",), _s3_uri),),
     "AWS::Glue::Job": (_Rule(("Command", "ScriptLocation"), _s3_uri),),
@@ -113,15 +125,39 @@ def load_template(path: Path) -> dict[str, Any]:
     if problems or not isinstance(template, dict):
         detail = problems[0].message if problems else "not a mapping"
         raise BuildError(f"the template {path} cannot be parsed: {detail}")
-    return json.loads(json.dumps(template))  # cfn-lint's node types → plain dicts, lists and strings
+    # cfn-lint's node types → plain dicts, lists and strings; an unquoted date (AWSTemplateFormatVersion:
+    # 2010-09-09) is YAML's date type and goes back to the text it was written as.
+    return json.loads(json.dumps(template, default=str))
 
 
-def package_template(path: Path, *, key_prefix: str, bucket_parameter: str = DEFAULT_BUCKET_PARAMETER) -> PackagedTemplate:
-    """Package the template at `path` and, depth first, every nested template it references by local path."""
-    return _package(path.resolve(), key_prefix=key_prefix.strip("/"), bucket_parameter=bucket_parameter, seen=())
+def package_template(
+    path: Path, *, key_prefix: str, bucket_parameter: str = DEFAULT_BUCKET_PARAMETER, root: Path | None = None
+) -> PackagedTemplate:
+    """Package the template at `path` and, depth first, every nested template it references by local path.
+
+    Nothing outside `root` (the source's folder; by default the template's) is read: a path or a symbolic link
+    that leads out of it is refused, so a template cannot package the worker's own files into every tenant.
+    """
+    root = (root or path.parent).resolve()
+    return _package(
+        _inside(root, path, "the template"),
+        key_prefix=key_prefix.strip("/"),
+        bucket_parameter=bucket_parameter,
+        root=root,
+        seen=(),
+    )
 
 
-def _package(path: Path, *, key_prefix: str, bucket_parameter: str, seen: tuple[Path, ...]) -> PackagedTemplate:
+def _inside(root: Path, path: Path, what: str) -> Path:
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise BuildError(
+            f"{what} {path} leads outside the application's source folder {root} (a path or a link); it is not packaged"
+        )
+    return resolved
+
+
+def _package(path: Path, *, key_prefix: str, bucket_parameter: str, root: Path, seen: tuple[Path, ...]) -> PackagedTemplate:
     if path in seen:
         chain = " -> ".join(p.name for p in (*seen, path))
         raise BuildError(f"nested templates refer to each other in a loop: {chain}")
@@ -150,14 +186,14 @@ def _package(path: Path, *, key_prefix: str, bucket_parameter: str, seen: tuple[
             if local is None:
                 continue  # absent, already an S3 location, or an intrinsic function: left as it is
             where = f"{path.name}: {logical_id}.{'.'.join(rule.path)}"
-            source = (path.parent / local).resolve()
+            source = _inside(root, path.parent / local, f"{where} path")
             if not source.exists():
                 raise BuildError(
                     f"{where} refers to {local}, which does not exist (looked for {source}). "
                     "Fix: build the application first, or correct the path (relative to the template)."
                 )
             if rule.template:
-                nested = _package(source, key_prefix=key_prefix, bucket_parameter=bucket_parameter, seen=(*seen, path))
+                nested = _package(source, key_prefix=key_prefix, bucket_parameter=bucket_parameter, root=root, seen=(*seen, path))
                 objects.extend(nested.objects)
                 body = nested.text.encode()
                 key = f"{key_prefix}/{nested.sha256}.template.json"
@@ -165,16 +201,16 @@ def _package(path: Path, *, key_prefix: str, bucket_parameter: str, seen: tuple[
                 if bucket_parameter in (json.loads(nested.text).get("Parameters") or {}):
                     _pass_bucket_parameter(resource, bucket_parameter)  # only what it declares: AWS refuses others
             else:
-                body, suffix = _object_body(source, zip_files=rule.zip_files)
+                body, suffix = _object_body(source, zip_files=rule.zip_files, root=root)
                 digest = hashlib.sha256(body).hexdigest()
                 key = f"{key_prefix}/{digest}{suffix}"
                 packaged = PackagedObject(key=key, body=body, sha256=digest, source=f"{where} <- {local}")
             objects.append(packaged)
             _set(properties, rule.path, rule.rewrite(copy.deepcopy(bucket), packaged.key))
             rewritten_any = True
-    if rewritten_any:
+    if rewritten_any or not seen:  # the release always sets it on the top template, so it is always declared there
         _declare_bucket_parameter(template, bucket_parameter)
-    text = json.dumps(template, indent=1, sort_keys=False, ensure_ascii=False) + "\n"
+    text = json.dumps(template, indent=1, sort_keys=False, ensure_ascii=False, default=str) + "\n"
     unique = {o.key: o for o in objects}  # the same code referenced twice is one object
     return PackagedTemplate(
         text=text, sha256=hashlib.sha256(text.encode()).hexdigest(), objects=tuple(sorted(unique.values(), key=lambda o: o.key))
@@ -189,9 +225,9 @@ def _local_path(value: Any) -> str | None:
     return value
 
 
-def _object_body(source: Path, *, zip_files: bool) -> tuple[bytes, str]:
+def _object_body(source: Path, *, zip_files: bool, root: Path) -> tuple[bytes, str]:
     if source.is_dir():
-        return zip_folder(source), ".zip"
+        return zip_folder(source, root=root), ".zip"
     if source.suffix.lower() in _ARCHIVES:
         return source.read_bytes(), source.suffix.lower()
     if zip_files:
@@ -199,10 +235,14 @@ def _object_body(source: Path, *, zip_files: bool) -> tuple[bytes, str]:
     return source.read_bytes(), source.suffix
 
 
-def zip_folder(folder: Path) -> bytes:
-    """A folder's files, zipped reproducibly: sorted, fixed times, only the executable bit kept."""
+def zip_folder(folder: Path, *, root: Path | None = None) -> bytes:
+    """A folder's files, zipped reproducibly: sorted, fixed times, only the executable bit kept.
+
+    A symbolic link is packaged as the file it points to only if that file is inside `root` too.
+    """
+    root = (root or folder).resolve()
     files = [
-        (path.relative_to(folder).as_posix(), path)
+        (path.relative_to(folder).as_posix(), _inside(root, path, "the file"))
         for path in folder.rglob("*")
         if path.is_file() and not _NEVER_PACKAGED.intersection(path.relative_to(folder).parts) and path.suffix != ".pyc"
     ]
@@ -240,7 +280,9 @@ def _set(properties: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _declare_bucket_parameter(template: dict[str, Any], name: str) -> None:
-    parameters = template.setdefault("Parameters", {})
+    if not isinstance(template.get("Parameters"), dict):
+        template["Parameters"] = {}  # absent, or `Parameters:` written with nothing under it
+    parameters = template["Parameters"]
     if name not in parameters:
         parameters[name] = {
             "Type": "String",

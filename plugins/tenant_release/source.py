@@ -195,6 +195,18 @@ class PublishedArchive:
                     target.chmod(0o755)
 
 
+# What a build sees of the worker's environment: enough to find its tools, nothing that grants anything. The
+# worker holds the orchestrator's credentials, which reach every tenant; the build runs code from the repository
+# at the tag (npm scripts, Makefiles), so it never gets them. `application.build_env` names more to pass.
+BUILD_ENV_BASE = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "http_proxy", "https_proxy", "no_proxy")
+NEVER_PASSED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE")
+
+
+def build_environment(passed: tuple[str, ...], release: Mapping[str, str]) -> dict[str, str]:
+    names = [*BUILD_ENV_BASE, *(n for n in passed if n not in NEVER_PASSED and not n.startswith("AIRFLOW"))]
+    return {**{name: os.environ[name] for name in names if name in os.environ}, **release}
+
+
 def run_build(
     command: str,
     *,
@@ -205,7 +217,8 @@ def run_build(
 ) -> None:
     """Run the application's build command in its checkout; every output line goes to the build's log.
 
-    `command` comes from the fleet file (trusted configuration, like a CI pipeline's), run by the shell.
+    `command` comes from the fleet file (trusted configuration, like a CI pipeline's), run by the shell, with
+    exactly the environment `env` (see `build_environment`), not the worker's.
     """
     log_line(f"build: $ {command}  (in {cwd})")
     tail: deque[str] = deque(maxlen=20)
@@ -213,7 +226,7 @@ def run_build(
         command,
         shell=True,
         cwd=cwd,
-        env={**os.environ, **env},
+        env=dict(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

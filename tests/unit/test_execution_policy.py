@@ -14,6 +14,7 @@ from tenant_release.errors import FleetConfigError
 from tenant_release.execution_policy import CATALOG, POLICY_NAME
 
 FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet.yaml"
+OWN_QUEUE = "arn:${AWS::Partition}:sqs:*:${AWS::AccountId}:${AppNamePrefix}*"
 ORDERS_TYPES = ["AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::CloudFormation::Stack"]
 
 
@@ -67,6 +68,12 @@ def test_declared_resource_types_add_their_actions_on_the_applications_own_names
     assert problems == []
 
 
+def test_buckets_of_the_catalog_are_kept_to_this_account() -> None:
+    (statement,) = _policy(tenant_template_text(parse_fleet(fleet_with({"resource_types": ["AWS::S3::Bucket"]}))))
+    assert statement["Condition"] == {"StringEquals": {"aws:ResourceAccount": {"Ref": "AWS::AccountId"}}}
+    assert "Condition" not in CATALOG["AWS::S3::Bucket"][0]  # rendered, not changed in the catalog
+
+
 def test_every_catalog_statement_is_scoped_to_the_prefix_and_only_passes_roles_conditionally() -> None:
     for kind, statements in CATALOG.items():
         for statement in statements:
@@ -81,7 +88,7 @@ def test_every_catalog_statement_is_scoped_to_the_prefix_and_only_passes_roles_c
         ({"resource_types": ["AWS::RDS::DBInstance"]}, "AWS::RDS::DBInstance are not in the catalog"),
         (
             {"statements": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]},
-            "allows '*': every resource must name this account",
+            "allows '*': every resource must be in this account",
         ),
         (
             {
@@ -92,6 +99,28 @@ def test_every_catalog_statement_is_scoped_to_the_prefix_and_only_passes_roles_c
             "allows 'iam:AttachRolePolicy'",
         ),
         ({"statements": [{"Effect": "Allow", "Action": "*", "Resource": "x"}]}, "allows '*'"),
+        # Wildcards and case do not get around the list; the prefix and the account must sit where ARNs put them.
+        ({"statements": [{"Effect": "Allow", "Action": "kms:CreateGrant", "Resource": OWN_QUEUE}]}, "allows 'kms:CreateGrant'"),
+        ({"statements": [{"Effect": "Allow", "Action": "kms:*", "Resource": OWN_QUEUE}]}, "allows 'kms:*'"),
+        ({"statements": [{"Effect": "Allow", "Action": "KMS:Put*", "Resource": OWN_QUEUE}]}, "allows 'KMS:Put*'"),
+        ({"statements": [{"Effect": "Allow", "Action": "IAM:PassRole", "Resource": OWN_QUEUE}]}, "allows 'IAM:PassRole'"),
+        (
+            {
+                "statements": [
+                    {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:${AWS::Partition}:s3:::*${AppNamePrefix}*"}
+                ]
+            },
+            "every resource must be in this account and named with the application's prefix",
+        ),
+        (
+            {
+                "statements": [
+                    {"Effect": "Allow", "Action": "sqs:*", "Resource": "arn:${AWS::Partition}:sqs:*:*:*${AppNamePrefix}*:s3:::"}
+                ]
+            },
+            "every resource must be in this account",
+        ),
+        ({"statements": [{"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": 5}]}, "each a string or a list of strings"),
         ({"statements": [{"Effect": "Allow", "NotAction": "s3:*", "Resource": "x"}]}, "may have only Sid, Effect, Action"),
     ],
 )
@@ -109,6 +138,9 @@ def test_an_own_statement_scoped_to_the_prefix_is_accepted_and_rendered() -> Non
         "Action": ["secretsmanager:DescribeSecret"],
         "Resource": "arn:${AWS::Partition}:secretsmanager:*:${AWS::AccountId}:secret:${AppNamePrefix}*",
     }
-    statements = _policy(tenant_template_text(parse_fleet(fleet_with({"statements": [own]}))))
+    bucket = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:${AWS::Partition}:s3:::${AppNamePrefix}*/*"}
+    statements = _policy(tenant_template_text(parse_fleet(fleet_with({"statements": [own, bucket]}))))
 
-    assert statements == [{**own, "Resource": [{"Fn::Sub": own["Resource"]}]}]
+    assert statements[0] == {**own, "Resource": [{"Fn::Sub": own["Resource"]}]}
+    # An S3 ARN names no account: the rendered statement keeps to this account's buckets.
+    assert statements[1]["Condition"] == {"StringEquals": {"aws:ResourceAccount": {"Ref": "AWS::AccountId"}}}

@@ -243,3 +243,36 @@ def test_a_nested_template_without_local_code_is_not_passed_the_bucket_parameter
     assert "Parameters" not in parent["Resources"]["Events"]["Properties"]
     assert "Parameters" not in json.loads(nested.body)
     assert parent["Parameters"]["CodeS3Bucket"]["Type"] == "String"  # the parent still finds the nested template by it
+
+
+def test_nothing_outside_the_source_folder_is_packaged_by_a_path_or_a_link(tmp_path: Path) -> None:
+    app, secret = tmp_path / "app", tmp_path / "secret.txt"
+    app.mkdir()
+    secret.write_text("the worker's own file")
+    lambda_with = "Resources:\n  Fn:\n    Type: AWS::Lambda::Function\n    Properties:\n      Code: {code}\n"
+    (app / "up.yaml").write_text(lambda_with.format(code="../secret.txt"))
+    (app / "absolute.yaml").write_text(lambda_with.format(code="/proc/self/environ"))
+    (app / "code").mkdir()
+    (app / "code" / "ok.py").write_text("x = 1\n")
+    (app / "code" / "link.txt").symlink_to(secret)
+    (app / "linked.yaml").write_text(lambda_with.format(code="code"))
+
+    for template in ("up.yaml", "absolute.yaml", "linked.yaml"):
+        with pytest.raises(BuildError, match="leads outside the application's source folder"):
+            package_template(app / template, key_prefix="r", root=app)
+    (app / "code" / "link.txt").unlink()
+    (app / "code" / "inside.txt").symlink_to(app / "code" / "ok.py")  # a link within the source is followed
+    packaged = package_template(app / "linked.yaml", key_prefix="r", root=app)
+    with zipfile.ZipFile(io.BytesIO(packaged.objects[0].body)) as archive:
+        assert archive.read("inside.txt") == b"x = 1\n"
+
+
+def test_an_unquoted_date_and_an_empty_parameters_section_are_packaged(tmp_path: Path) -> None:
+    (tmp_path / "template.yaml").write_text(
+        "AWSTemplateFormatVersion: 2010-09-09\nParameters:\nResources:\n  Topic:\n    Type: AWS::SNS::Topic\n"
+    )
+
+    template = json.loads(package_template(tmp_path / "template.yaml", key_prefix="r").text)
+
+    assert template["AWSTemplateFormatVersion"] == "2010-09-09"
+    assert template["Parameters"]["CodeS3Bucket"]["Type"] == "String"  # declared: the release always sets it
