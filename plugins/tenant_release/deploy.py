@@ -32,6 +32,7 @@ from tenant_release.models import (
 
 log = logging.getLogger(__name__)
 
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -114,8 +115,10 @@ class TargetDeployment:
         self.record(self.result(progress, status=Outcome.IN_PROGRESS))
         digest = self.digest()
         progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.template_key)
-        if current is not None and current.get("StackStatus") in stacks.SUCCESS_STATES and (
-            stacks.stack_tag(current, stacks.TAG_DEPLOY_DIGEST) == digest
+        if (
+            current is not None
+            and current.get("StackStatus") in stacks.SUCCESS_STATES
+            and (stacks.stack_tag(current, stacks.TAG_DEPLOY_DIGEST) == digest)
         ):
             # The stack already runs this exact build from copies verified when they were made: nothing to copy.
             log.info("%s already holds this build (deploy digest %s): no copy needed", target.stack_name, digest)

@@ -6,11 +6,14 @@ raises `VerificationError` with what it saw, so the tenant's log and history say
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tenant_release import classify
 from tenant_release.aws import stacks
@@ -38,7 +41,9 @@ def check_all(deployment: TargetDeployment, checks: tuple[HealthCheck, ...]) -> 
                 f"(outputs: {', '.join(sorted(outputs)) or 'none'})"
             )
         seen = _run(deployment, check, outputs[check.output])
-        expected = (check.equals if check.equals is not None else check.contains or "").format(**fill)
+        expected = check.equals if check.equals is not None else check.contains or ""
+        for name, value in fill.items():  # not str.format: a JSON body to look for holds braces of its own
+            expected = expected.replace(f"{{{name}}}", value)
         if check.equals is not None and seen != expected:
             raise VerificationError(f"health check '{check.describe()}' failed: saw {seen!r}, expected {expected!r}")
         if check.contains is not None and expected not in seen:
@@ -71,11 +76,41 @@ def _invoke(deployment: TargetDeployment, check: HealthCheck, function: str) -> 
     return body
 
 
-def _get(check: HealthCheck, url: str) -> str:
-    if not url.startswith(("https://", "http://")):
-        raise VerificationError(f"health check '{check.describe()}': output {check.output} is {url!r}, not an http(s) URL")
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A health check asks the URL it was given: a redirect is its answer, never followed elsewhere."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _refuse_unsafe(check: HealthCheck, url: str) -> None:
+    """HTTPS only (unless the check allows plain HTTP), and never a link-local address such as the metadata service."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and check.insecure_http):
+        raise VerificationError(
+            f"health check '{check.describe()}': output {check.output} is {url!r}, not an https URL "
+            "(set insecure_http: true on the check to allow plain http)"
+        )
     try:
-        with urllib.request.urlopen(url, timeout=check.timeout_seconds) as response:  # noqa: S310 (scheme checked above)
+        addresses = {info[4][0] for info in socket.getaddrinfo(parsed.hostname or "", parsed.port or 443)}
+    except OSError as exc:
+        raise VerificationError(f"health check '{check.describe()}': {parsed.hostname} cannot be resolved: {exc}") from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip in _METADATA:
+            raise VerificationError(f"health check '{check.describe()}': {url} resolves to {ip}, which is never checked")
+
+
+_METADATA = ipaddress.ip_network("fd00:ec2::/64")
+
+
+def _get(check: HealthCheck, url: str) -> str:
+    _refuse_unsafe(check, url)
+    try:
+        with _OPENER.open(url, timeout=check.timeout_seconds) as response:
             status, body = response.status, response.read(64 * 1024)
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read(64 * 1024)

@@ -228,6 +228,15 @@ class ApplicationSource(_Strict):
             raise ValueError("give exactly one of path (a folder), git (a repository address) or archive (a published zip)")
         if self.git is None and self.ref != "{tag}":
             raise ValueError("ref applies to a git source only")
+        from tenant_release.source import GitSource, PublishedArchive, SourceError
+
+        try:  # the same checks the build makes, so that `tenant-release validate` reports them
+            if self.git is not None:
+                GitSource(url=self.git, ref=self.ref)
+            if self.archive is not None:
+                PublishedArchive(uri=self.archive)
+        except SourceError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 
@@ -256,6 +265,7 @@ class HealthCheck(_Strict):
     invoke: bool = False
     payload: dict[str, Any] = Field(default_factory=dict)
     http: bool = False
+    insecure_http: bool = False  # allow a plain http:// URL (https only by default)
     status: int = Field(default=200, ge=100, le=599)
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     equals: str | None = None

@@ -64,12 +64,15 @@ class GitSource:
             raise SourceError(f"source.git {self.url!r} is not a repository address")
         if self.ref.startswith("-") or not self.ref.strip():
             raise SourceError(f"source.ref {self.ref!r} is not a ref pattern such as {{tag}} or release/{{version}}")
-        try:
-            fields = {field for _, field, _, _ in string.Formatter().parse(self.ref) if field is not None}
-        except ValueError:
-            fields = {"(unbalanced braces)"}
-        if not fields <= {"tag", "version"}:
+        if not _plain_fields(self.ref, required=False):
             raise SourceError(f"source.ref {self.ref!r} may use only {{tag}} and {{version}}")
+        scheme, _, rest = self.url.partition("://")
+        if rest and ":" in rest.split("/", 1)[0].rpartition("@")[0]:
+            # A password or token in the address would reach logs, the history and the approval request.
+            raise SourceError(
+                f"source.git for {scheme}://{rest.split('@', 1)[-1]} holds a password or token; give git its "
+                "credentials another way (a credential helper, an SSH key, GIT_ASKPASS) and remove it from the address"
+            )
 
     def ref_for(self, *, tag: str, version: str) -> str:
         return self.ref.format(tag=tag, version=version)
@@ -117,6 +120,19 @@ class GitSource:
         return SourceRevision(url=self.url, ref=ref, commit=commit, checkout=into)
 
 
+def _plain_fields(pattern: str, *, required: bool) -> bool:
+    """True when `pattern` uses only {tag} and {version}, without conversions or format specs (and one, if required)."""
+    try:
+        parsed = [
+            (field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(pattern) if field is not None
+        ]
+    except ValueError:  # unbalanced braces
+        return False
+    if required and not parsed:
+        return False
+    return all(field in {"tag", "version"} and not spec and conversion is None for field, spec, conversion in parsed)
+
+
 def refuse_moved_tag(*, tag: str, commit: str, built_from: str | None, rebuild: bool, what: str = "commit") -> None:
     """A version is built from one commit: a tag moved since an earlier build of it is refused unless asked to rebuild.
 
@@ -146,8 +162,7 @@ class PublishedArchive:
     def __post_init__(self) -> None:
         if not self.uri.startswith("s3://") or "/" not in self.uri[5:]:
             raise SourceError(f"source.archive {self.uri!r} is not an S3 URI such as s3://ci-builds/orders/{{version}}.zip")
-        fields = {field for _, field, _, _ in string.Formatter().parse(self.uri) if field is not None}
-        if not fields or not fields <= {"tag", "version"}:
+        if not _plain_fields(self.uri, required=True):
             raise SourceError(f"source.archive {self.uri!r} must name the version with {{version}} or {{tag}} (and nothing else)")
 
     def location(self, *, tag: str, version: str) -> tuple[str, str]:

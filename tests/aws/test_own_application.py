@@ -294,8 +294,9 @@ def test_health_checks_say_what_healthy_means_and_a_failed_one_fails_the_tenant_
     artifact = orders.build("v1.4.0")
     healthy = [
         {"output": "ApiVersion", "equals": "{version}"},
-        {"output": "ApiFunction", "invoke": True, "payload": {"ping": 1}, "contains": "ping"},  # moto echoes the event
-        {"output": "StatusUrl", "http": True, "contains": "orders is up"},
+        # moto echoes the event; braces in what to look for are text, only {version} and {tenant} are filled in
+        {"output": "ApiFunction", "invoke": True, "payload": {"ping": "1.4.0"}, "contains": '{"ping": "{version}"}'},
+        {"output": "StatusUrl", "http": True, "insecure_http": True, "contains": "orders is up"},
     ]
     application = orders.loaded.fleet.application.model_copy(update={"health": tuple(HealthCheck(**c) for c in healthy)})
 
@@ -303,19 +304,22 @@ def test_health_checks_say_what_healthy_means_and_a_failed_one_fails_the_tenant_
 
     assert passed.status == Outcome.SUCCEEDED
     for check, reason in (
-        ({"output": "StatusUrl", "http": True}, "answered 503: 'down for maintenance'"),
+        ({"output": "StatusUrl", "http": True, "insecure_http": True}, "answered 503: 'down for maintenance'"),
+        ({"output": "StatusUrl", "http": True}, "not an https URL (set insecure_http: true on the check"),
         (
             {"output": "ApiFunction", "invoke": True, "contains": "api {version}"},
             "'api 1.4.0' not in ",
         ),
+        ({"output": "StatusUrl", "http": True, "insecure_http": True}, "resolves to 169.254.169.254, which is never checked"),
         (
             {"output": "NoSuchOutput", "equals": "x"},
             "has no output NoSuchOutput (outputs: ApiFunction, ApiVersion, StatusUrl, TopicArn)",
         ),
     ):
         failing = application.model_copy(update={"health": (HealthCheck(**check),)})
+        url = "http://169.254.169.254/latest/meta-data/" if "169.254" in reason else f"{status_server}/down"
         with pytest.raises(VerificationError, match=re.escape(reason)):
-            orders.deploy("globex", artifact, application=failing, parameters={"StatusUrl": f"{status_server}/down"})
+            orders.deploy("globex", artifact, application=failing, parameters={"StatusUrl": url})
 
 
 def _source_zip(repo: Path, api_version: str) -> bytes:
