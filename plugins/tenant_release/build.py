@@ -7,7 +7,7 @@ version) is fetched and unpacked, its SHA-256 standing for the commit. A folder 
 Building the same source again reuses the published build (same bytes, same keys), without checking out or
 building anything.
 
-Each build leaves a manifest beside its objects (`<release prefix>/<version>/build.json`): the artifact as the
+Each build leaves a manifest beside its objects (`<release prefix>/<version>/build-<tag>.json`): the artifact as the
 release uses it, with the source and commit it came from. It is written last, after every check passed, so a
 build that has a manifest was linted and validated when it was published.
 """
@@ -71,14 +71,17 @@ def build_release(
     retry = classify.RetryPolicy()
     s3 = sessions.tooling_client("s3", tooling.region)
     key_prefix = f"{tooling.release_prefix.strip('/')}/{release.version}"
-    manifest_key = f"{key_prefix}/build.json"
+    # One manifest per tag: v1.4.0 and v-1.4.0-qa share a version but may name different refs.
+    manifest_key = f"{key_prefix}/build-{release.tag}.json"
+    recipe = build_recipe(application)
     built = retry.call("read the build manifest", read_manifest, s3, tooling.artifact_bucket, manifest_key, log=log.warning)
     git = git_source(application, fleet_path)
     archive = PublishedArchive(uri=application.source.archive) if application.source and application.source.archive else None
     published: bytes | None = None
     identity, what = None, "commit"
+    resolved: tuple[str, str] | None = None
     if git is not None:
-        ref, identity = git.resolve(tag=release.tag, version=release.version)
+        ref, identity = resolved = git.resolve(tag=release.tag, version=release.version)
     elif archive is not None:
         bucket, key = archive.location(tag=release.tag, version=release.version)
         published = retry.call("fetch the published archive", archive.fetch, s3, tag=release.tag, version=release.version)
@@ -86,11 +89,13 @@ def build_release(
     if identity is not None:
         built_from = built.source_commit if built else None
         refuse_moved_tag(tag=release.tag, commit=identity, built_from=built_from, rebuild=rebuild, what=what)
-        if built is not None and built_from == identity and not rebuild and _present(s3, built, retry):
-            check_parameters(targets, application, declared=_declared(s3, built, retry))
+        if built is not None and built_from == identity and built.recipe == recipe and not rebuild and _present(s3, built, retry):
+            check_parameters(
+                targets, application, declared=_declared(s3, built, retry), version=release.version, packaged=bool(built.objects)
+            )
             log_line(f"build: {release.tag} is {ref} ({what} {identity[:12]}), built before as sha256 {built.sha256}: reused")
             return built.model_copy(update={"reused": True})
-    with _checked_out(application, fleet_path, git, release, published=published, archive=archive) as checkout:
+    with _checked_out(application, fleet_path, git, release, published=published, archive=archive, resolved=resolved) as checkout:
         if application.build:
             run_build(
                 application.build,
@@ -119,14 +124,21 @@ def build_release(
         objects=tuple(ArtifactObject(key=o.key, sha256=o.sha256) for o in packaged.objects),
         source=checkout.description,
         source_commit=checkout.commit,
+        recipe=recipe,
     )
     for obj in packaged.objects:
         log_line(f"build: {obj.key} ({obj.size} bytes) <- {obj.source}")
-    if built is not None and built.sha256 == artifact.sha256 and _present(s3, built, retry):
-        check_parameters(targets, application, declared=declared_parameters(packaged.text))
+    if built is not None and built.sha256 == artifact.sha256 and built.recipe == recipe and _present(s3, built, retry):
+        check_parameters(
+            targets,
+            application,
+            declared=declared_parameters(packaged.text),
+            version=release.version,
+            packaged=bool(packaged.objects),
+        )
         log_line(f"build: sha256 {artifact.sha256} was built and checked before: reused")
         return built.model_copy(update={"reused": True})
-    check_build(packaged, application, targets)
+    check_build(packaged, application, targets, version=release.version)
     kms = sessions.tooling_client("kms", tooling.region)
     key_arn = retry.call("resolve tooling key", artifacts.resolve_kms_key_arn, kms, tooling.kms_key_alias, log=log.warning)
     uploads = [(o.key, o.body, o.sha256) for o in packaged.objects]
@@ -145,6 +157,12 @@ def build_release(
     )  # fmt: skip
     log_line(f"build: published {artifact.version} sha256 {artifact.sha256} from {artifact.source}")
     return artifact
+
+
+def build_recipe(application: Application) -> str:
+    """What, besides the source, decides a build's bytes: a change to it builds again instead of reusing."""
+    fields = application.model_dump(mode="json", include={"source", "build", "build_env", "template", "parameters"})
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def git_source(application: Application, fleet_path: Path | None) -> GitSource | None:
@@ -168,6 +186,7 @@ def _checked_out(
     *,
     published: bytes | None,
     archive: PublishedArchive | None,
+    resolved: tuple[str, str] | None,
 ) -> Iterator[_Checkout]:
     if archive is not None and published is not None:
         bucket, key = archive.location(tag=release.tag, version=release.version)
@@ -186,7 +205,7 @@ def _checked_out(
         yield _Checkout(root=root, description=f"folder {root}", commit=None)
         return
     with tempfile.TemporaryDirectory(prefix="tenant-release-build-") as work:
-        revision = git.checkout(tag=release.tag, version=release.version, into=Path(work) / "source")
+        revision = git.checkout(tag=release.tag, version=release.version, into=Path(work) / "source", expected=resolved)
         yield _Checkout(root=revision.checkout, description=f"{revision.url} {revision.ref}", commit=revision.commit)
 
 
@@ -205,17 +224,18 @@ def _present(s3: Any, artifact: Artifact, retry: classify.RetryPolicy) -> bool:
     return retry.call("look for the build", artifacts.already_published, s3, artifact, log=log.warning)
 
 
-def _declared(s3: Any, artifact: Artifact, retry: classify.RetryPolicy) -> list[str]:
+def _declared(s3: Any, artifact: Artifact, retry: classify.RetryPolicy) -> dict[str, dict[str, Any]]:
     body = retry.call("read the template", artifacts.get_object, s3, bucket=artifact.bucket, key=artifact.template_key)
     return declared_parameters((body or b"{}").decode())
 
 
-def declared_parameters(packaged_text: str) -> list[str]:
-    template = json.loads(packaged_text)
-    return sorted((template.get("Parameters") or {}).keys())
+def declared_parameters(packaged_text: str) -> dict[str, dict[str, Any]]:
+    """The template's parameters, each with its declaration (Type, Default, AllowedValues...)."""
+    declared = json.loads(packaged_text).get("Parameters") or {}
+    return {name: spec if isinstance(spec, dict) else {} for name, spec in sorted(declared.items())}
 
 
-def check_build(packaged: PackagedTemplate, application: Application, targets: list[Target]) -> None:
+def check_build(packaged: PackagedTemplate, application: Application, targets: list[Target], *, version: str) -> None:
     """Once per build: cfn-lint on every template, the capabilities they need, the parameters each target sets."""
     nested = [o for o in packaged.objects if o.key.endswith(".template.json")]
     artifacts.lint_template(packaged.text)
@@ -227,12 +247,25 @@ def check_build(packaged: PackagedTemplate, application: Application, targets: l
             "the application's templates use a transform (e.g. AWS::Serverless-2016-10-31) but application.capabilities "
             "lacks CAPABILITY_AUTO_EXPAND. Fix: add it to application.capabilities."
         )
-    check_parameters(targets, application, declared=declared_parameters(packaged.text))
+    check_parameters(
+        targets, application, declared=declared_parameters(packaged.text), version=version, packaged=bool(packaged.objects)
+    )
 
 
-def check_parameters(targets: list[Target], application: Application, *, declared: list[str]) -> None:
-    """Every name the release sets is declared; no target sets one of them or one the template does not declare."""
+def check_parameters(
+    targets: list[Target], application: Application, *, declared: dict[str, dict[str, Any]], version: str, packaged: bool
+) -> None:
+    """Before anything is deployed: every target's parameter values exist in the template and fit its constraints.
+
+    Every name the release sets is declared; no target sets one of them or one the template does not declare;
+    each parameter with no Default gets a value; each value fits its AllowedValues, AllowedPattern, lengths and
+    numeric bounds, as CloudFormation would check it (after AWS calls, tenant by tenant) at deploy time.
+    """
+    from tenant_release.deploy import release_parameters
+
     release_names = application.parameters.names()
+    if not packaged:
+        release_names.pop("bucket", None)  # nothing was packaged: the template need not take the bucket
     problems = [
         f"application.parameters.{role} names {name}, which the template does not declare"
         for role, name in release_names.items()
@@ -248,8 +281,47 @@ def check_parameters(targets: list[Target], application: Application, *, declare
                 f"tenant {target.name!r} sets parameter(s) {', '.join(unknown)} that the application template does not "
                 f"declare (it declares: {', '.join(declared)})"
             )
+        values = {**target.parameters, **release_parameters(application, target, version, packaged=packaged)}
+        for name, spec in declared.items():
+            problem = _misfit(name, spec, values.get(name))
+            if problem:
+                problems.append(f"tenant {target.name!r}: {problem}")
     if problems:
-        raise BuildError("the fleet file's parameters do not fit the template: " + "; ".join(problems))
+        raise BuildError("the fleet file's parameters do not fit the template: " + "; ".join(problems[:20]))
+
+
+def _misfit(name: str, spec: dict[str, Any], value: str | None) -> str | None:
+    if value is None:
+        return None if "Default" in spec else f"{name} has no Default and is not set (set it in the tenant's parameters)"
+    allowed = spec.get("AllowedValues")
+    if isinstance(allowed, list) and value not in [str(v) for v in allowed]:
+        return f"{name}={value!r} is not one of {', '.join(str(v) for v in allowed)}"
+    pattern = spec.get("AllowedPattern")
+    if isinstance(pattern, str):
+        try:
+            fits = re.fullmatch(pattern, value) is not None
+        except re.error:
+            fits = True  # a Java-only construct: CloudFormation itself will judge it
+        if not fits:
+            return f"{name}={value!r} does not match {pattern}" + (
+                f" ({spec['ConstraintDescription']})" if spec.get("ConstraintDescription") else ""
+            )
+    kind = str(spec.get("Type", "String"))
+    if kind == "String":
+        if "MinLength" in spec and len(value) < int(spec["MinLength"]):
+            return f"{name}={value!r} is shorter than {spec['MinLength']} characters"
+        if "MaxLength" in spec and len(value) > int(spec["MaxLength"]):
+            return f"{name} is longer than {spec['MaxLength']} characters"
+    if kind == "Number":
+        try:
+            number = float(value)
+        except ValueError:
+            return f"{name}={value!r} is not a number"
+        if "MinValue" in spec and number < float(spec["MinValue"]):
+            return f"{name}={value} is below {spec['MinValue']}"
+        if "MaxValue" in spec and number > float(spec["MaxValue"]):
+            return f"{name}={value} is above {spec['MaxValue']}"
+    return None
 
 
 def validate(cloudformation: Any, packaged: PackagedTemplate, artifact: Artifact, region: str) -> None:

@@ -37,6 +37,27 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def release_parameters(application: Application, target: Target, version: str, *, packaged: bool = True) -> dict[str, str]:
+    """What the release sets on a target, under the names the application's template uses (unnamed: not set).
+
+    The bucket is set only when the build packaged objects: a template with no local code path does not declare it.
+    """
+    names = application.parameters
+    values = {
+        names.version: version,
+        names.tenant: target.name,
+        names.bucket if packaged else None: target.artifact_bucket,
+        names.name: target.function_name,
+        # The boundary the target's bootstrap created, named by the same prefix it was given.
+        names.permissions_boundary: naming.app_permissions_boundary_arn(
+            account_id=target.account_id,
+            region=target.region,
+            prefix=naming.app_name_prefix(target.stack_name, target.function_name),
+        ),
+    }
+    return {name: value for name, value in values.items() if name}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReleaseRun:
     """What every target's deploy in one run shares."""
@@ -73,20 +94,12 @@ class TargetDeployment:
 
     def parameters(self) -> dict[str, str]:
         """The target's own parameters and what the release sets, under the names the application's template uses."""
-        target, names = self.target, self.run.application.parameters
-        release_values = {
-            names.version: self.run.artifact.version,
-            names.tenant: target.name,
-            names.bucket: target.artifact_bucket,
-            names.name: target.function_name,
-            # The boundary the target's bootstrap created, named by the same prefix it was given.
-            names.permissions_boundary: naming.app_permissions_boundary_arn(
-                account_id=target.account_id,
-                region=target.region,
-                prefix=naming.app_name_prefix(target.stack_name, target.function_name),
-            ),
+        run = self.run
+        packaged = bool(run.artifact.objects)
+        return {
+            **self.target.parameters,
+            **release_parameters(run.application, self.target, run.artifact.version, packaged=packaged),
         }
-        return {**target.parameters, **{name: value for name, value in release_values.items() if name}}
 
     def digest(self) -> str:
         return naming.deploy_digest(build_sha256=self.run.artifact.sha256, parameters=self.parameters())

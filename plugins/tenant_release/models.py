@@ -444,7 +444,8 @@ class Artifact(_Strict):
     template_key: str
     objects: tuple[ArtifactObject, ...]
     source: str  # where it was built from, e.g. "https://git.example.com/app.git refs/tags/v1.4.0"
-    source_commit: str | None = None  # the commit, for a git source
+    source_commit: str | None = None  # the commit, for a git source (a published archive's SHA-256)
+    recipe: str = ""  # digest of the application settings that shape the build (see build.build_recipe)
     reused: bool = False
 
 

@@ -165,6 +165,9 @@ def _package(path: Path, *, key_prefix: str, bucket_parameter: str, root: Path, 
     resources = template.get("Resources")
     if not isinstance(resources, dict) or not resources:
         raise BuildError(f"the template {path} has no Resources")
+    for section in ("Parameters", "Mappings", "Conditions", "Outputs", "Metadata"):
+        if section in template and template[section] is None:
+            del template[section]  # written with nothing under it: CloudFormation refuses a null section
     objects: list[PackagedObject] = []
     bucket = {"Ref": bucket_parameter}
     rewritten_any = False
@@ -208,7 +211,7 @@ def _package(path: Path, *, key_prefix: str, bucket_parameter: str, root: Path, 
             objects.append(packaged)
             _set(properties, rule.path, rule.rewrite(copy.deepcopy(bucket), packaged.key))
             rewritten_any = True
-    if rewritten_any or not seen:  # the release always sets it on the top template, so it is always declared there
+    if rewritten_any:
         _declare_bucket_parameter(template, bucket_parameter)
     text = json.dumps(template, indent=1, sort_keys=False, ensure_ascii=False, default=str) + "\n"
     unique = {o.key: o for o in objects}  # the same code referenced twice is one object

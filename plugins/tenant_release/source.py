@@ -103,9 +103,12 @@ class GitSource:
             "Fix: push that tag to the application's repository, or correct the release tag or `source.ref`."
         )
 
-    def checkout(self, *, tag: str, version: str, into: Path) -> SourceRevision:
-        """Fetch exactly the commit the tag names into an empty folder (shallow) and check it out."""
-        ref, commit = self.resolve(tag=tag, version=version)
+    def checkout(self, *, tag: str, version: str, into: Path, expected: tuple[str, str] | None = None) -> SourceRevision:
+        """Fetch exactly the commit the tag names into an empty folder (shallow) and check it out.
+
+        `expected` is the (ref, commit) the caller resolved and checked already: the checkout must be that commit.
+        """
+        ref, commit = expected or self.resolve(tag=tag, version=version)
         into.mkdir(parents=True, exist_ok=True)
         if any(into.iterdir()):
             raise SourceError(f"cannot check out {ref} into {into}: the folder is not empty")
@@ -175,6 +178,11 @@ class PublishedArchive:
         try:
             return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as exc:
+            if classify.is_access_denied(exc):
+                raise SourceError(
+                    f"reading s3://{bucket}/{key} was denied ({classify.describe(exc)}). Fix: grant the orchestrator "
+                    f"role s3:GetObject and s3:ListBucket on s3://{bucket} (and kms:Decrypt on its key, if encrypted)"
+                ) from None
             if classify.error_code(exc) not in {"NoSuchKey", "404", "NotFound"}:
                 raise
         prefix = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
@@ -204,8 +212,13 @@ class PublishedArchive:
                 if member.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(archive.read(member))
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(archive.read(member))
+                except OSError as exc:  # e.g. both a file `a` and a file `a/b`
+                    raise SourceError(
+                        f"the published archive cannot be unpacked at {member.filename!r}: {exc.strerror}"
+                    ) from None
                 if (member.external_attr >> 16) & stat.S_IXUSR:
                     target.chmod(0o755)
 

@@ -36,9 +36,11 @@ from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment
 from tenant_release.errors import BuildError, VerificationError
 from tenant_release.execution_policy import POLICY_NAME
-from tenant_release.models import ApplicationSource, Artifact, HealthCheck, Outcome, TenantResult
+from tenant_release.models import ApplicationSource, Artifact, HealthCheck, Outcome, ReleaseParameterNames, TenantResult
 from tenant_release.source import GitSource, SourceError
 from tenant_release.tags import parse_release_tag
+
+from tests.faults import Faults
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ORDERS_APP = FIXTURES / "orders_app"
@@ -391,3 +393,67 @@ def test_each_tenants_execution_role_may_manage_the_applications_resources_and_b
 
     assert {r.action for r in results if r.stack != "tenant-release-tooling"} == {"UPDATED"}
     assert "ManageApplicationRules" in declared("acme")
+
+
+def test_parameters_that_do_not_fit_the_template_are_refused_at_build_time_naming_tenant_and_rule(orders: Orders) -> None:
+    application = orders.loaded.fleet.application
+    unset = application.model_copy(update={"parameters": application.parameters.model_copy(update={"tenant": None})})
+
+    with pytest.raises(BuildError, match=r"tenant 'acme': Customer has no Default and is not set"):
+        orders.build("v1.4.0", application=unset)
+    wrong = orders.loaded.target("acme").model_copy(update={"parameters": {"BillingMode": "PROVISIONED"}})
+    with pytest.raises(BuildError, match=r"tenant 'acme': BillingMode='PROVISIONED' is not one of PAY_PER_REQUEST"):
+        build_release(
+            orders.sessions,
+            tooling=orders.loaded.fleet.tooling,
+            application=application,
+            fleet_path=orders.loaded.path,
+            release=parse_release_tag("v1.4.0"),
+            targets=[wrong],
+        )
+
+
+def test_a_changed_build_recipe_builds_again_from_the_same_commit(orders: Orders) -> None:
+    first = orders.build("v1.5.0")
+    changed = orders.loaded.fleet.application.model_copy(update={"build": BUILD + " && echo again"})
+
+    again = orders.build("v1.5.0", application=changed)
+
+    assert again.reused is False and again.source_commit == first.source_commit and again.recipe != first.recipe
+    assert again.sha256 == first.sha256  # the same bytes: only the recipe that made them changed
+
+
+def _folder_app(root: Path, template: str) -> Any:
+    root.mkdir()
+    (root / "template.yaml").write_text(template)
+    return ApplicationSource(path=str(root))
+
+
+def test_a_transform_without_auto_expand_is_refused_and_a_large_template_is_validated_from_s3(
+    orders: Orders, tmp_path: Path
+) -> None:
+    sam = "Transform: AWS::Serverless-2016-10-31\nResources:\n  Topic:\n    Type: AWS::SNS::Topic\n"
+    plain = orders.loaded.fleet.application.model_copy(
+        update={"source": _folder_app(tmp_path / "sam", sam), "build": None, "capabilities": ("CAPABILITY_IAM",)}
+    )
+    with pytest.raises(BuildError, match=r"use a transform .* lacks CAPABILITY_AUTO_EXPAND"):
+        orders.build("v7.0.0", application=plain)
+
+    padding = "x" * 60_000  # over CloudFormation's 51,200-byte limit for a template body
+    large = f"Metadata:\n  Notes: {padding}\nResources:\n  Topic:\n    Type: AWS::SNS::Topic\n"
+    only_bucket = ReleaseParameterNames(version=None, tenant=None, name=None, permissions_boundary=None)
+    big = plain.model_copy(update={"source": _folder_app(tmp_path / "large", large), "parameters": only_bucket})
+    validated: list[dict[str, Any]] = []
+    faults = Faults()
+    faults.add(service="cloudformation", operation="validate_template", when=lambda kwargs: validated.append(kwargs) or False)
+    sessions = AwsSessions(client_hook=faults.hook)
+    artifact = build_release(
+        sessions,
+        tooling=orders.loaded.fleet.tooling,
+        application=big,
+        fleet_path=orders.loaded.path,
+        release=parse_release_tag("v7.0.0"),
+        targets=[],
+    )
+    (call,) = validated
+    assert "TemplateBody" not in call and call["TemplateURL"].endswith(artifact.template_key)
