@@ -194,6 +194,80 @@ CATALOG: dict[str, list[dict[str, Any]]] = {
     ],
 }
 
+# Resource type -> what the application's own roles may do with such resources at run time (the data plane),
+# added to the permissions boundary every application role carries. The application's templates still grant
+# it (a boundary grants nothing by itself); without it here, no role of the application could use them.
+RUNTIME: dict[str, list[dict[str, Any]]] = {
+    "AWS::DynamoDB::Table": [
+        {
+            "Sid": "UseApplicationTables",
+            "Action": [
+                "dynamodb:GetItem",
+                "dynamodb:BatchGetItem",
+                "dynamodb:Query",
+                "dynamodb:Scan",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+                "dynamodb:BatchWriteItem",
+                "dynamodb:ConditionCheckItem",
+                "dynamodb:DescribeTable",
+            ],
+            "Resource": [
+                f"{_ARN}:dynamodb:*:{_ACCOUNT}:table/{_PREFIX}*",
+                f"{_ARN}:dynamodb:*:{_ACCOUNT}:table/{_PREFIX}*/index/*",
+            ],
+        }
+    ],
+    "AWS::SQS::Queue": [
+        {
+            "Sid": "UseApplicationQueues",
+            "Action": [
+                "sqs:SendMessage",
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+                "sqs:GetQueueUrl",
+            ],
+            "Resource": [f"{_ARN}:sqs:*:{_ACCOUNT}:{_PREFIX}*"],
+        }
+    ],
+    "AWS::SNS::Topic": [
+        {"Sid": "PublishToApplicationTopics", "Action": ["sns:Publish"], "Resource": [f"{_ARN}:sns:*:{_ACCOUNT}:{_PREFIX}*"]}
+    ],
+    "AWS::S3::Bucket": [
+        {
+            "Sid": "UseApplicationBuckets",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"],
+            "Resource": [f"{_ARN}:s3:::{_PREFIX}*", f"{_ARN}:s3:::{_PREFIX}*/*"],
+        }
+    ],
+    "AWS::SSM::Parameter": [
+        {
+            "Sid": "ReadApplicationParameters",
+            "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"],
+            "Resource": [f"{_ARN}:ssm:*:{_ACCOUNT}:parameter/{_PREFIX}*"],
+        }
+    ],
+    "AWS::StepFunctions::StateMachine": [
+        {
+            "Sid": "StartApplicationStateMachines",
+            "Action": ["states:StartExecution", "states:DescribeExecution"],
+            "Resource": [
+                f"{_ARN}:states:*:{_ACCOUNT}:stateMachine:{_PREFIX}*",
+                f"{_ARN}:states:*:{_ACCOUNT}:execution:{_PREFIX}*:*",
+            ],
+        }
+    ],
+}
+
+
+def boundary_statements(resource_types: tuple[str, ...]) -> list[dict[str, Any]]:
+    """What the permissions boundary adds for the declared resource types (run-time use of the application's own)."""
+    return statements_for(tuple(kind for kind in resource_types if kind in RUNTIME), (), catalog=RUNTIME)
+
+
 # Services none of whose actions a declared statement may allow, and single actions likewise (lowercase).
 _FORBIDDEN_SERVICES = {"iam", "sts", "organizations", "account", "sso", "identitystore"}
 _FORBIDDEN_ACTIONS = ("kms:creategrant", "kms:putkeypolicy", "kms:schedulekeydeletion", "kms:disablekey", "s3:putbucketpolicy")
@@ -255,9 +329,11 @@ def _check_resource(where: str, resource: str) -> None:
         )
 
 
-def statements_for(resource_types: tuple[str, ...], extra: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+def statements_for(
+    resource_types: tuple[str, ...], extra: tuple[dict[str, Any], ...], *, catalog: dict[str, list[dict[str, Any]]] = CATALOG
+) -> list[dict[str, Any]]:
     """The policy's statements, each resource ARN a `Fn::Sub` over the bootstrap's parameters."""
-    chosen = copy.deepcopy([s for kind in resource_types for s in CATALOG[kind]] + list(extra))
+    chosen = copy.deepcopy([s for kind in resource_types for s in catalog[kind]] + list(extra))
     rendered = []
     for statement in chosen:
         statement.setdefault("Effect", "Allow")

@@ -145,7 +145,7 @@ def orders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orders]:
             "tenant": "Customer",
             "bucket": "ArtifactsBucket",
             "name": None,
-            "permissions_boundary": None,
+            "permissions_boundary": "Boundary",
         },
         "capabilities": ["CAPABILITY_IAM"],
         "execution_role": {"resource_types": ORDER_RESOURCE_TYPES},
@@ -201,6 +201,7 @@ def test_a_tag_is_built_from_its_commit_and_reaches_three_tenants_with_its_code_
             "ArtifactsBucket": target.artifact_bucket,
             "BillingMode": "PAY_PER_REQUEST",
             "StatusUrl": "https://status.example.com/orders",
+            "Boundary": f"arn:aws:iam::{target.account_id}:policy/orders-permissions-boundary",
         }
         assert stack_tag(stack, "ReleaseVersion") == "1.4.0"
         # Its own resources, in its own account: the table, the queue, the nested stack's topic.
@@ -212,6 +213,9 @@ def test_a_tag_is_built_from_its_commit_and_reaches_three_tenants_with_its_code_
         assert api["Environment"]["Variables"]["TOPIC"] == topic  # the nested stack's output fed the function
         assert api["Environment"]["Variables"]["VERSION"] == "1.4.0"
         assert api["CodeSha256"] == _lambda_sha(bodies[api_key])  # the tag's packaged code, copied into the tenant
+        role = orders.client("iam", tenant).get_role(RoleName=api["Role"].rsplit("/", 1)[1])["Role"]
+        assert role["RoleName"].startswith("orders-")  # under the application's name prefix, so its roles may manage it
+        assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == parameters["Boundary"]
 
 
 def test_each_tag_deploys_its_own_code(orders: Orders) -> None:

@@ -144,3 +144,20 @@ def test_an_own_statement_scoped_to_the_prefix_is_accepted_and_rendered() -> Non
     assert statements[0] == {**own, "Resource": [{"Fn::Sub": own["Resource"]}]}
     # An S3 ARN names no account: the rendered statement keeps to this account's buckets.
     assert statements[1]["Condition"] == {"StringEquals": {"aws:ResourceAccount": {"Ref": "AWS::AccountId"}}}
+
+
+def test_the_applications_own_roles_may_use_declared_resources_through_their_boundary_and_nothing_more() -> None:
+    template = json.loads(tenant_template_text(parse_fleet(fleet_with({"resource_types": ORDERS_TYPES}))))
+    statements = template["Resources"]["AppPermissionsBoundary"]["Properties"]["PolicyDocument"]["Statement"]
+
+    assert [s["Sid"] for s in statements] == [
+        "WriteApplicationLogs",
+        "UseApplicationTables",
+        "UseApplicationQueues",
+        "PublishToApplicationTopics",
+    ]  # a nested stack has no run-time use
+    for statement in statements[1:]:
+        assert statement["Effect"] == "Allow"
+        assert not any(a.split(":")[0] in {"iam", "sts", "kms"} or a.endswith("*") for a in statement["Action"])
+        assert all("${AppNamePrefix}" in r["Fn::Sub"] and "${AWS::AccountId}" in r["Fn::Sub"] for r in statement["Resource"])
+    assert "dynamodb:PutItem" in statements[1]["Action"] and "dynamodb:DeleteTable" not in statements[1]["Action"]

@@ -105,18 +105,22 @@ def tenant_template_text(loaded: LoadedFleet) -> str:
     """The tenant bootstrap template, with the execution role fitted to the application when it asks for more.
 
     Without `application.execution_role` it is the file as it is, so its digest (and every account's stack) stays
-    the same; with it, one more inline policy of the execution role (rendered as JSON), so a change to it changes
-    the digest and `bootstrap` re-applies it everywhere.
+    the same; with it, one more inline policy of the execution role, and the permissions boundary of the
+    application's roles widened to the run-time use of those resources (rendered as JSON), so a change to it
+    changes the digest and `bootstrap` re-applies it everywhere.
     """
     text = TENANT_TEMPLATE.read_text(encoding="utf-8")
     wanted = loaded.fleet.application.execution_role
     if wanted.is_empty:
         return text
-    from tenant_release.execution_policy import policy_resource
+    from tenant_release.execution_policy import boundary_statements, policy_resource
     from tenant_release.packaging import load_template
 
     template = load_template(TENANT_TEMPLATE)
     template["Resources"]["ApplicationDeclaredResources"] = policy_resource(wanted.resource_types, wanted.statements)
+    # The application's own roles may use its declared resources too: the boundary they all carry allows it.
+    boundary = template["Resources"]["AppPermissionsBoundary"]["Properties"]["PolicyDocument"]["Statement"]
+    boundary.extend(boundary_statements(wanted.resource_types))
     return json.dumps(template, indent=1) + "\n"
 
 
