@@ -12,10 +12,7 @@ import base64
 import hashlib
 import http.server
 import io
-import os
 import re
-import shutil
-import subprocess
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -41,35 +38,9 @@ from tenant_release.source import GitSource, SourceError
 from tenant_release.tags import parse_release_tag
 
 from tests.faults import Faults
+from tests.orders_example import BUILD, commit_api, orders_fleet, orders_repository
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-ORDERS_APP = FIXTURES / "orders_app"
-BUILD = "mkdir -p build/api && cp src/api.py build/api/app.py"
 TENANTS = ("acme", "globex", "initech")
-ORDER_RESOURCE_TYPES = ["AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::CloudFormation::Stack"]
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "dev",
-    "GIT_AUTHOR_EMAIL": "d@example.com",
-    "GIT_COMMITTER_NAME": "dev",
-    "GIT_COMMITTER_EMAIL": "d@example.com",
-}
-
-
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env={**os.environ, **GIT_ENV}
-    )
-    return done.stdout.strip()
-
-
-def commit_api(repo: Path, code_version: str, tag: str, *, force: bool = False) -> str:
-    (repo / "src" / "api.py").write_text(
-        f'CODE_VERSION = "{code_version}"\n\n\ndef handler(event, context):\n    return CODE_VERSION\n'
-    )
-    git(repo, "add", "-A")
-    git(repo, "commit", "--quiet", "-m", code_version)
-    git(repo, "tag", *(["--force"] if force else []), "-a", tag, "-m", tag)
-    return git(repo, "rev-parse", "HEAD")
 
 
 @dataclass
@@ -129,29 +100,8 @@ class Orders:
 @pytest.fixture(scope="module")
 def orders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orders]:
     root = tmp_path_factory.mktemp("orders")
-    repo = root / "orders"
-    shutil.copytree(ORDERS_APP, repo)
-    git(repo, "init", "--quiet", "--initial-branch", "main")
-    commits = {"v1.4.0": commit_api(repo, "api 1", "v1.4.0"), "v1.5.0": commit_api(repo, "api 2", "v1.5.0")}
-    fleet = yaml.safe_load((FIXTURES / "fleet.yaml").read_text())
-    fleet["defaults"].update(parameters={}, stack_name="orders-{name}", function_name="orders-{name}-api")
-    for tenant in fleet["tenants"]:
-        tenant.pop("parameters", None)
-    fleet["application"] = {
-        "source": {"git": "orders"},  # relative: beside the fleet file
-        "build": BUILD,
-        "parameters": {
-            "version": "OrdersVersion",
-            "tenant": "Customer",
-            "bucket": "ArtifactsBucket",
-            "name": None,
-            "permissions_boundary": "Boundary",
-        },
-        "capabilities": ["CAPABILITY_IAM"],
-        "execution_role": {"resource_types": ORDER_RESOURCE_TYPES},
-    }
-    fleet_file = root / "fleet.yaml"
-    fleet_file.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    repo, commits = orders_repository(root)
+    fleet_file = orders_fleet(root)
     with pytest.MonkeyPatch.context() as env:
         for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "MOTO_ACCOUNT_ID"):
             env.delenv(name, raising=False)
