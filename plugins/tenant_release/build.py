@@ -30,7 +30,7 @@ from tenant_release.aws import artifacts
 from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import BuildError
 from tenant_release.models import Application, Artifact, ArtifactObject, Capability, Release, Target, ToolingAccount
-from tenant_release.packaging import PackagedTemplate, package_template
+from tenant_release.packaging import PackagedTemplate, load_template, package_template
 from tenant_release.source import GitSource, PublishedArchive, build_environment, refuse_moved_tag, run_build
 
 log = logging.getLogger(__name__)
@@ -107,15 +107,27 @@ def build_release(
                 timeout_seconds=application.build_timeout_minutes * 60,
                 log_line=log_line,
             )
-        template_path = checkout.root / application.template
-        if not template_path.is_file():
-            raise BuildError(
-                f"the application template {application.template} is not in {checkout.description}. "
-                "Fix: set application.template to its path inside the source folder."
+        bucket_parameter = application.parameters.bucket or ""
+        if application.stacks:
+            # Several stacks in order: one tenant stack nesting them, made here, so that CloudFormation deploys them
+            # in that order and passes each one's outputs on (the deploy, history and checks see one stack).
+            packaged = package_template(
+                checkout.root / STACKS_ROOT_NAME,
+                key_prefix=key_prefix,
+                bucket_parameter=bucket_parameter,
+                root=checkout.root,
+                template=stacks_root_template(application, checkout.root),
             )
-        packaged = package_template(
-            template_path, key_prefix=key_prefix, bucket_parameter=application.parameters.bucket or "", root=checkout.root
-        )
+        else:
+            template_path = checkout.root / application.template
+            if not template_path.is_file():
+                raise BuildError(
+                    f"the application template {application.template} is not in {checkout.description}. "
+                    "Fix: set application.template to its path inside the source folder."
+                )
+            packaged = package_template(
+                template_path, key_prefix=key_prefix, bucket_parameter=bucket_parameter, root=checkout.root
+            )
     artifact = Artifact(
         version=release.version,
         sha256=packaged.sha256,
@@ -159,9 +171,63 @@ def build_release(
     return artifact
 
 
+STACKS_ROOT_NAME = "(declared stacks)"
+
+
+def stacks_root_template(application: Application, root: Path) -> dict[str, Any]:
+    """The tenant's one stack for `application.stacks`: each declared stack nested in it, after the one before.
+
+    Each nested stack gets, by name, the parameters it declares (the root declares them once, from the first
+    stack that does), except its `inputs`, which are outputs of earlier stacks. Every output of every stack is an
+    output of the root too, named <stack><Output> (e.g. apiUrl), for health checks.
+    """
+    parameters: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    previous: str | None = None
+    for stack in application.stacks:
+        path = root / stack.template
+        if not path.is_file():
+            raise BuildError(f"stacks: {stack.name}'s template {stack.template} is not in the source. Fix: correct its path.")
+        declared = load_template(path)
+        own = declared.get("Parameters") or {}
+        passed: dict[str, Any] = {}
+        for name, spec in own.items():
+            if name in stack.inputs:
+                origin, _, output = stack.inputs[name].partition(".")
+                passed[name] = {"Fn::GetAtt": [origin, f"Outputs.{output}"]}
+                continue
+            if name in parameters and parameters[name].get("Type", "String") != spec.get("Type", "String"):
+                raise BuildError(f"stacks: parameter {name} has type {spec.get('Type')} in {stack.name}, another type before")
+            parameters.setdefault(name, spec)
+            passed[name] = {"Ref": name}
+        unknown = sorted(set(stack.inputs) - set(own))
+        if unknown:
+            raise BuildError(f"stacks: {stack.name}.inputs names {', '.join(unknown)}, which {stack.template} does not declare")
+        resource: dict[str, Any] = {"Type": "AWS::CloudFormation::Stack", "Properties": {"TemplateURL": stack.template}}
+        if passed:
+            resource["Properties"]["Parameters"] = passed
+        if previous and previous not in {source.partition(".")[0] for source in stack.inputs.values()}:
+            resource["DependsOn"] = [previous]  # an input from it already orders them (cfn-lint W3005)
+        resources[stack.name] = resource
+        for output in declared.get("Outputs") or {}:
+            outputs[f"{stack.name}{output}"] = {"Value": {"Fn::GetAtt": [stack.name, f"Outputs.{output}"]}}
+        previous = stack.name
+    template: dict[str, Any] = {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": "tenant-release: the application's stacks, nested in the order they are declared",
+        "Resources": resources,
+    }
+    if parameters:
+        template["Parameters"] = parameters
+    if outputs:
+        template["Outputs"] = outputs
+    return template
+
+
 def build_recipe(application: Application) -> str:
     """What, besides the source, decides a build's bytes: a change to it builds again instead of reusing."""
-    fields = application.model_dump(mode="json", include={"source", "build", "build_env", "template", "parameters"})
+    fields = application.model_dump(mode="json", include={"source", "build", "build_env", "template", "stacks", "parameters"})
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

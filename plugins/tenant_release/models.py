@@ -319,6 +319,32 @@ class ExecutionRolePolicy(_Strict):
         return not self.resource_types and not self.statements
 
 
+STACK_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,62}$")
+
+
+class StackSpec(_Strict):
+    """One of several stacks of the application, deployed after the ones declared before it."""
+
+    name: str  # its logical name in the tenant's stack (letters and digits)
+    template: str  # relative to the source folder
+    inputs: dict[str, str] = Field(default_factory=dict)  # parameter -> "<earlier stack>.<Output>"
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not STACK_NAME_PATTERN.match(value):
+            raise ValueError(f"stack name {value!r} must be letters and digits, starting with a letter")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"template {value!r} must be a path inside the source folder")
+        return value
+
+
 class Application(_Strict):
     """The application a release ships. Unset: the bundled sample Lambda of include/templates/app."""
 
@@ -327,6 +353,7 @@ class Application(_Strict):
     build_timeout_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
     build_env: tuple[str, ...] = ()  # worker environment variables the build may see (never AWS credentials)
     template: str = "template.yaml"  # relative to the source folder
+    stacks: tuple[StackSpec, ...] = ()  # several stacks in order, instead of one template
     parameters: ReleaseParameterNames = ReleaseParameterNames()
     capabilities: tuple[Capability, ...] = (Capability.IAM, Capability.NAMED_IAM)
     verify: VerifyMode | None = None  # unset: function_version for the sample, stack for your own
@@ -356,6 +383,20 @@ class Application(_Strict):
         template = PurePosixPath(self.template)
         if template.is_absolute() or ".." in template.parts:
             raise ValueError(f"template {self.template!r} must be a path inside the source folder")
+        if self.stacks and self.template != "template.yaml":
+            raise ValueError("give either template (one stack) or stacks (several), not both")
+        earlier: set[str] = set()
+        for stack in self.stacks:
+            if stack.name in earlier:
+                raise ValueError(f"stacks: {stack.name!r} is declared twice")
+            for parameter, source in stack.inputs.items():
+                origin, _, output = source.partition(".")
+                if origin not in earlier or not output:
+                    raise ValueError(
+                        f"stacks: {stack.name}.inputs.{parameter} is {source!r}: it must name an output of a stack declared "
+                        f"before it, as <stack>.<Output> (earlier stacks: {', '.join(sorted(earlier)) or 'none'})"
+                    )
+            earlier.add(stack.name)
         return self
 
 

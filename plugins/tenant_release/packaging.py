@@ -131,14 +131,30 @@ def load_template(path: Path) -> dict[str, Any]:
 
 
 def package_template(
-    path: Path, *, key_prefix: str, bucket_parameter: str = DEFAULT_BUCKET_PARAMETER, root: Path | None = None
+    path: Path,
+    *,
+    key_prefix: str,
+    bucket_parameter: str = DEFAULT_BUCKET_PARAMETER,
+    root: Path | None = None,
+    template: dict[str, Any] | None = None,
 ) -> PackagedTemplate:
     """Package the template at `path` and, depth first, every nested template it references by local path.
 
     Nothing outside `root` (the source's folder; by default the template's) is read: a path or a symbolic link
     that leads out of it is refused, so a template cannot package the worker's own files into every tenant.
+    `template`, if given, is used instead of reading `path` (a template made by the build, e.g. the root of
+    declared stacks); its local paths are still relative to `path`'s folder.
     """
     root = (root or path.parent).resolve()
+    if template is not None:
+        return _package(
+            _inside(root, path, "the template"),
+            key_prefix=key_prefix.strip("/"),
+            bucket_parameter=bucket_parameter,
+            root=root,
+            seen=(),
+            given=template,
+        )
     return _package(
         _inside(root, path, "the template"),
         key_prefix=key_prefix.strip("/"),
@@ -157,11 +173,19 @@ def _inside(root: Path, path: Path, what: str) -> Path:
     return resolved
 
 
-def _package(path: Path, *, key_prefix: str, bucket_parameter: str, root: Path, seen: tuple[Path, ...]) -> PackagedTemplate:
+def _package(
+    path: Path,
+    *,
+    key_prefix: str,
+    bucket_parameter: str,
+    root: Path,
+    seen: tuple[Path, ...],
+    given: dict[str, Any] | None = None,
+) -> PackagedTemplate:
     if path in seen:
         chain = " -> ".join(p.name for p in (*seen, path))
         raise BuildError(f"nested templates refer to each other in a loop: {chain}")
-    template = load_template(path)
+    template = copy.deepcopy(given) if given is not None else load_template(path)
     resources = template.get("Resources")
     if not isinstance(resources, dict) or not resources:
         raise BuildError(f"the template {path} has no Resources")

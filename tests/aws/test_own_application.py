@@ -12,6 +12,7 @@ import base64
 import hashlib
 import http.server
 import io
+import json
 import re
 import threading
 import zipfile
@@ -33,7 +34,15 @@ from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment
 from tenant_release.errors import BuildError, VerificationError
 from tenant_release.execution_policy import POLICY_NAME
-from tenant_release.models import ApplicationSource, Artifact, HealthCheck, Outcome, ReleaseParameterNames, TenantResult
+from tenant_release.models import (
+    ApplicationSource,
+    Artifact,
+    HealthCheck,
+    Outcome,
+    ReleaseParameterNames,
+    StackSpec,
+    TenantResult,
+)
 from tenant_release.source import GitSource, SourceError
 from tenant_release.tags import parse_release_tag
 
@@ -411,3 +420,27 @@ def test_a_transform_without_auto_expand_is_refused_and_a_large_template_is_vali
     )
     (call,) = validated
     assert "TemplateBody" not in call and call["TemplateURL"].endswith(artifact.template_key)
+
+
+def test_several_stacks_deploy_in_their_order_and_an_output_feeds_a_later_stack(orders: Orders) -> None:
+    application = orders.loaded.fleet.application.model_copy(
+        update={
+            "stacks": (
+                StackSpec(name="data", template="stacks/data.yaml"),
+                StackSpec(name="api", template="stacks/api.yaml", inputs={"TableName": "data.TableName"}),
+            )
+        }
+    )
+    artifact = orders.build("v1.4.0", application=application)  # another recipe: built again, not a moved tag
+
+    root = json.loads(_object(artifact, artifact.template_key))
+    assert "DependsOn" not in root["Resources"]["api"]  # its input from data orders them already
+    assert root["Resources"]["api"]["Properties"]["Parameters"]["TableName"] == {"Fn::GetAtt": ["data", "Outputs.TableName"]}
+    result = orders.deploy("umbrella", artifact, application=application)
+
+    assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "1.4.0")
+    stack = describe_stack(orders.client("cloudformation", "umbrella"), "orders-umbrella")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert outputs == {"dataTableName": "orders-umbrella-data", "apiFunction": "orders-umbrella-stacked-api"}
+    api = orders.client("lambda", "umbrella").get_function_configuration(FunctionName="orders-umbrella-stacked-api")
+    assert api["Environment"]["Variables"] == {"VERSION": "1.4.0", "TABLE": "orders-umbrella-data"}

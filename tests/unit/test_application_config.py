@@ -77,6 +77,16 @@ def test_your_own_application_is_verified_by_its_stack_and_uses_its_own_names() 
         ),
         ({"source": {"path": "app"}, "health": [{"output": "X", "equals": "1", "contains": "1"}]}, "contains applies to invoke"),
         ({"source": {"path": "app"}, "bulid": "make"}, "application.bulid: is not a known setting"),
+        (
+            {"source": {"path": "app"}, "stacks": [{"name": "api", "template": "a.yaml", "inputs": {"T": "data.Table"}}]},
+            "must name an output of a stack declared before it",
+        ),
+        (
+            {"source": {"path": "app"}, "template": "x.yaml", "stacks": [{"name": "a", "template": "a.yaml"}]},
+            "give either template (one stack) or stacks (several), not both",
+        ),
+        ({"source": {"path": "app"}, "stacks": [{"name": "a", "template": "a.yaml"}] * 2}, "'a' is declared twice"),
+        ({"source": {"path": "app"}, "stacks": [{"name": "my-stack", "template": "a.yaml"}]}, "must be letters and digits"),
     ],
 )
 def test_a_bad_application_section_is_refused_naming_the_field(application: dict, problem: str) -> None:

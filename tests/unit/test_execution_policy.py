@@ -161,3 +161,12 @@ def test_the_applications_own_roles_may_use_declared_resources_through_their_bou
         assert not any(a.split(":")[0] in {"iam", "sts", "kms"} or a.endswith("*") for a in statement["Action"])
         assert all("${AppNamePrefix}" in r["Fn::Sub"] and "${AWS::AccountId}" in r["Fn::Sub"] for r in statement["Resource"])
     assert "dynamodb:PutItem" in statements[1]["Action"] and "dynamodb:DeleteTable" not in statements[1]["Action"]
+
+
+def test_declared_stacks_let_the_execution_role_create_nested_stacks() -> None:
+    fleet = yaml.safe_load(fleet_with(None))
+    fleet["application"]["stacks"] = [{"name": "data", "template": "data.yaml"}, {"name": "api", "template": "api.yaml"}]
+
+    statements = _policy(tenant_template_text(parse_fleet(yaml.safe_dump(fleet))))
+
+    assert [s["Sid"] for s in statements] == ["ManageApplicationNestedStacks"]

@@ -276,3 +276,32 @@ def test_an_unquoted_date_and_an_empty_parameters_section_are_packaged(tmp_path:
 
     assert template["AWSTemplateFormatVersion"] == "2010-09-09"
     assert "Parameters" not in template  # an empty section is dropped (CloudFormation refuses null); nothing to declare
+
+
+def test_declared_stacks_nest_in_one_root_in_their_order_passing_parameters_and_outputs(tmp_path: Path) -> None:
+    from tenant_release.build import stacks_root_template
+    from tenant_release.models import Application, ApplicationSource, StackSpec
+
+    stack = "Parameters:\n{params}Resources:\n  Q:\n    Type: AWS::SQS::Queue\nOutputs:\n  Url:\n    Value: !Ref Q\n"
+    (tmp_path / "a.yaml").write_text(stack.format(params="  Customer: {Type: String}\n"))
+    (tmp_path / "b.yaml").write_text(stack.format(params="  Customer: {Type: String}\n  FromA: {Type: String}\n"))
+    (tmp_path / "c.yaml").write_text(stack.format(params="  Level: {Type: Number, Default: 3}\n"))
+    application = Application(
+        source=ApplicationSource(path=str(tmp_path)),
+        stacks=(
+            StackSpec(name="a", template="a.yaml"),
+            StackSpec(name="b", template="b.yaml", inputs={"FromA": "a.Url"}),
+            StackSpec(name="c", template="c.yaml"),
+        ),
+    )
+
+    root = stacks_root_template(application, tmp_path)
+
+    assert list(root["Resources"]) == ["a", "b", "c"]
+    assert root["Parameters"] == {"Customer": {"Type": "String"}, "Level": {"Type": "Number", "Default": 3}}
+    b, c = root["Resources"]["b"], root["Resources"]["c"]
+    assert b["Properties"]["Parameters"] == {"Customer": {"Ref": "Customer"}, "FromA": {"Fn::GetAtt": ["a", "Outputs.Url"]}}
+    assert "DependsOn" not in b and c["DependsOn"] == ["b"]  # b waits for a through its input; c after b
+    assert root["Outputs"]["cUrl"] == {"Value": {"Fn::GetAtt": ["c", "Outputs.Url"]}}
+    packaged = package_template(tmp_path / "(declared stacks)", key_prefix="r", root=tmp_path, template=root)
+    assert len(packaged.objects) == 3 and _lint_errors(packaged.text) == []

@@ -110,7 +110,11 @@ def tenant_template_text(loaded: LoadedFleet) -> str:
     changes the digest and `bootstrap` re-applies it everywhere.
     """
     text = TENANT_TEMPLATE.read_text(encoding="utf-8")
-    wanted = loaded.fleet.application.execution_role
+    application = loaded.fleet.application
+    wanted = application.execution_role
+    if application.stacks and "AWS::CloudFormation::Stack" not in wanted.resource_types:
+        # Declared stacks are nested in the tenant's one stack: its execution role creates them.
+        wanted = wanted.model_copy(update={"resource_types": (*wanted.resource_types, "AWS::CloudFormation::Stack")})
     if wanted.is_empty:
         return text
     from tenant_release.execution_policy import boundary_statements, policy_resource
