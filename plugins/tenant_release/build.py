@@ -158,7 +158,7 @@ def build_release(
     for key, body, sha in uploads:
         retry.call(
             "publish", artifacts.put_once, s3, bucket=tooling.artifact_bucket, key=key, body=body, sha256=sha,
-            kms_key_id=key_arn, version=release.version, log=log.warning,
+            kms_key_id=key_arn, version=release.version, source_commit=artifact.source_commit, log=log.warning,
         )  # fmt: skip
     cloudformation = sessions.tooling_client("cloudformation", tooling.region)
     retry.call("validate template", validate, cloudformation, packaged, artifact, tooling.region, log=log.warning)
@@ -308,7 +308,29 @@ def check_build(packaged: PackagedTemplate, application: Application, targets: l
     for template in nested:
         artifacts.lint_template(template.body.decode(), name=template.source)
     texts = [packaged.text, *(t.body.decode() for t in nested)]
-    if any("Transform" in json.loads(text) for text in texts) and Capability.AUTO_EXPAND not in application.capabilities:
+    templates = [json.loads(text) for text in texts]
+    resources = [r for t in templates for r in (t.get("Resources") or {}).values() if isinstance(r, dict)]
+    iam = [r for r in resources if str(r.get("Type", "")).startswith("AWS::IAM::")]
+    named = [
+        r
+        for r in iam
+        if any(
+            k in (r.get("Properties") or {})
+            for k in ("RoleName", "UserName", "GroupName", "ManagedPolicyName", "InstanceProfileName")
+        )
+    ]
+    capabilities = set(application.capabilities)
+    if named and Capability.NAMED_IAM not in capabilities:
+        raise BuildError(
+            "the application's templates create IAM resources with names of their own, but application.capabilities "
+            "lacks CAPABILITY_NAMED_IAM. Fix: add it to application.capabilities."
+        )
+    if iam and not capabilities & {Capability.IAM, Capability.NAMED_IAM}:
+        raise BuildError(
+            "the application's templates create IAM resources, but application.capabilities lacks CAPABILITY_IAM. "
+            "Fix: add it to application.capabilities."
+        )
+    if any("Transform" in t for t in templates) and Capability.AUTO_EXPAND not in capabilities:
         raise BuildError(
             "the application's templates use a transform (e.g. AWS::Serverless-2016-10-31) but application.capabilities "
             "lacks CAPABILITY_AUTO_EXPAND. Fix: add it to application.capabilities."

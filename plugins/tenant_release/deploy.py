@@ -289,6 +289,7 @@ class TargetDeployment:
             digest_before=progress.digest_before,
             artifact_uri=progress.artifact_uri,
             sha256=self.run.artifact.sha256,
+            source_commit=self.run.artifact.source_commit,
             **fields,
         )
 

@@ -509,6 +509,7 @@ class TenantResult(BaseModel):
     digest_before: str | None = None
     artifact_uri: str | None = None
     sha256: str | None = None
+    source_commit: str | None = None  # the commit (or published archive's SHA-256) the build came from
     stack_status: str | None = None
     reason: str | None = None
     gated: bool = False

@@ -146,10 +146,13 @@ def test_a_tag_is_built_from_its_commit_and_reaches_three_tenants_with_its_code_
                    and "CODE_VERSION" in _zip_member(b, "app.py"))  # fmt: skip
     assert _zip_member(bodies[api_key], "app.py").startswith('CODE_VERSION = "api 1"')  # made by the build command
     assert len(artifact.objects) == 3  # api code, worker code, the nested events template
+    head = boto3.client("s3", region_name="us-east-1").head_object(Bucket=artifact.bucket, Key=api_key)
+    assert head["Metadata"]["source-commit"] == orders.commits["v1.4.0"]
 
     for tenant in TENANTS:
         result = orders.deploy(tenant, artifact)
         assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "1.4.0")
+        assert (result.sha256, result.source_commit) == (artifact.sha256, orders.commits["v1.4.0"])  # in the history
         target = orders.loaded.target(tenant)
         stack = describe_stack(orders.client("cloudformation", tenant), target.stack_name)
         assert stack is not None and stack["StackStatus"] in {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
@@ -401,6 +404,13 @@ def test_a_transform_without_auto_expand_is_refused_and_a_large_template_is_vali
     )
     with pytest.raises(BuildError, match=r"use a transform .* lacks CAPABILITY_AUTO_EXPAND"):
         orders.build("v7.0.0", application=plain)
+    named_role = (
+        "Resources:\n  Role:\n    Type: AWS::IAM::Role\n    Properties:\n      RoleName: orders-fixed-name\n"
+        "      AssumeRolePolicyDocument: {Version: '2012-10-17', Statement: []}\n"
+    )
+    named = plain.model_copy(update={"source": _folder_app(tmp_path / "named", named_role)})
+    with pytest.raises(BuildError, match=r"IAM resources with names of their own, but .* lacks CAPABILITY_NAMED_IAM"):
+        orders.build("v7.0.0", application=named)
 
     padding = "x" * 60_000  # over CloudFormation's 51,200-byte limit for a template body
     large = f"Metadata:\n  Notes: {padding}\nResources:\n  Topic:\n    Type: AWS::SNS::Topic\n"

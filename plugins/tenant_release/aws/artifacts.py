@@ -60,8 +60,14 @@ def template_url(bucket: str, region: str, key: str) -> str:
     return f"https://{bucket}.s3.{region}.{suffix}/{key}"
 
 
-def put_once(s3: Any, *, bucket: str, key: str, body: bytes, sha256: str, kms_key_id: str, version: str) -> bool:
-    """Upload an object named by its content, unless it is there already; True when it was uploaded."""
+def put_once(
+    s3: Any, *, bucket: str, key: str, body: bytes, sha256: str, kms_key_id: str, version: str, source_commit: str | None = None
+) -> bool:
+    """Upload an object named by its content, unless it is there already; True when it was uploaded.
+
+    Its metadata names the version and, when there is one, the source commit it was built from (a tenant's copy
+    keeps it: the copy copies metadata).
+    """
     existing = head_object(s3, bucket=bucket, key=key)
     if existing is not None and existing.get("Metadata", {}).get("sha256") == sha256:
         return False
@@ -73,7 +79,7 @@ def put_once(s3: Any, *, bucket: str, key: str, body: bytes, sha256: str, kms_ke
         SSEKMSKeyId=kms_key_id,
         ChecksumAlgorithm="SHA256",
         ChecksumSHA256=_checksum_b64(sha256),
-        Metadata={"sha256": sha256, "release-version": version},
+        Metadata={"sha256": sha256, "release-version": version, **({"source-commit": source_commit} if source_commit else {})},
     )
     return True
 
