@@ -599,7 +599,13 @@ def test_tenant_sessions_act_in_the_tenant_account_under_a_named_traceable_sessi
 def _planned(world: World, *names: str) -> list[tuple[PlannedTarget, Any]]:
     from tenant_release.airflow.runtime import target_digest
 
-    return [(PlannedTarget(tenant=n, target_digest=target_digest(world.loaded.target(n))), world.loaded.target(n)) for n in names]
+    return [
+        (
+            PlannedTarget(tenant=n, target_digest=target_digest(world.loaded.target(n), world.loaded.fleet.application)),
+            world.loaded.target(n),
+        )
+        for n in names
+    ]
 
 
 def test_tenants_already_at_the_release_are_unchanged_without_a_change_set(

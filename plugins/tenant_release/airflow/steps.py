@@ -18,6 +18,7 @@ from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, utc_now
 from tenant_release.errors import TenantReleaseError
 from tenant_release.models import (
+    Application,
     ApprovalPolicy,
     Artifact,
     FleetChanges,
@@ -70,17 +71,17 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int) -> dict[
     )
     return RunPlan(
         **plan_fields(loaded, release, selected),
-        targets=tuple(planned_target(t) for t in selected.targets),
-        dev=planned_target(dev),
+        targets=tuple(planned_target(t, loaded.fleet.application) for t in selected.targets),
+        dev=planned_target(dev, loaded.fleet.application),
         freeze_override=freeze_note,
         rebuild=bool(params.get("rebuild")),
     ).model_dump(mode="json")
 
 
-def planned_target(target: Target) -> PlannedTarget:
+def planned_target(target: Target, application: Application) -> PlannedTarget:
     return PlannedTarget(
         tenant=target.name,
-        target_digest=runtime.target_digest(target),
+        target_digest=runtime.target_digest(target, application),
         has_own_gate=target.approval == ApprovalPolicy.REQUIRED or bool(target.maintenance_window),
     )
 
