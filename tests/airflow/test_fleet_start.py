@@ -273,5 +273,5 @@ def test_a_tenant_or_an_application_changed_after_the_plan_is_refused(fleet_file
     assert runtime.planned_target(tenant="acme", digest=planned, config_path=str(fleet_file))[1].name == "acme"
 
     fleet_file.write_text(fleet_file.read_text() + "application:\n  verify: stack\n")  # mid-run edit
-    with pytest.raises(FleetConfigError, match="'acme' or the application changed in .* after this run was planned"):
+    with pytest.raises(FleetConfigError, match=r"'acme' or the application changed in .* after this run was planned"):
         runtime.planned_target(tenant="acme", digest=planned, config_path=str(fleet_file))
