@@ -30,7 +30,7 @@ from tenant_release.aws import artifacts
 from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import BuildError
 from tenant_release.models import Application, Artifact, ArtifactObject, Capability, Release, Target, ToolingAccount
-from tenant_release.packaging import PackagedTemplate, load_template, package_template
+from tenant_release.packaging import PackagedTemplate, load_template, package_path, package_template
 from tenant_release.source import GitSource, PublishedArchive, build_environment, refuse_moved_tag, run_build
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,12 @@ def build_release(
         refuse_moved_tag(tag=release.tag, commit=identity, built_from=built_from, rebuild=rebuild, what=what)
         if built is not None and built_from == identity and built.recipe == recipe and not rebuild and _present(s3, built, retry):
             check_parameters(
-                targets, application, declared=_declared(s3, built, retry), version=release.version, packaged=bool(built.objects)
+                targets,
+                application,
+                declared=_declared(s3, built, retry),
+                version=release.version,
+                packaged=bool(built.objects),
+                keys=built.key_parameters,
             )
             log_line(f"build: {release.tag} is {ref} ({what} {identity[:12]}), built before as sha256 {built.sha256}: reused")
             return built.model_copy(update={"reused": True})
@@ -128,17 +133,29 @@ def build_release(
             packaged = package_template(
                 template_path, key_prefix=key_prefix, bucket_parameter=bucket_parameter, root=checkout.root
             )
+        keyed = {
+            name: package_path(checkout.root, path, key_prefix=key_prefix, name=name)
+            for name, path in application.key_parameters.items()
+        }
+    objects = {o.key: o for o in (*packaged.objects, *keyed.values())}
+    key_parameters = {name: obj.key for name, obj in keyed.items()}
+    # The build's identity covers the objects named by parameters too (the template alone does not name them).
+    identity_sha = packaged.sha256
+    if key_parameters:
+        identity_sha = hashlib.sha256(json.dumps([packaged.sha256, key_parameters], sort_keys=True).encode()).hexdigest()
     artifact = Artifact(
         version=release.version,
-        sha256=packaged.sha256,
+        sha256=identity_sha,
         bucket=tooling.artifact_bucket,
         template_key=f"{key_prefix}/{packaged.sha256}.template.json",
-        objects=tuple(ArtifactObject(key=o.key, sha256=o.sha256) for o in packaged.objects),
+        template_sha256=packaged.sha256,
+        key_parameters=key_parameters,
+        objects=tuple(ArtifactObject(key=o.key, sha256=o.sha256) for o in sorted(objects.values(), key=lambda o: o.key)),
         source=checkout.description,
         source_commit=checkout.commit,
         recipe=recipe,
     )
-    for obj in packaged.objects:
+    for obj in objects.values():
         log_line(f"build: {obj.key} ({obj.size} bytes) <- {obj.source}")
     if built is not None and built.sha256 == artifact.sha256 and built.recipe == recipe and _present(s3, built, retry):
         check_parameters(
@@ -147,13 +164,14 @@ def build_release(
             declared=declared_parameters(packaged.text),
             version=release.version,
             packaged=bool(packaged.objects),
+            keys=key_parameters,
         )
         log_line(f"build: sha256 {artifact.sha256} was built and checked before: reused")
         return built.model_copy(update={"reused": True})
-    check_build(packaged, application, targets, version=release.version)
+    check_build(packaged, application, targets, version=release.version, keys=key_parameters)
     kms = sessions.tooling_client("kms", tooling.region)
     key_arn = retry.call("resolve tooling key", artifacts.resolve_kms_key_arn, kms, tooling.kms_key_alias, log=log.warning)
-    uploads = [(o.key, o.body, o.sha256) for o in packaged.objects]
+    uploads = [(o.key, o.body, o.sha256) for o in objects.values()]
     uploads.append((artifact.template_key, packaged.text.encode(), packaged.sha256))
     for key, body, sha in uploads:
         retry.call(
@@ -227,7 +245,9 @@ def stacks_root_template(application: Application, root: Path) -> dict[str, Any]
 
 def build_recipe(application: Application) -> str:
     """What, besides the source, decides a build's bytes: a change to it builds again instead of reusing."""
-    fields = application.model_dump(mode="json", include={"source", "build", "build_env", "template", "stacks", "parameters"})
+    fields = application.model_dump(
+        mode="json", include={"source", "build", "build_env", "template", "stacks", "parameters", "key_parameters"}
+    )
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -301,7 +321,9 @@ def declared_parameters(packaged_text: str) -> dict[str, dict[str, Any]]:
     return {name: spec if isinstance(spec, dict) else {} for name, spec in sorted(declared.items())}
 
 
-def check_build(packaged: PackagedTemplate, application: Application, targets: list[Target], *, version: str) -> None:
+def check_build(
+    packaged: PackagedTemplate, application: Application, targets: list[Target], *, version: str, keys: dict[str, str]
+) -> None:
     """Once per build: cfn-lint on every template, the capabilities they need, the parameters each target sets."""
     nested = [o for o in packaged.objects if o.key.endswith(".template.json")]
     artifacts.lint_template(packaged.text)
@@ -336,12 +358,23 @@ def check_build(packaged: PackagedTemplate, application: Application, targets: l
             "lacks CAPABILITY_AUTO_EXPAND. Fix: add it to application.capabilities."
         )
     check_parameters(
-        targets, application, declared=declared_parameters(packaged.text), version=version, packaged=bool(packaged.objects)
+        targets,
+        application,
+        declared=declared_parameters(packaged.text),
+        version=version,
+        packaged=bool(packaged.objects),
+        keys=keys,
     )
 
 
 def check_parameters(
-    targets: list[Target], application: Application, *, declared: dict[str, dict[str, Any]], version: str, packaged: bool
+    targets: list[Target],
+    application: Application,
+    *,
+    declared: dict[str, dict[str, Any]],
+    version: str,
+    packaged: bool,
+    keys: dict[str, str] | None = None,
 ) -> None:
     """Before anything is deployed: every target's parameter values exist in the template and fit its constraints.
 
@@ -351,11 +384,14 @@ def check_parameters(
     """
     from tenant_release.deploy import release_parameters
 
+    keys = keys or {}
     release_names = application.parameters.names()
-    if not packaged:
+    if not packaged and not keys:
         release_names.pop("bucket", None)  # nothing was packaged: the template need not take the bucket
+    release_names.update({f"key_parameters.{name}": name for name in keys})
     problems = [
-        f"application.parameters.{role} names {name}, which the template does not declare"
+        f"application.{role if role.startswith('key_parameters.') else 'parameters.' + role} names {name}, "
+        "which the template does not declare"
         for role, name in release_names.items()
         if name not in declared
     ]
@@ -369,7 +405,7 @@ def check_parameters(
                 f"tenant {target.name!r} sets parameter(s) {', '.join(unknown)} that the application template does not "
                 f"declare (it declares: {', '.join(declared)})"
             )
-        values = {**target.parameters, **release_parameters(application, target, version, packaged=packaged)}
+        values = {**target.parameters, **release_parameters(application, target, version, packaged=packaged, keys=keys)}
         for name, spec in declared.items():
             problem = _misfit(name, spec, values.get(name))
             if problem:

@@ -37,16 +37,19 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def release_parameters(application: Application, target: Target, version: str, *, packaged: bool = True) -> dict[str, str]:
+def release_parameters(
+    application: Application, target: Target, version: str, *, packaged: bool = True, keys: dict[str, str] | None = None
+) -> dict[str, str]:
     """What the release sets on a target, under the names the application's template uses (unnamed: not set).
 
     The bucket is set only when the build packaged objects: a template with no local code path does not declare it.
     """
     names = application.parameters
     values = {
+        **(keys or {}),  # the keys of objects the template takes by parameter (key_parameters)
         names.version: version,
         names.tenant: target.name,
-        names.bucket if packaged else None: target.artifact_bucket,
+        names.bucket if packaged or keys else None: target.artifact_bucket,
         names.name: target.function_name,
         # The boundary the target's bootstrap created, named by the same prefix it was given.
         names.permissions_boundary: naming.app_permissions_boundary_arn(
@@ -94,12 +97,11 @@ class TargetDeployment:
 
     def parameters(self) -> dict[str, str]:
         """The target's own parameters and what the release sets, under the names the application's template uses."""
-        run = self.run
-        packaged = bool(run.artifact.objects)
-        return {
-            **self.target.parameters,
-            **release_parameters(run.application, self.target, run.artifact.version, packaged=packaged),
-        }
+        run, artifact = self.run, self.run.artifact
+        release = release_parameters(
+            run.application, self.target, artifact.version, packaged=bool(artifact.objects), keys=artifact.key_parameters
+        )
+        return {**self.target.parameters, **release}
 
     def digest(self) -> str:
         return naming.deploy_digest(build_sha256=self.run.artifact.sha256, parameters=self.parameters())

@@ -354,6 +354,9 @@ class Application(_Strict):
     build_env: tuple[str, ...] = ()  # worker environment variables the build may see (never AWS credentials)
     template: str = "template.yaml"  # relative to the source folder
     stacks: tuple[StackSpec, ...] = ()  # several stacks in order, instead of one template
+    # Template parameters that take the key of a packaged folder or file, for templates that name their code
+    # by parameters (Code: {S3Bucket: !Ref Bucket, S3Key: !Ref ApiCodeKey}) instead of a local path.
+    key_parameters: dict[str, str] = Field(default_factory=dict)  # parameter -> path in the source
     parameters: ReleaseParameterNames = ReleaseParameterNames()
     capabilities: tuple[Capability, ...] = (Capability.IAM, Capability.NAMED_IAM)
     verify: VerifyMode | None = None  # unset: function_version for the sample, stack for your own
@@ -383,6 +386,10 @@ class Application(_Strict):
         template = PurePosixPath(self.template)
         if template.is_absolute() or ".." in template.parts:
             raise ValueError(f"template {self.template!r} must be a path inside the source folder")
+        for parameter, path in self.key_parameters.items():
+            parts = PurePosixPath(path)
+            if parts.is_absolute() or ".." in parts.parts:
+                raise ValueError(f"key_parameters.{parameter} {path!r} must be a path inside the source folder")
         if self.stacks and self.template != "template.yaml":
             raise ValueError("give either template (one stack) or stacks (several), not both")
         earlier: set[str] = set()
@@ -487,6 +494,8 @@ class Artifact(_Strict):
     source: str  # where it was built from, e.g. "https://git.example.com/app.git refs/tags/v1.4.0"
     source_commit: str | None = None  # the commit, for a git source (a published archive's SHA-256)
     recipe: str = ""  # digest of the application settings that shape the build (see build.build_recipe)
+    key_parameters: dict[str, str] = Field(default_factory=dict)  # template parameter -> key of a packaged object
+    template_sha256: str = ""  # the packaged template's own hash, when `sha256` also covers key_parameters
     reused: bool = False
 
 

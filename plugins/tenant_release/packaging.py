@@ -244,6 +244,18 @@ def _package(
     )
 
 
+def package_path(root: Path, path: str, *, key_prefix: str, name: str) -> PackagedObject:
+    """One folder (zipped) or file of the source as an object named by its hash (for `key_parameters`)."""
+    source = _inside(root.resolve(), root / path, f"key_parameters.{name} path")
+    if not source.exists():
+        raise BuildError(f"key_parameters.{name} names {path}, which is not in the source (after the build command)")
+    body, suffix = _object_body(source, zip_files=True, root=root.resolve())
+    digest = hashlib.sha256(body).hexdigest()
+    return PackagedObject(
+        key=f"{key_prefix.strip('/')}/{digest}{suffix}", body=body, sha256=digest, source=f"key_parameters.{name} <- {path}"
+    )
+
+
 def _local_path(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None

@@ -454,3 +454,21 @@ def test_several_stacks_deploy_in_their_order_and_an_output_feeds_a_later_stack(
     assert outputs == {"dataTableName": "orders-umbrella-data", "apiFunction": "orders-umbrella-stacked-api"}
     api = orders.client("lambda", "umbrella").get_function_configuration(FunctionName="orders-umbrella-stacked-api")
     assert api["Environment"]["Variables"] == {"VERSION": "1.4.0", "TABLE": "orders-umbrella-data"}
+
+
+def test_a_template_that_names_its_code_by_parameters_gets_the_keys_under_those_names(orders: Orders) -> None:
+    application = orders.loaded.fleet.application.model_copy(
+        update={"template": "keyed.yaml", "key_parameters": {"ApiCodeKey": "build/api"}}
+    )
+    artifact = orders.build("v1.5.0", application=application)
+
+    (code,) = artifact.objects
+    assert artifact.key_parameters == {"ApiCodeKey": code.key} and artifact.template_sha256 != artifact.sha256
+    result = orders.deploy("dev", artifact, application=application)  # a target with no orders stack yet
+
+    assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "1.5.0")
+    stack = describe_stack(orders.client("cloudformation", "dev"), "orders-dev")
+    assert {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}["ApiCodeKey"] == code.key
+    api = orders.client("lambda", "dev").get_function_configuration(FunctionName="orders-dev-keyed-api")
+    assert api["CodeSha256"] == _lambda_sha(_object(artifact, code.key))
+    assert _zip_member(_object(artifact, code.key), "app.py").startswith('CODE_VERSION = "api 2"')  # v1.5.0's code

@@ -99,7 +99,7 @@ def get_object(s3: Any, *, bucket: str, key: str) -> bytes | None:
 
 def artifact_files(artifact: Artifact) -> list[tuple[str, str]]:
     """(key, sha256) of every object of a build, the packaged template last."""
-    return [*((o.key, o.sha256) for o in artifact.objects), (artifact.template_key, artifact.sha256)]
+    return [*((o.key, o.sha256) for o in artifact.objects), (artifact.template_key, artifact.template_sha256 or artifact.sha256)]
 
 
 def already_published(s3: Any, artifact: Artifact) -> bool:
