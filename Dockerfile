@@ -6,6 +6,13 @@
 # See https://airflow.apache.org/docs/docker-stack/build.html ("Extending the image").
 FROM apache/airflow:3.3.2-python3.11
 
+# git: the build task fetches an application's source at the release tag (application.source.git).
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
+USER airflow
+
 # Pinned third-party dependencies. Repeating apache-airflow at the image's own
 # version (AIRFLOW_VERSION is set by the base image) stops a pin in
 # requirements.txt from silently up- or downgrading Airflow itself.

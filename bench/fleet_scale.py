@@ -401,8 +401,9 @@ def plain_release(harness: Harness, version: str, *, threads: int) -> float:
     os.environ.update({k: harness.env[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
     os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
     from tenant_release.aws.session import AwsSessions
+    from tenant_release.build import build_release
     from tenant_release.config import load_fleet
-    from tenant_release.deploy import ReleaseRun, TargetDeployment, build_release
+    from tenant_release.deploy import ReleaseRun, TargetDeployment
     from tenant_release.tags import parse_release_tag
 
     started = time.monotonic()
@@ -410,8 +411,17 @@ def plain_release(harness: Harness, version: str, *, threads: int) -> float:
     sessions = AwsSessions()
     release = parse_release_tag(f"v{version}")
     targets = loaded.tenants()
-    artifact = build_release(sessions, loaded.fleet.tooling, release, targets)
-    run = ReleaseRun(release=release, run_id=f"plain-{version}-{threads}", artifact=artifact, tooling=loaded.fleet.tooling)
+    fleet = loaded.fleet
+    artifact = build_release(
+        sessions, tooling=fleet.tooling, application=fleet.application, fleet_path=loaded.path, release=release, targets=targets
+    )
+    run = ReleaseRun(
+        release=release,
+        run_id=f"plain-{version}-{threads}",
+        artifact=artifact,
+        tooling=fleet.tooling,
+        application=fleet.application,
+    )
     dev = TargetDeployment(sessions=sessions, run=run, target=loaded.target(loaded.fleet.dev.name), record_history=False)
     dev.run_to_completion(poll_interval=POLL_SECONDS)
     failures = []

@@ -39,6 +39,12 @@ PLAN = "{{ ti.xcom_pull(task_ids='plan')"
             title="Override a change freeze (reason)",
             description="Empty: a run inside a freeze period is refused. A reason here ships anyway and is recorded.",
         ),
+        "rebuild": Param(
+            False,
+            type="boolean",
+            title="Rebuild a moved tag",
+            description="A git tag moved since this version was built is refused unless this is set: then it is built again.",
+        ),
     },
 )
 def tenant_release() -> None:

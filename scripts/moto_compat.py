@@ -9,6 +9,10 @@
   With stale parameters, going back to an earlier version (1.4 → 1.5 → 1.4) made moto answer "no changes".
 - A deleted stack keeps its change sets, found by name alone, so a stack created again under the same
   name "finds" the old executed change set; AWS deletes a stack's change sets with the stack.
+- Executing a change set leaves the stack's outputs as they were (none, for a stack a change set created);
+  AWS recomputes them from the new template. (Health checks read outputs.)
+- A nested stack (`AWS::CloudFormation::Stack`) is created, but `!GetAtt Nested.Outputs.Name` fails with an
+  AttributeError; AWS resolves it to the nested stack's output.
 
 And one thing moto cannot do at all, for benchmarks: stacks that take time to settle. moto applies a change
 set at once; with a settle time set, the stack reports `CREATE_IN_PROGRESS`/`UPDATE_IN_PROGRESS` for that
@@ -64,6 +68,22 @@ def apply() -> None:
     models.Key.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)
     models.Key._tenant_release_patched = True
     _apply_change_set_fixes()
+    _apply_nested_stack_outputs()
+
+
+def _apply_nested_stack_outputs() -> None:
+    from moto.cloudformation.exceptions import UnformattedGetAttTemplateException
+    from moto.cloudformation.models import Stack
+
+    def get_cfn_attribute(self: Any, attribute_name: str) -> Any:
+        if attribute_name.startswith("Outputs."):
+            wanted = attribute_name.split(".", 1)[1]
+            for output in self.output_map.values():
+                if output and output.key == wanted:
+                    return output.value
+        raise UnformattedGetAttTemplateException()
+
+    Stack.get_cfn_attribute = get_cfn_attribute
 
 
 def _apply_change_set_fixes() -> None:
@@ -85,6 +105,8 @@ def _apply_change_set_fixes() -> None:
                 change_set.stack.tags = dict(change_set.tags)
             if change_set.parameters:
                 change_set.stack.parameters = change_set.parameters
+            change_set.stack.template_dict = change_set.stack.parse_template(change_set.template)
+            change_set.stack.output_map = change_set.stack._create_output_map()
             if delay > 0:
                 stack = change_set.stack
                 stack._settles_at, stack._settled_status = time.time() + delay, stack.status

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tenant_release import report
-from tenant_release.config import CONFIG_ENV_VAR, config_path, load_fleet
+from tenant_release.config import CONFIG_ENV_VAR, LoadedFleet, config_path, load_fleet
 from tenant_release.errors import TenantReleaseError
+from tenant_release.models import Release
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 
@@ -26,7 +27,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     _out(f"  tooling account {fleet.tooling.account_id} ({fleet.tooling.region}), dev account {fleet.dev.account_id}")
     _out(f"  {len(fleet.tenants)} tenants; groups: {', '.join(sorted(fleet.groups()))}; default group: {fleet.default_group}")
     _out(f"  gated groups: {', '.join(fleet.gated_groups) or 'none'}")
+    _out(f"  application: {_describe_application(loaded)}")
     return 0
+
+
+def _describe_application(loaded: LoadedFleet) -> str:
+    from tenant_release.build import application_root
+
+    application = loaded.fleet.application
+    source = application.source
+    if source is None:
+        where = f"the bundled sample ({application_root(application, loaded.path)})"
+    elif source.git:
+        where = f"git {source.git} at ref {source.ref}"
+    elif source.archive:
+        where = f"the archive CI publishes at {source.archive}"
+    else:
+        where = f"folder {application_root(application, loaded.path)}"
+    build = f", built with `{application.build}`" if application.build else ""
+    return f"{where}, template {application.template}{build}, verified by {application.verify_mode.value}"
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -34,6 +53,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     release = parse_release_tag(args.tag)
     plan = plan_release(loaded, release, only_tenants=args.tenants)
     _out(f"{release.tag}: version {release.version} to group {plan.group}" + (" (gated: needs approval)" if plan.gated else ""))
+    _out(f"  source: {_source_for(loaded, release)}")
     rows = [("TENANT", "ACCOUNT", "REGION", "STACK", "APPROVAL", "WINDOW")]
     rows += [
         (t.name, t.account_id, t.region, t.stack_name, t.approval.value, t.maintenance_window or "any time") for t in plan.targets
@@ -42,6 +62,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     for row in rows:
         _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def _source_for(loaded: LoadedFleet, release: Release) -> str:
+    """What the tag builds: a git tag is resolved now, so a tag with no source is refused before any run."""
+    from tenant_release.build import git_source
+    from tenant_release.source import PublishedArchive
+
+    source = loaded.fleet.application.source
+    if source is not None and source.archive:
+        bucket, key = PublishedArchive(uri=source.archive).location(tag=release.tag, version=release.version)
+        return f"the archive s3://{bucket}/{key} (read when the build runs)"
+    git = git_source(loaded.fleet.application, loaded.path)
+    if git is None:
+        return _describe_application(loaded)
+    ref, commit = git.resolve(tag=release.tag, version=release.version)
+    return f"{git.url} {ref} at commit {commit}"
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""One release: build once, then per target assume → copy → change set → (wait) → verify, and record it.
+"""One release (built by `build`): per target assume → copy → change set → (wait) → verify, and record it.
 
 Plain Python over boto3 clients handed out by `AwsSessions`, so every step runs without Airflow. A
 target's deploy is split at its one long wait (`begin` / `poll` / `finish`), so the Airflow layer can
@@ -14,89 +14,51 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tenant_release import classify, naming
+from tenant_release import classify, health, naming
 from tenant_release.aws import artifacts, ledger, stacks
 from tenant_release.aws.session import AwsSessions
-from tenant_release.errors import BuildError, PermanentAwsError, StackFailedError, TenantReleaseError, VerificationError
-from tenant_release.models import Artifact, DeployProgress, Outcome, Release, Target, TenantResult, ToolingAccount
+from tenant_release.errors import PermanentAwsError, StackFailedError, TenantReleaseError, VerificationError
+from tenant_release.models import (
+    Application,
+    Artifact,
+    DeployProgress,
+    Outcome,
+    Release,
+    Target,
+    TenantResult,
+    ToolingAccount,
+    VerifyMode,
+)
 
 log = logging.getLogger(__name__)
-
-# Set by the release itself; a tenant's `parameters` may not override them.
-RELEASE_PARAMETERS = (
-    "ApplicationName",
-    "TenantName",
-    "CodeS3Bucket",
-    "CodeS3Key",
-    "ReleaseVersion",
-    "PermissionsBoundaryArn",
-)
 
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def build_release(sessions: AwsSessions, tooling: ToolingAccount, release: Release, targets: list[Target]) -> Artifact:
-    """Package, lint, validate and publish the application once; the same tag and code reuse the artifact."""
-    template_text = artifacts.APP_TEMPLATE.read_text(encoding="utf-8")
-    code = artifacts.package_application()
-    retry = classify.RetryPolicy()
-    s3 = sessions.tooling_client("s3", tooling.region)
-    planned = artifacts.planned_artifact(
-        bucket=tooling.artifact_bucket,
-        release_prefix=tooling.release_prefix,
-        version=release.version,
-        code=code,
-        template_text=template_text,
-    )
-    if retry.call("look for the build", artifacts.already_published, s3, planned, log=log.warning):
-        # The same bytes under the same keys: this build was linted and validated when it was published. The
-        # fleet's parameters may have changed since, so they are checked again.
-        check_parameters(targets, artifacts.declared_parameters(template_text))
-        artifact = planned.model_copy(update={"reused": True})
-    else:
-        artifacts.lint_template(template_text)
-        cloudformation = sessions.tooling_client("cloudformation", tooling.region)
-        retry.call("validate template", artifacts.validate_template, cloudformation, template_text, log=log.warning)
-        check_parameters(targets, artifacts.declared_parameters(template_text))
-        kms = sessions.tooling_client("kms", tooling.region)
-        key_arn = retry.call("resolve tooling key", artifacts.resolve_kms_key_arn, kms, tooling.kms_key_alias, log=log.warning)
-        artifact = retry.call(
-            "publish artifact",
-            artifacts.publish_artifact,
-            s3,
-            bucket=tooling.artifact_bucket,
-            kms_key_id=key_arn,
-            release_prefix=tooling.release_prefix,
-            version=release.version,
-            code=code,
-            template_text=template_text,
-            log=log.warning,
-        )
-    log.info(
-        "%s artifact %s sha256=%s",
-        "reused" if artifact.reused else "published",
-        naming.s3_uri(artifact.bucket, artifact.code_key),
-        artifact.sha256,
-    )
-    return artifact
+def release_parameters(
+    application: Application, target: Target, version: str, *, packaged: bool = True, keys: dict[str, str] | None = None
+) -> dict[str, str]:
+    """What the release sets on a target, under the names the application's template uses (unnamed: not set).
 
-
-def check_parameters(targets: list[Target], declared: list[str]) -> None:
-    problems = []
-    for target in targets:
-        reserved = sorted(set(target.parameters) & set(RELEASE_PARAMETERS))
-        unknown = sorted(set(target.parameters) - set(declared))
-        if reserved:
-            problems.append(f"tenant {target.name!r} sets {', '.join(reserved)}, which the release sets itself; remove them")
-        if unknown:
-            problems.append(
-                f"tenant {target.name!r} sets parameter(s) {', '.join(unknown)} that the application template does not "
-                f"declare (it declares: {', '.join(sorted(declared))})"
-            )
-    if problems:
-        raise BuildError("the fleet file's parameters do not fit the template: " + "; ".join(problems))
+    The bucket is set only when the build packaged objects: a template with no local code path does not declare it.
+    """
+    names = application.parameters
+    values = {
+        **(keys or {}),  # the keys of objects the template takes by parameter (key_parameters)
+        names.version: version,
+        names.tenant: target.name,
+        names.bucket if packaged or keys else None: target.artifact_bucket,
+        names.name: target.function_name,
+        # The boundary the target's bootstrap created, named by the same prefix it was given.
+        names.permissions_boundary: naming.app_permissions_boundary_arn(
+            account_id=target.account_id,
+            region=target.region,
+            prefix=naming.app_name_prefix(target.stack_name, target.function_name),
+        ),
+    }
+    return {name: value for name, value in values.items() if name}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +69,7 @@ class ReleaseRun:
     run_id: str
     artifact: Artifact
     tooling: ToolingAccount
+    application: Application = field(default_factory=Application)  # unset: the bundled sample
 
     @property
     def session_name(self) -> str:
@@ -133,30 +96,17 @@ class TargetDeployment:
         )
 
     def parameters(self) -> dict[str, str]:
-        artifact = self.run.artifact
-        return {
-            **self.target.parameters,
-            "ApplicationName": self.target.function_name,
-            "TenantName": self.target.name,
-            "CodeS3Bucket": self.target.artifact_bucket,
-            "CodeS3Key": artifact.code_key,
-            "ReleaseVersion": artifact.version,
-            # The boundary the target's bootstrap created, named by the same prefix it was given.
-            "PermissionsBoundaryArn": naming.app_permissions_boundary_arn(
-                account_id=self.target.account_id,
-                region=self.target.region,
-                prefix=naming.app_name_prefix(self.target.stack_name, self.target.function_name),
-            ),
-        }
+        """The target's own parameters and what the release sets, under the names the application's template uses."""
+        run, artifact = self.run, self.run.artifact
+        release = release_parameters(
+            run.application, self.target, artifact.version, packaged=bool(artifact.objects), keys=artifact.key_parameters
+        )
+        return {**self.target.parameters, **release}
 
     def digest(self) -> str:
-        return naming.deploy_digest(
-            template_sha256=self.run.artifact.template_sha256,
-            code_sha256=self.run.artifact.sha256,
-            parameters=self.parameters(),
-        )
+        return naming.deploy_digest(build_sha256=self.run.artifact.sha256, parameters=self.parameters())
 
-    def begin(self, progress: DeployProgress) -> DeployProgress:
+    def begin(self, progress: DeployProgress, *, wait_for_change_set: bool = True) -> DeployProgress:
         """Assume the role, copy the artifact in, start the change set. Returns the progress to finish with.
 
         What the stack held before is read once per run: a retry (or a resumed run) takes it from the
@@ -179,9 +129,11 @@ class TargetDeployment:
             progress.digest_before = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
         self.record(self.result(progress, status=Outcome.IN_PROGRESS))
         digest = self.digest()
-        progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.code_key)
-        if current is not None and current.get("StackStatus") in stacks.SUCCESS_STATES and (
-            stacks.stack_tag(current, stacks.TAG_DEPLOY_DIGEST) == digest
+        progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.template_key)
+        if (
+            current is not None
+            and current.get("StackStatus") in stacks.SUCCESS_STATES
+            and (stacks.stack_tag(current, stacks.TAG_DEPLOY_DIGEST) == digest)
         ):
             # The stack already runs this exact build from copies verified when they were made: nothing to copy.
             log.info("%s already holds this build (deploy digest %s): no copy needed", target.stack_name, digest)
@@ -193,7 +145,7 @@ class TargetDeployment:
             return stacks.start_deploy(
                 cloudformation,
                 stack_name=target.stack_name,
-                template_url=template_url(target.artifact_bucket, target.region, artifact.template_key),
+                template_url=artifacts.template_url(target.artifact_bucket, target.region, artifact.template_key),
                 parameters=self.parameters(),
                 tags={
                     stacks.TAG_RELEASE_VERSION: artifact.version,
@@ -201,15 +153,38 @@ class TargetDeployment:
                     stacks.TAG_MANAGED_BY: "tenant-release",
                 },
                 execution_role_arn=target.execution_role_arn,
+                capabilities=[str(c) for c in self.run.application.capabilities],
                 change_set_name=naming.change_set_name(version=artifact.version, deploy_digest=digest),
                 deploy_digest=digest,
                 stack=first_read.pop() if first_read else stacks.NOT_READ,
+                wait=wait_for_change_set,
             )
 
         started = call("start change set", start_change_set, log=log.warning)
         progress.unchanged = started.unchanged
         progress.change_set = started.change_set_name
         progress.change_set_type = started.change_set_type
+        progress.change_set_pending = started.pending
+        return progress
+
+    def execute_when_ready(self, progress: DeployProgress) -> DeployProgress | None:
+        """A change set `begin` left being created: None while it still is, else the progress once it executes."""
+        assert progress.change_set is not None
+        started = self.retry.call(
+            "execute change set",
+            stacks.execute_when_ready,
+            self.client("cloudformation"),
+            stack_name=self.target.stack_name,
+            change_set_name=progress.change_set,
+            change_set_type=progress.change_set_type,
+            log=log.warning,
+        )
+        if started is None:
+            return None
+        progress = progress.model_copy(deep=True)
+        progress.change_set_pending = False
+        progress.unchanged = started.unchanged
+        progress.change_set = started.change_set_name
         return progress
 
     def _copy_artifact(self) -> str:
@@ -224,7 +199,7 @@ class TargetDeployment:
             "resolve tenant key", artifacts.resolve_kms_key_arn, self.client("kms"), target.kms_key_alias, log=log.warning
         )
         s3 = self.sessions.tooling_client("s3", target.region)
-        for key, sha in ((artifact.code_key, artifact.sha256), (artifact.template_key, artifact.template_sha256)):
+        for key, sha in artifacts.artifact_files(artifact):
             call(
                 "copy artifact",
                 artifacts.copy_into_tenant,
@@ -246,11 +221,13 @@ class TargetDeployment:
         )
 
     def finish(self, progress: DeployProgress, *, stack_status: str) -> TenantResult:
-        """After the stack settled: explain a failure from its events, or verify the function's version."""
+        """After the stack settled: explain a failure from its events, or check that it runs the release."""
         cloudformation = self.client("cloudformation")
         if stack_status not in stacks.SUCCESS_STATES:
             stacks.raise_for_failed_stack(cloudformation, self.target.stack_name, stack_status)
         reported = self.retry.call("verify", self.verify, log=log.warning)
+        if self.run.application.health:
+            health.check_all(self, self.run.application.health)
         # UNCHANGED means this run found the stack exactly as the release wants it, not merely that the
         # last attempt had nothing left to do.
         unchanged = progress.digest_before == self.digest()
@@ -262,6 +239,17 @@ class TargetDeployment:
         )
 
     def verify(self) -> str:
+        """The version the target now runs, as the application's verify mode reads it; a mismatch fails it."""
+        expected = self.run.artifact.version
+        if self.run.application.verify_mode == VerifyMode.STACK:
+            stack = stacks.describe_stack(self.client("cloudformation"), self.target.stack_name)
+            reported = stacks.stack_tag(stack, stacks.TAG_RELEASE_VERSION)
+            if reported != expected or stacks.stack_tag(stack, stacks.TAG_DEPLOY_DIGEST) != self.digest():
+                raise VerificationError(
+                    f"stack {self.target.stack_name} settled tagged with version {reported!r}, expected {expected!r} "
+                    "and this build's deploy digest"
+                )
+            return reported
         lambda_client = self.client("lambda")
         try:
             config = lambda_client.get_function_configuration(FunctionName=self.target.function_name)
@@ -270,14 +258,15 @@ class TargetDeployment:
                 raise
             raise VerificationError(f"function {self.target.function_name} cannot be read: {classify.describe(exc)}") from None
         reported = (config.get("Environment") or {}).get("Variables", {}).get("RELEASE_VERSION")
-        if reported != self.run.artifact.version:
-            raise VerificationError(
-                f"function {self.target.function_name} reports version {reported!r}, expected {self.run.artifact.version!r}"
-            )
+        if reported != expected:
+            raise VerificationError(f"function {self.target.function_name} reports version {reported!r}, expected {expected!r}")
         return reported
 
     def smoke_test(self) -> None:
-        """Invoke the function once; used for dev before any tenant is touched."""
+        """Invoke the function once; used for dev before any tenant is touched (an application with a function)."""
+        if self.run.application.verify_mode != VerifyMode.FUNCTION_VERSION:
+            log.info("no smoke test: the application's verify mode is %s", self.run.application.verify_mode)
+            return
         response = self.client("lambda").invoke(FunctionName=self.target.function_name, Payload=b"{}")
         if response.get("FunctionError") or response.get("StatusCode") != 200:
             payload = response["Payload"].read()[:500]
@@ -302,6 +291,7 @@ class TargetDeployment:
             digest_before=progress.digest_before,
             artifact_uri=progress.artifact_uri,
             sha256=self.run.artifact.sha256,
+            source_commit=self.run.artifact.source_commit,
             **fields,
         )
 
@@ -357,11 +347,6 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         return classify.describe(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-def template_url(bucket: str, region: str, key: str) -> str:
-    suffix = "amazonaws.com.cn" if naming.partition_for(region) == "aws-cn" else "amazonaws.com"
-    return f"https://{bucket}.s3.{region}.{suffix}/{key}"
 
 
 def record_result(sessions: AwsSessions, tooling: ToolingAccount, result: TenantResult) -> None:

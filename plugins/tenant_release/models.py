@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -200,6 +201,212 @@ class ReleaseSchedule(_Strict):
     freezes: tuple[Freeze, ...] = ()
 
 
+class Capability(StrEnum):
+    IAM = "CAPABILITY_IAM"
+    NAMED_IAM = "CAPABILITY_NAMED_IAM"
+    AUTO_EXPAND = "CAPABILITY_AUTO_EXPAND"
+
+
+class VerifyMode(StrEnum):
+    # The function the target names (`function_name`) reports the release in its RELEASE_VERSION variable.
+    FUNCTION_VERSION = "function_version"
+    # The stack settled with the release's version tag: what any CloudFormation application can promise.
+    STACK = "stack"
+
+
+class ApplicationSource(_Strict):
+    """Where the application's source is: a folder, or a git repository at the ref a release tag maps to."""
+
+    path: str | None = None  # relative to the fleet file's folder
+    git: str | None = None  # anything `git fetch` accepts
+    ref: str = "{tag}"  # the git ref a release tag maps to: {tag} (v1.4.0) or {version} (1.4.0)
+    archive: str | None = None  # a zip CI published: s3://bucket/key naming {version} or {tag}
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ApplicationSource:
+        if [self.path, self.git, self.archive].count(None) != 2:
+            raise ValueError("give exactly one of path (a folder), git (a repository address) or archive (a published zip)")
+        if self.git is None and self.ref != "{tag}":
+            raise ValueError("ref applies to a git source only")
+        from tenant_release.source import GitSource, PublishedArchive, SourceError
+
+        try:  # the same checks the build makes, so that `tenant-release validate` reports them
+            if self.git is not None:
+                GitSource(url=self.git, ref=self.ref)
+            if self.archive is not None:
+                PublishedArchive(uri=self.archive)
+        except SourceError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class ReleaseParameterNames(_Strict):
+    """Under which names the application's template takes what the release sets; null: it does not take it."""
+
+    version: str | None = "ReleaseVersion"
+    tenant: str | None = "TenantName"
+    bucket: str | None = "CodeS3Bucket"  # the tenant's artifact bucket, which holds the packaged code
+    name: str | None = "ApplicationName"  # the target's function_name, the application's own name prefix
+    permissions_boundary: str | None = "PermissionsBoundaryArn"
+
+    def names(self) -> dict[str, str]:
+        return {role: name for role, name in self.model_dump().items() if name}
+
+
+class HealthCheck(_Strict):
+    """A check after a tenant's stack settled, on what a stack output names. A failed check fails that tenant.
+
+    One of: `invoke` (the output names a Lambda function: invoke it), `http` (the output is a URL: GET it), or
+    `equals` (the output's value itself). `contains` checks the invocation's or the response's body.
+    `{version}` and `{tenant}` in `equals` and `contains` are filled in.
+    """
+
+    output: str
+    invoke: bool = False
+    payload: dict[str, Any] = Field(default_factory=dict)
+    http: bool = False
+    insecure_http: bool = False  # allow a plain http:// URL (https only by default)
+    status: int = Field(default=200, ge=100, le=599)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    equals: str | None = None
+    contains: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HealthCheck:
+        if [self.invoke, self.http, self.equals is not None].count(True) != 1:
+            raise ValueError(f"health check of output {self.output}: give exactly one of invoke, http or equals")
+        if self.contains is not None and self.equals is not None:
+            raise ValueError(f"health check of output {self.output}: contains applies to invoke and http only")
+        return self
+
+    def describe(self) -> str:
+        if self.invoke:
+            return f"invoke the function in output {self.output}"
+        if self.http:
+            return f"GET the URL in output {self.output} (expect {self.status})"
+        return f"output {self.output} equals {self.equals!r}"
+
+
+class ExecutionRolePolicy(_Strict):
+    """What the tenant's CloudFormation execution role may manage beyond the sample's resources (see execution_policy)."""
+
+    resource_types: tuple[str, ...] = ()
+    statements: tuple[dict[str, Any], ...] = ()
+
+    @field_validator("resource_types")
+    @classmethod
+    def _known_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from tenant_release.execution_policy import CATALOG
+
+        unknown = [kind for kind in value if kind not in CATALOG]
+        if unknown:
+            raise ValueError(
+                f"resource type(s) {', '.join(unknown)} are not in the catalog ({', '.join(sorted(CATALOG))}); "
+                "grant what they need with statements"
+            )
+        return value
+
+    @field_validator("statements")
+    @classmethod
+    def _bounded_statements(cls, value: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        from tenant_release.execution_policy import check_statements
+
+        check_statements(value)
+        return value
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.resource_types and not self.statements
+
+
+STACK_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,62}$")
+
+
+class StackSpec(_Strict):
+    """One of several stacks of the application, deployed after the ones declared before it."""
+
+    name: str  # its logical name in the tenant's stack (letters and digits)
+    template: str  # relative to the source folder
+    inputs: dict[str, str] = Field(default_factory=dict)  # parameter -> "<earlier stack>.<Output>"
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not STACK_NAME_PATTERN.match(value):
+            raise ValueError(f"stack name {value!r} must be letters and digits, starting with a letter")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"template {value!r} must be a path inside the source folder")
+        return value
+
+
+class Application(_Strict):
+    """The application a release ships. Unset: the bundled sample Lambda of include/templates/app."""
+
+    source: ApplicationSource | None = None
+    build: str | None = None  # a shell command run in the source folder before packaging
+    build_timeout_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
+    build_env: tuple[str, ...] = ()  # worker environment variables the build may see (never AWS credentials)
+    template: str = "template.yaml"  # relative to the source folder
+    stacks: tuple[StackSpec, ...] = ()  # several stacks in order, instead of one template
+    # Template parameters that take the key of a packaged folder or file, for templates that name their code
+    # by parameters (Code: {S3Bucket: !Ref Bucket, S3Key: !Ref ApiCodeKey}) instead of a local path.
+    key_parameters: dict[str, str] = Field(default_factory=dict)  # parameter -> path in the source
+    parameters: ReleaseParameterNames = ReleaseParameterNames()
+    capabilities: tuple[Capability, ...] = (Capability.IAM, Capability.NAMED_IAM)
+    verify: VerifyMode | None = None  # unset: function_version for the sample, stack for your own
+    health: tuple[HealthCheck, ...] = ()  # after the verify, in order; the first that fails fails the tenant
+    execution_role: ExecutionRolePolicy = ExecutionRolePolicy()
+
+    @property
+    def is_sample(self) -> bool:
+        return self.source is None
+
+    @property
+    def verify_mode(self) -> VerifyMode:
+        if self.verify is not None:
+            return self.verify
+        return VerifyMode.FUNCTION_VERSION if self.is_sample else VerifyMode.STACK
+
+    @model_validator(mode="after")
+    def _check(self) -> Application:
+        if self.source is None and (self.build is not None or self.template != "template.yaml"):
+            raise ValueError("build and template describe your own application: give its source too")
+        never = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"}
+        refused = [name for name in self.build_env if name in never or name.startswith("AIRFLOW")]
+        if refused:
+            raise ValueError(f"build_env may not pass {', '.join(refused)}: the build never gets the orchestrator's credentials")
+        if self.parameters.bucket is None:
+            raise ValueError("parameters.bucket may not be null: the packaged code is found through it")
+        template = PurePosixPath(self.template)
+        if template.is_absolute() or ".." in template.parts:
+            raise ValueError(f"template {self.template!r} must be a path inside the source folder")
+        for parameter, path in self.key_parameters.items():
+            parts = PurePosixPath(path)
+            if parts.is_absolute() or ".." in parts.parts:
+                raise ValueError(f"key_parameters.{parameter} {path!r} must be a path inside the source folder")
+        if self.stacks and self.template != "template.yaml":
+            raise ValueError("give either template (one stack) or stacks (several), not both")
+        earlier: set[str] = set()
+        for stack in self.stacks:
+            if stack.name in earlier:
+                raise ValueError(f"stacks: {stack.name!r} is declared twice")
+            for parameter, source in stack.inputs.items():
+                origin, _, output = source.partition(".")
+                if origin not in earlier or not output:
+                    raise ValueError(
+                        f"stacks: {stack.name}.inputs.{parameter} is {source!r}: it must name an output of a stack declared "
+                        f"before it, as <stack>.<Output> (earlier stacks: {', '.join(sorted(earlier)) or 'none'})"
+                    )
+            earlier.add(stack.name)
+        return self
+
+
 class Fleet(_Strict):
     """The whole fleet file, validated; tenants still hold their raw (uninherited) settings."""
 
@@ -210,6 +417,7 @@ class Fleet(_Strict):
     gated_groups: tuple[str, ...] = ()
     approval_timeout_hours: float = Field(default=72.0, gt=0, le=24 * 30)
     schedule: ReleaseSchedule = ReleaseSchedule()
+    application: Application = Application()
     tenants: tuple[TargetSpec, ...]
 
     @model_validator(mode="after")
@@ -264,15 +472,30 @@ class Release(_Strict):
     group: str | None  # None: the fleet's default group
 
 
+class ArtifactObject(_Strict):
+    """One packaged object of a build (a code zip, a layer, a nested template), named by its SHA-256."""
+
+    key: str
+    sha256: str
+
+
 class Artifact(_Strict):
-    """The built release in the tooling bucket."""
+    """The built release in the tooling bucket: the packaged template and the objects it refers to.
+
+    `sha256` is the packaged template's. The template names every object by its own hash, so this one hash
+    identifies the whole build: the same source gives the same hash.
+    """
 
     version: str
     sha256: str
     bucket: str
-    code_key: str
     template_key: str
-    template_sha256: str
+    objects: tuple[ArtifactObject, ...]
+    source: str  # where it was built from, e.g. "https://git.example.com/app.git refs/tags/v1.4.0"
+    source_commit: str | None = None  # the commit, for a git source (a published archive's SHA-256)
+    recipe: str = ""  # digest of the application settings that shape the build (see build.build_recipe)
+    key_parameters: dict[str, str] = Field(default_factory=dict)  # template parameter -> key of a packaged object
+    template_sha256: str = ""  # the packaged template's own hash, when `sha256` also covers key_parameters
     reused: bool = False
 
 
@@ -295,6 +518,7 @@ class TenantResult(BaseModel):
     digest_before: str | None = None
     artifact_uri: str | None = None
     sha256: str | None = None
+    source_commit: str | None = None  # the commit (or published archive's SHA-256) the build came from
     stack_status: str | None = None
     reason: str | None = None
     gated: bool = False
@@ -344,6 +568,7 @@ class RunPlan(_Strict):
     targets: tuple[PlannedTarget, ...] = ()
     dev: PlannedTarget | None = None
     freeze_override: str | None = None
+    rebuild: bool = False  # build again even if the tag moved since this version was built
 
 
 class QueuedPlan(RunPlan):
@@ -388,6 +613,7 @@ class DeployProgress(BaseModel):
     unchanged: bool = False
     change_set: str | None = None
     change_set_type: str | None = None
+    change_set_pending: bool = False  # created, not yet ready to execute
     notes: list[str] = Field(default_factory=list)
     approval: ApprovalDecision | None = None
     approved_by: str | None = None

@@ -54,19 +54,6 @@ def source_identity(*, release_tag: str) -> str:
     return _fit(f"{SOURCE_IDENTITY_PREFIX}@{release_tag}", STS_NAME_MAX, unsafe=_SESSION_UNSAFE, replacement="-")
 
 
-def artifact_prefix(*, release_prefix: str, version: str, sha256: str) -> str:
-    """Where a build lives: names the version and the content hash, so a key never changes meaning."""
-    return f"{release_prefix.strip('/')}/{version}/{sha256[:16]}"
-
-
-def code_key(*, release_prefix: str, version: str, sha256: str) -> str:
-    return f"{artifact_prefix(release_prefix=release_prefix, version=version, sha256=sha256)}/app.zip"
-
-
-def template_key(*, release_prefix: str, version: str, sha256: str) -> str:
-    return f"{artifact_prefix(release_prefix=release_prefix, version=version, sha256=sha256)}/template.yaml"
-
-
 def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
@@ -82,10 +69,10 @@ def change_set_name_from(name: str, stack_digest: str | None) -> str:
     return _fit(f"{name}-from-{suffix}", 128, unsafe=_CHANGE_SET_UNSAFE, replacement="-")
 
 
-def deploy_digest(*, template_sha256: str, code_sha256: str, parameters: dict[str, str]) -> str:
-    """What makes two deploys the same: template, code and every parameter value."""
+def deploy_digest(*, build_sha256: str, parameters: dict[str, str]) -> str:
+    """What makes two deploys the same: the build (template and every packaged object) and every parameter value."""
     flat = "\n".join(f"{key}={parameters[key]}" for key in sorted(parameters))
-    return hashlib.sha256(f"{template_sha256}\n{code_sha256}\n{flat}".encode()).hexdigest()
+    return hashlib.sha256(f"{build_sha256}\n{flat}".encode()).hexdigest()
 
 
 def render_target_name(pattern: str, **values: str) -> str:

@@ -124,7 +124,7 @@ def _entries(names: list[str], *, artifact: dict, config_path: str, targets_id: 
     return [
         {
             "tenant": name,
-            "target_digest": runtime.target_digest(loaded.target(name)),
+            "target_digest": runtime.target_digest(loaded.target(name), loaded.fleet.application),
             "has_own_gate": name in gated,
             "release_tag": "v1.4.0",
             "config_path": config_path,
@@ -151,13 +151,18 @@ def _started(task: Any, map_index: int) -> FleetTenantStartTrigger:
 @pytest.fixture
 def built(bootstrapped, fleet_file: Path) -> dict:
     from tenant_release.airflow import runtime
-    from tenant_release.deploy import build_release
+    from tenant_release.build import build_release
     from tenant_release.tags import parse_release_tag
 
     loaded = runtime.cached_fleet(str(fleet_file))
     names = ["acme", "globex", "umbrella"]
     artifact = build_release(
-        runtime.aws_sessions(), loaded.fleet.tooling, parse_release_tag("v1.4.0"), [loaded.target(n) for n in names]
+        runtime.aws_sessions(),
+        tooling=loaded.fleet.tooling,
+        application=loaded.fleet.application,
+        fleet_path=loaded.path,
+        release=parse_release_tag("v1.4.0"),
+        targets=[loaded.target(n) for n in names],
     )
     return {"names": names, "artifact": artifact.model_dump(mode="json"), "config_path": str(fleet_file)}
 
@@ -236,15 +241,15 @@ def test_a_stray_event_starts_the_tenants_deploy_instead_of_failing_it(fleet_fil
     operator = FleetTenantDeployOperator(
         task_id="deploy",
         tenant="acme",
-        target_digest=runtime.target_digest(loaded.target("acme")),
+        target_digest=runtime.target_digest(loaded.target("acme"), loaded.fleet.application),
         release_tag="v1.4.0",
         artifact={
             "version": "1.4.0",
             "sha256": "a" * 64,
             "bucket": "b",
-            "code_key": "k",
             "template_key": "t",
-            "template_sha256": "b" * 64,
+            "objects": [{"key": "k", "sha256": "b" * 64}],
+            "source": "folder /app",
         },
         config_path=str(fleet_file),
         has_own_gate=False,
@@ -257,3 +262,16 @@ def test_a_stray_event_starts_the_tenants_deploy_instead_of_failing_it(fleet_fil
     trigger = deferred.value.trigger
     assert isinstance(trigger, TenantDeployTrigger)
     assert (trigger.tenant, trigger.run_id, trigger.release_tag) == ("acme", "manual__stray", "v1.4.0")
+
+
+def test_a_tenant_or_an_application_changed_after_the_plan_is_refused(fleet_file: Path) -> None:
+    from tenant_release.airflow import runtime
+    from tenant_release.errors import FleetConfigError
+
+    loaded = runtime.cached_fleet(str(fleet_file))
+    planned = runtime.target_digest(loaded.target("acme"), loaded.fleet.application)
+    assert runtime.planned_target(tenant="acme", digest=planned, config_path=str(fleet_file))[1].name == "acme"
+
+    fleet_file.write_text(fleet_file.read_text() + "application:\n  verify: stack\n")  # mid-run edit
+    with pytest.raises(FleetConfigError, match=r"'acme' or the application changed in .* after this run was planned"):
+        runtime.planned_target(tenant="acme", digest=planned, config_path=str(fleet_file))

@@ -20,7 +20,7 @@ TRIGGERS = [
         config_path="/etc/fleet.yaml",
         release_tag="v1.4.0",
         run_id="manual__1",
-        artifact={"version": "1.4.0", "sha256": "a" * 64, "bucket": "b", "code_key": "k", "template_key": "t"},
+        artifact={"version": "1.4.0", "sha256": "a" * 64, "bucket": "b", "template_key": "t", "objects": [], "source": "x"},
         progress=PROGRESS.model_dump(mode="json"),
         poll_interval=5.0,
         deadline="2026-12-01T12:00:00+00:00",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -22,20 +23,22 @@ import pytest
 from moto import mock_aws
 from tenant_release import naming
 from tenant_release.aws import ledger
+from tenant_release.aws.artifacts import SAMPLE_APP_DIR
 from tenant_release.aws.bootstrap import bootstrap_fleet
 from tenant_release.aws.session import AwsSessions
 from tenant_release.aws.stacks import describe_stack, stack_tag
+from tenant_release.build import build_release
 from tenant_release.changes import find_changes
 from tenant_release.classify import RetryPolicy
 from tenant_release.config import LoadedFleet, load_fleet
-from tenant_release.deploy import ReleaseRun, TargetDeployment, build_release
+from tenant_release.deploy import ReleaseRun, TargetDeployment
 from tenant_release.errors import (
     ChecksumMismatchError,
     PermanentAwsError,
     RecoverableAwsError,
     StackFailedError,
 )
-from tenant_release.models import Artifact, Outcome, PlannedTarget, TenantResult
+from tenant_release.models import Artifact, DeployProgress, Outcome, PlannedTarget, TenantResult
 from tenant_release.tags import parse_release_tag
 
 from tests.faults import Faults
@@ -115,6 +118,17 @@ def _no_sleep(_: float) -> None:
     return None
 
 
+def build(sessions: AwsSessions, loaded: Any, version: str) -> Artifact:
+    return build_release(
+        sessions,
+        tooling=loaded.fleet.tooling,
+        application=loaded.fleet.application,
+        fleet_path=loaded.path,
+        release=parse_release_tag(f"v{version}"),
+        targets=loaded.tenants(),
+    )
+
+
 def deploy(deployment: TargetDeployment) -> TenantResult:
     return deployment.run_to_completion(sleep=_no_sleep)
 
@@ -154,10 +168,7 @@ def world() -> Iterator[World]:
             bootstrap_fleet(AwsSessions(), loaded, sleep=_no_sleep)
             base_session = boto3.Session()
             sessions = AwsSessions(base_session)
-            artifacts = {
-                version: build_release(sessions, loaded.fleet.tooling, parse_release_tag(f"v{version}"), loaded.tenants())
-                for version in ("1.4.0", "1.5.0")
-            }
+            artifacts = {version: build(sessions, loaded, version) for version in ("1.4.0", "1.5.0")}
             yield World(loaded=loaded, artifacts=artifacts, base_session=base_session)
 
 
@@ -202,24 +213,29 @@ def test_build_publishes_one_encrypted_artifact_per_version_and_reuses_it(world:
     tooling_key = world.key_arn(TOOLING, tooling.region, TOOLING_KEY_ALIAS)
 
     assert artifact.bucket == tooling.artifact_bucket
-    assert re.fullmatch(r"releases/1\.4\.0/[0-9a-f]{16}/app\.zip", artifact.code_key)
-    assert re.fullmatch(r"releases/1\.4\.0/[0-9a-f]{16}/template\.yaml", artifact.template_key)
-    for key, sha in ((artifact.code_key, artifact.sha256), (artifact.template_key, artifact.template_sha256)):
+    (code,) = artifact.objects  # the sample's one function: its src folder, zipped
+    assert re.fullmatch(r"releases/1\.4\.0/[0-9a-f]{64}\.zip", code.key)
+    assert artifact.template_key == f"releases/1.4.0/{artifact.sha256}.template.json"
+    assert artifact.source == f"folder {SAMPLE_APP_DIR}" and artifact.source_commit is None
+    for key, sha in ((code.key, code.sha256), (artifact.template_key, artifact.sha256)):
         head = s3.head_object(Bucket=artifact.bucket, Key=key)
         assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", tooling_key)
         body = s3.get_object(Bucket=artifact.bucket, Key=key)["Body"].read()
         assert hashlib.sha256(body).hexdigest() == sha == head["Metadata"]["sha256"]
+    template = json.loads(s3.get_object(Bucket=artifact.bucket, Key=artifact.template_key)["Body"].read())
+    function = template["Resources"]["Function"]["Properties"]
+    assert function["Code"] == {"S3Bucket": {"Ref": "CodeS3Bucket"}, "S3Key": code.key}
 
     def versions() -> int:
         return len(s3.list_object_versions(Bucket=artifact.bucket, Prefix="releases/1.4.0/").get("Versions", []))
 
     stored = versions()
-    again = build_release(sessions, tooling, parse_release_tag("v1.4.0"), world.loaded.tenants())
+    again = build(sessions, world.loaded, "1.4.0")
 
     assert again.reused is True
-    assert (again.code_key, again.sha256) == (artifact.code_key, artifact.sha256)
-    assert versions() == stored == 2  # code and template, each written once
-    assert world.artifacts["1.5.0"].code_key.startswith("releases/1.5.0/")
+    assert again.model_copy(update={"reused": False}) == artifact
+    assert versions() == stored == 3  # code, template and the build's manifest, each written once
+    assert world.artifacts["1.5.0"].template_key.startswith("releases/1.5.0/")
 
 
 # --- per tenant deploy ---------------------------------------------------------------------------------------
@@ -237,12 +253,13 @@ def test_each_tenant_gets_its_own_encrypted_copy_and_stack_in_its_own_account(wo
         assert (result.status, result.version_before, result.version_after) == (Outcome.SUCCEEDED, None, "1.4.0")
 
         bucket = f"tenant-release-{account}-{region}"
-        assert result.artifact_uri == f"s3://{bucket}/{artifact.code_key}"
-        copy = world.inspect("s3", account, region).head_object(Bucket=bucket, Key=artifact.code_key)
+        assert result.artifact_uri == f"s3://{bucket}/{artifact.template_key}"
         tenant_key = world.key_arn(account, region, TENANT_KEY_ALIAS)
-        assert copy["SSEKMSKeyId"] == tenant_key != tooling_key
         assert f":{account}:" in tenant_key
-        assert copy["Metadata"]["sha256"] == artifact.sha256
+        for key, sha in [(o.key, o.sha256) for o in artifact.objects] + [(artifact.template_key, artifact.sha256)]:
+            copy = world.inspect("s3", account, region).head_object(Bucket=bucket, Key=key)
+            assert copy["SSEKMSKeyId"] == tenant_key != tooling_key
+            assert copy["Metadata"]["sha256"] == sha
 
         stack = world.stack(account, region, f"tenant-app-{name}")
         assert stack is not None and stack["StackStatus"] == "CREATE_COMPLETE"
@@ -500,8 +517,9 @@ def test_copy_that_does_not_hash_to_the_build_is_not_deployed(world: World, sess
     with pytest.raises(ChecksumMismatchError) as caught:
         deploy(world.deployment(sessions, "acme", retry=RetryPolicy(sleep=sleeps.append)))
 
-    assert f"s3://tenant-release-{ACME}-eu-central-1/{artifact.code_key}" in str(caught.value)
-    assert artifact.sha256 in str(caught.value) and "not deployed" in str(caught.value)
+    (code,) = artifact.objects
+    assert f"s3://tenant-release-{ACME}-eu-central-1/{code.key}" in str(caught.value)
+    assert code.sha256 in str(caught.value) and "not deployed" in str(caught.value)
     assert sleeps == []
     assert count(faults, ACME, "create_change_set") == 0
     assert world.stack(ACME, "eu-central-1", "tenant-app-acme") is None
@@ -581,7 +599,13 @@ def test_tenant_sessions_act_in_the_tenant_account_under_a_named_traceable_sessi
 def _planned(world: World, *names: str) -> list[tuple[PlannedTarget, Any]]:
     from tenant_release.airflow.runtime import target_digest
 
-    return [(PlannedTarget(tenant=n, target_digest=target_digest(world.loaded.target(n))), world.loaded.target(n)) for n in names]
+    return [
+        (
+            PlannedTarget(tenant=n, target_digest=target_digest(world.loaded.target(n), world.loaded.fleet.application)),
+            world.loaded.target(n),
+        )
+        for n in names
+    ]
 
 
 def test_tenants_already_at_the_release_are_unchanged_without_a_change_set(
@@ -690,3 +714,28 @@ def test_going_back_to_an_earlier_build_deploys_it_again(world: World, sessions:
     assert stack_tag(world.stack(GLOBEX, "us-east-1", "tenant-app-globex"), "ReleaseVersion") == "1.4.0"
     again = deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-4"))  # and forth once more
     assert (again.status, again.version_after) == (Outcome.SUCCEEDED, "1.5.0")
+
+
+def test_a_change_set_still_being_created_is_executed_once_ready_without_a_thread_waiting_for_it(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    # CloudFormation takes seconds to make a change set; moto makes it at once. The first look says it is not ready.
+    faults.add(
+        service="cloudformation",
+        operation="describe_change_set",
+        account=GLOBEX,
+        rewrite=lambda response, kwargs: {**response, "Status": "CREATE_IN_PROGRESS", "ExecutionStatus": "UNAVAILABLE"},
+        when=lambda kwargs: count(faults, GLOBEX, "execute_change_set") == 0 and count(faults, GLOBEX, "create_change_set") == 1,
+        times=1,
+    )
+    deployment = world.deployment(sessions, "globex")
+
+    progress = deployment.begin(DeployProgress(started_at="2026-12-03T00:00:00+00:00"), wait_for_change_set=False)
+
+    assert progress.change_set_pending and progress.change_set and count(faults, GLOBEX, "execute_change_set") == 0
+    assert deployment.execute_when_ready(progress) is None
+    ready = deployment.execute_when_ready(progress)
+    assert ready is not None and not ready.change_set_pending and count(faults, GLOBEX, "execute_change_set") == 1
+    assert deployment.poll().settled
+    result = deployment.finish(ready, stack_status=deployment.poll().status)
+    assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "1.4.0")

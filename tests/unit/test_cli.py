@@ -24,6 +24,7 @@ def test_validate_summarises_the_fleet(fleet_file: Path, capsys):
     assert f"{fleet_file}: OK" in out
     assert "4 tenants; groups: canary, prod, qa; default group: prod" in out
     assert "gated groups: prod" in out
+    assert "application: the bundled sample (" in out and "verified by function_version" in out
 
 
 def test_validate_names_what_is_wrong(fleet_file: Path, capsys):
@@ -38,8 +39,9 @@ def test_plan_lists_the_tags_tenants(fleet_file: Path, capsys):
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == "v1.4.0: version 1.4.0 to group prod (gated: needs approval)"
-    assert lines[1].split() == ["TENANT", "ACCOUNT", "REGION", "STACK", "APPROVAL", "WINDOW"]
-    assert [line.split()[0] for line in lines[2:]] == ["acme", "globex", "umbrella"]
+    assert lines[1].startswith("  source: the bundled sample")
+    assert lines[2].split() == ["TENANT", "ACCOUNT", "REGION", "STACK", "APPROVAL", "WINDOW"]
+    assert [line.split()[0] for line in lines[3:]] == ["acme", "globex", "umbrella"]
     assert "044444444444" in out  # the leading zero survives
 
 
@@ -51,6 +53,28 @@ def test_plan_refuses_a_bad_tag_with_exit_code_2_and_the_fix_on_stderr(fleet_fil
     code, out, err = run(capsys, "plan", "v-1.4.0-nosuch")
     assert (code, out) == (2, "")
     assert "targets group 'nosuch', which no tenant belongs to; groups: canary, prod, qa" in err
+
+
+def test_plan_names_the_commit_a_tag_builds_and_refuses_a_tag_with_no_source(fleet_file: Path, tmp_path: Path, capsys):
+    import os
+    import subprocess
+
+    names = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
+    env = {**os.environ, **dict.fromkeys(names, "dev")}
+    repo = tmp_path / "app"
+    repo.mkdir()
+    for command in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "one"], ["tag", "v1.4.0"]):
+        subprocess.run(["git", "-C", str(repo), *command], check=True, env=env)
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    commit = head.stdout.strip()
+    fleet_file.write_text(fleet_file.read_text() + f"application:\n  source:\n    git: {repo}\n")
+
+    code, out, err = run(capsys, "plan", "v1.4.0")
+    assert code == 0 and err == ""
+    assert out.splitlines()[1] == f"  source: {repo} refs/tags/v1.4.0 at commit {commit}"
+
+    code, out, err = run(capsys, "plan", "v1.5.0")
+    assert code != 0 and "release tag v1.5.0 names 'v1.5.0', which" in err and "(tags there: v1.4.0)" in err
 
 
 def approvals(tenant: str, release: str):

@@ -327,7 +327,7 @@ def test_session_names_are_valid_deterministic_and_distinct_when_long() -> None:
 
 
 def test_change_set_names_are_valid_and_deterministic() -> None:
-    digest = naming.deploy_digest(template_sha256="t" * 64, code_sha256="c" * 64, parameters={"A": "1"})
+    digest = naming.deploy_digest(build_sha256="b" * 64, parameters={"A": "1"})
     for version in ("1.4.0", "2.0.0-rc.1", "123456.7890.1234-rc.99"):
         name = naming.change_set_name(version=version, deploy_digest=digest)
         assert CHANGE_SET_NAME.match(name), name
@@ -338,13 +338,12 @@ def test_change_set_names_are_valid_and_deterministic() -> None:
 
 
 def test_deploy_digest_tracks_every_input_but_not_dict_order() -> None:
-    base = {"template_sha256": "t" * 64, "code_sha256": "c" * 64, "parameters": {"A": "1", "B": "2"}}
+    base = {"build_sha256": "b" * 64, "parameters": {"A": "1", "B": "2"}}
     reference = naming.deploy_digest(**base)
 
     assert naming.deploy_digest(**{**base, "parameters": {"B": "2", "A": "1"}}) == reference
     changed = [
-        {**base, "template_sha256": "u" * 64},
-        {**base, "code_sha256": "d" * 64},
+        {**base, "build_sha256": "c" * 64},
         {**base, "parameters": {"A": "1", "B": "3"}},
         {**base, "parameters": {"A": "1"}},
         {**base, "parameters": {"A": "1", "B": "2", "C": ""}},

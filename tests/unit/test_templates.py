@@ -25,11 +25,12 @@ import pytest
 from cfnlint.api import lint_all
 from cfnlint.decode.cfn_yaml import loads
 from tenant_release import naming
-from tenant_release.deploy import RELEASE_PARAMETERS
+from tenant_release.models import ReleaseParameterNames
+from tenant_release.packaging import package_template
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "include" / "templates"
 APP_TEMPLATE = TEMPLATES_DIR / "app" / "template.yaml"
-APP_HANDLER = TEMPLATES_DIR / "app" / "index.py"
+APP_HANDLER = TEMPLATES_DIR / "app" / "src" / "index.py"
 TOOLING_TEMPLATE = TEMPLATES_DIR / "tooling.yaml"
 BOOTSTRAP_TEMPLATE = TEMPLATES_DIR / "tenant-bootstrap.yaml"
 ALL_TEMPLATES = (APP_TEMPLATE, TOOLING_TEMPLATE, BOOTSTRAP_TEMPLATE)
@@ -144,7 +145,9 @@ def _is_wildcard_action(action: str) -> bool:
 
 @pytest.mark.parametrize("path", ALL_TEMPLATES, ids=lambda p: p.name)
 def test_cfn_lint_reports_no_errors_or_warnings(path: Path) -> None:
-    matches = lint_all(path.read_text(encoding="utf-8"))
+    # The application is linted as the release deploys it: packaged (its local code path rewritten to S3).
+    text = package_template(path, key_prefix="releases/1.2.3").text if path == APP_TEMPLATE else path.read_text("utf-8")
+    matches = lint_all(text)
     problems = [f"{m.rule.id} line {m.linenumber}: {m.message}" for m in matches if m.rule.severity in {"error", "warning"}]
     assert problems == []
 
@@ -371,9 +374,11 @@ def test_app_roles_carry_the_permissions_boundary_parameter() -> None:
         assert role["Properties"]["PermissionsBoundary"] == {"Ref": "PermissionsBoundaryArn"}
 
 
-def test_the_release_sets_every_release_parameter_the_app_declares() -> None:
-    assert "PermissionsBoundaryArn" in RELEASE_PARAMETERS
-    assert set(RELEASE_PARAMETERS) <= set(_template(APP_TEMPLATE)["Parameters"])
+def test_the_sample_declares_every_parameter_the_release_sets_by_default() -> None:
+    names = ReleaseParameterNames().names()
+    assert names["permissions_boundary"] == "PermissionsBoundaryArn"
+    packaged = json.loads(package_template(APP_TEMPLATE, key_prefix="releases/1.2.3").text)
+    assert set(names.values()) <= set(packaged["Parameters"])
 
 
 @pytest.mark.parametrize(
@@ -514,12 +519,12 @@ def aws(moto: None) -> boto3.Session:
     return boto3.Session(region_name=REGION)
 
 
-def _create_stack(session: boto3.Session, name: str, path: Path, parameters: dict[str, str]) -> dict[str, str]:
+def _create_stack(session: boto3.Session, name: str, template: Path | str, parameters: dict[str, str]) -> dict[str, str]:
     """Create a stack, require CREATE_COMPLETE and return its outputs."""
     cfn = session.client("cloudformation")
     cfn.create_stack(
         StackName=name,
-        TemplateBody=path.read_text(encoding="utf-8"),
+        TemplateBody=template.read_text(encoding="utf-8") if isinstance(template, Path) else template,
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
         Capabilities=["CAPABILITY_NAMED_IAM"],
     )
@@ -622,22 +627,22 @@ def test_tenant_bootstrap_stack_creates_in_moto(aws: boto3.Session, external_id:
 
 
 def test_app_stack_creates_in_moto(aws: boto3.Session) -> None:
-    code = io.BytesIO()
-    with zipfile.ZipFile(code, "w") as archive:
-        archive.write(APP_HANDLER, "index.py")
+    packaged = package_template(APP_TEMPLATE, key_prefix="releases/1.2.3")
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="acme-artifacts")
-    s3.put_object(Bucket="acme-artifacts", Key="releases/v1.2.3/app.zip", Body=code.getvalue())
+    (code,) = packaged.objects
+    s3.put_object(Bucket="acme-artifacts", Key=code.key, Body=code.body)
+    with zipfile.ZipFile(io.BytesIO(code.body)) as archive:
+        assert archive.namelist() == ["index.py"] and archive.read("index.py") == APP_HANDLER.read_bytes()
 
     outputs = _create_stack(
         aws,
         "tenant-app-acme",
-        APP_TEMPLATE,
+        packaged.text,
         {
             "ApplicationName": "tenant-app-acme",
             "TenantName": "acme",
             "CodeS3Bucket": "acme-artifacts",
-            "CodeS3Key": "releases/v1.2.3/app.zip",
             "ReleaseVersion": "v1.2.3",
             "PermissionsBoundaryArn": BOUNDARY_ARN,
             "MemorySize": "256",

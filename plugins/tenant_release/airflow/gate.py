@@ -140,7 +140,9 @@ class ReleaseGateOperator(ApprovalOperator):
         subject = f"Ship {plan.release_tag} to {len(deploying)} tenant(s) of group {plan.group}?"
         body = (
             f"**Release** {plan.release_tag} (version {plan.version})\n\n"
-            f"**Artifact** `s3://{artifact.get('bucket')}/{artifact.get('code_key')}` sha256 `{artifact.get('sha256')}`\n\n"
+            f"**Artifact** `s3://{artifact.get('bucket')}/{artifact.get('template_key')}` sha256 `{artifact.get('sha256')}`, "
+            f"built from {artifact.get('source')}"
+            f"{' at commit ' + str(artifact.get('source_commit')) if artifact.get('source_commit') else ''}\n\n"
             f"**Dev** {dev.get('status', 'unknown')}: version {dev.get('version_before') or '-'} -> "
             f"{dev.get('version_after') or '-'}, smoke test passed\n\n"
             f"**Tenants about to be deployed** ({len(deploying)}):\n{tenants}\n"

@@ -14,7 +14,7 @@ from tenant_release.aws.approvals import find_decision
 from tenant_release.aws.session import AwsSessions
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.errors import FleetConfigError
-from tenant_release.models import ApprovalDecision, Target, ToolingAccount
+from tenant_release.models import Application, ApprovalDecision, Target, ToolingAccount
 
 if TYPE_CHECKING:
     from tenant_release.deploy import TargetDeployment
@@ -101,17 +101,19 @@ def recorded_decision(tooling: ToolingAccount, *, tenant: str, release: str) -> 
     )
 
 
-def target_digest(target: Target) -> str:
-    return hashlib.sha256(json.dumps(target.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+def target_digest(target: Target, application: Application) -> str:
+    """The tenant's settings and the application's, as one run must use them from plan to summary."""
+    settings = {"target": target.model_dump(mode="json"), "application": application.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def planned_target(*, tenant: str, digest: str, config_path: str | None) -> tuple[LoadedFleet, Target]:
     """The tenant's settings as planned; refuses to deploy a tenant whose settings changed mid-run."""
     loaded = cached_fleet(config_path)
     target = loaded.target(tenant)
-    if target_digest(target) != digest:
+    if target_digest(target, loaded.fleet.application) != digest:
         raise FleetConfigError(
-            f"tenant {tenant!r} changed in {loaded.path} after this run was planned; "
+            f"tenant {tenant!r} or the application changed in {loaded.path} after this run was planned; "
             "re-trigger the release so that the whole run uses one version of the fleet file"
         )
     return loaded, target
@@ -138,5 +140,6 @@ def planned_deployment(
         run_id=run_id,
         artifact=Artifact.model_validate(artifact),
         tooling=loaded.fleet.tooling,
+        application=loaded.fleet.application,
     )
     return TargetDeployment(sessions=shared_sessions(), run=run, target=target, record_history=record_history)

@@ -12,11 +12,13 @@ from tenant_release import report
 from tenant_release.airflow import runtime
 from tenant_release.airflow.failures import as_task_failure
 from tenant_release.aws import ledger
+from tenant_release.build import build_release
 from tenant_release.changes import find_changes, record_unchanged
 from tenant_release.config import LoadedFleet, load_fleet
-from tenant_release.deploy import ReleaseRun, build_release, utc_now
+from tenant_release.deploy import ReleaseRun, utc_now
 from tenant_release.errors import TenantReleaseError
 from tenant_release.models import (
+    Application,
     ApprovalPolicy,
     Artifact,
     FleetChanges,
@@ -69,16 +71,17 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int) -> dict[
     )
     return RunPlan(
         **plan_fields(loaded, release, selected),
-        targets=tuple(planned_target(t) for t in selected.targets),
-        dev=planned_target(dev),
+        targets=tuple(planned_target(t, loaded.fleet.application) for t in selected.targets),
+        dev=planned_target(dev, loaded.fleet.application),
         freeze_override=freeze_note,
+        rebuild=bool(params.get("rebuild")),
     ).model_dump(mode="json")
 
 
-def planned_target(target: Target) -> PlannedTarget:
+def planned_target(target: Target, application: Application) -> PlannedTarget:
     return PlannedTarget(
         tenant=target.name,
-        target_digest=runtime.target_digest(target),
+        target_digest=runtime.target_digest(target, application),
         has_own_gate=target.approval == ApprovalPolicy.REQUIRED or bool(target.maintenance_window),
     )
 
@@ -100,7 +103,15 @@ def build(plan_: dict[str, Any]) -> dict[str, Any]:
     try:
         loaded = load_fleet(plan.config_path)
         targets = [loaded.target(name) for name in plan.tenants]
-        artifact = build_release(runtime.aws_sessions(), loaded.fleet.tooling, parse_release_tag(plan.release_tag), targets)
+        artifact = build_release(
+            runtime.aws_sessions(),
+            tooling=loaded.fleet.tooling,
+            application=loaded.fleet.application,
+            fleet_path=loaded.path,
+            release=parse_release_tag(plan.release_tag),
+            targets=targets,
+            rebuild=plan.rebuild,
+        )
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
     return artifact.model_dump(mode="json")
@@ -120,6 +131,7 @@ def fleet_changes(plan_: dict[str, Any], artifact: dict[str, Any], run_id: str) 
             run_id=run_id,
             artifact=Artifact.model_validate(artifact),
             tooling=loaded.fleet.tooling,
+            application=loaded.fleet.application,
         )
         sessions = runtime.aws_sessions()
         concurrency = int(runtime.setting("fleet_changes_concurrency", 16))

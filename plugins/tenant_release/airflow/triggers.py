@@ -21,6 +21,10 @@ from tenant_release.models import ApprovalDecision, DeployProgress
 
 T = TypeVar("T")
 
+# CloudFormation makes a change set in seconds; the trigger looks again every ~2 s, for at most 5 minutes.
+CHANGE_SET_POLL_SECONDS = 2.0
+CHANGE_SET_TIMEOUT_SECONDS = 300.0
+
 # boto3 blocks; the triggerer's loop must not. One pool per triggerer process for every tenant's AWS calls:
 # asyncio's default pool has cpu+4 threads (6 here), too few for hundreds of tenants waiting on AWS at once.
 _AWS_POOL: ThreadPoolExecutor | None = None
@@ -122,6 +126,24 @@ class TenantDeployTrigger(_Serializable):
         low = 0.5 if first else 0.8
         return self.poll_interval * random.uniform(low, 1.2)  # noqa: S311 (spreading load, not security)
 
+    async def _execute_when_ready(self, deployment: Any, progress: DeployProgress) -> DeployProgress:
+        """Wait here, not in a thread, while CloudFormation creates the change set (seconds on AWS), then execute it."""
+        waited = 0.0
+        while progress.change_set_pending:
+            ready = await in_thread(deployment.execute_when_ready, progress)  # at once first: the old code's one look
+            if ready is not None:
+                return ready
+            pause = CHANGE_SET_POLL_SECONDS * random.uniform(0.8, 1.2)  # noqa: S311 (spreading load, not security)
+            await asyncio.sleep(pause)
+            waited += pause
+            if waited >= CHANGE_SET_TIMEOUT_SECONDS:
+                from tenant_release.errors import RecoverableAwsError
+
+                raise RecoverableAwsError(
+                    f"change set {progress.change_set} on {deployment.target.stack_name} was not ready after {waited:.0f}s"
+                )
+        return progress
+
     async def _settle(self, deployment: Any, progress: DeployProgress) -> str:
         if progress.unchanged:
             return (await in_thread(deployment.poll)).status
@@ -173,7 +195,8 @@ class TenantDeployTrigger(_Serializable):
                 deployment.target.region,
                 deployment.run.session_name,
             )
-            progress = await in_thread(deployment.begin, progress)
+            progress = await in_thread(deployment.begin, progress, wait_for_change_set=False)
+            progress = await self._execute_when_ready(deployment, progress)
             status = await self._settle(deployment, progress)
             result = await in_thread(deployment.finish, progress, stack_status=status)
             if self.smoke_test:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +17,8 @@ from tenant_release.models import Artifact
 log = logging.getLogger(__name__)
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[3]
-APP_DIR = _PROJECT_ROOT / "include" / "templates" / "app"
-APP_TEMPLATE = APP_DIR / "template.yaml"
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def package_application(source_dir: Path = APP_DIR) -> bytes:
-    """Zip the function's code reproducibly: same files, same bytes, same hash, whatever the clock says."""
-    files = sorted(p for p in source_dir.rglob("*") if p.is_file() and p.suffix != ".yaml" and "__pycache__" not in p.parts)
-    if not files:
-        raise BuildError(f"no application code found in {source_dir}")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in files:
-            info = zipfile.ZipInfo(path.relative_to(source_dir).as_posix(), date_time=_ZIP_EPOCH)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, path.read_bytes())
-    return buffer.getvalue()
+SAMPLE_APP_DIR = _PROJECT_ROOT / "include" / "templates" / "app"
+SAMPLE_APP_TEMPLATE = SAMPLE_APP_DIR / "template.yaml"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -47,7 +29,7 @@ def _checksum_b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
-def lint_template(template_text: str) -> None:
+def lint_template(template_text: str, *, name: str = "the application template") -> None:
     """Run cfn-lint; errors fail the build, warnings are logged."""
     from cfnlint.api import lint  # imported here: cfn-lint is slow to import and only the build needs it
 
@@ -57,83 +39,72 @@ def lint_template(template_text: str) -> None:
         log.info("cfn-lint %s line %s: %s", match.rule.id, match.linenumber, match.message)
     if errors:
         detail = "; ".join(f"{m.rule.id} line {m.linenumber}: {m.message}" for m in errors[:5])
-        raise BuildError(f"the application template fails cfn-lint: {detail}")
+        raise BuildError(f"{name} fails cfn-lint: {detail}")
 
 
-def validate_template(cloudformation: Any, template_text: str) -> None:
+def validate_template(cloudformation: Any, *, template_body: str | None = None, template_url: str | None = None) -> None:
     """CloudFormation's own ValidateTemplate."""
     try:
-        cloudformation.validate_template(TemplateBody=template_text)
+        if template_body is not None:
+            cloudformation.validate_template(TemplateBody=template_body)
+        else:
+            cloudformation.validate_template(TemplateURL=template_url)
     except ClientError as exc:
         if classify.is_retriable(exc):
             raise
         raise BuildError(f"CloudFormation rejects the application template: {classify.describe(exc)}") from None
 
 
-def declared_parameters(template_text: str) -> list[str]:
-    """Parameter names of a template, read with cfn-lint's YAML loader (it knows the short-form tags)."""
-    from cfnlint.decode import decode_str
-
-    template, problems = decode_str(template_text)
-    if problems or not isinstance(template, dict):
-        raise BuildError(f"the application template cannot be parsed: {problems[0].message if problems else 'not a mapping'}")
-    return sorted((template.get("Parameters") or {}).keys())
+def template_url(bucket: str, region: str, key: str) -> str:
+    suffix = "amazonaws.com.cn" if naming.partition_for(region) == "aws-cn" else "amazonaws.com"
+    return f"https://{bucket}.s3.{region}.{suffix}/{key}"
 
 
-def publish_artifact(
-    s3: Any,
-    *,
-    bucket: str,
-    kms_key_id: str,
-    release_prefix: str,
-    version: str,
-    code: bytes,
-    template_text: str,
-) -> Artifact:
-    """Upload code and template under a key naming version and content hash; reuse what is already there."""
-    planned = planned_artifact(
-        bucket=bucket, release_prefix=release_prefix, version=version, code=code, template_text=template_text
+def put_once(
+    s3: Any, *, bucket: str, key: str, body: bytes, sha256: str, kms_key_id: str, version: str, source_commit: str | None = None
+) -> bool:
+    """Upload an object named by its content, unless it is there already; True when it was uploaded.
+
+    Its metadata names the version and, when there is one, the source commit it was built from (a tenant's copy
+    keeps it: the copy copies metadata).
+    """
+    existing = head_object(s3, bucket=bucket, key=key)
+    if existing is not None and existing.get("Metadata", {}).get("sha256") == sha256:
+        return False
+    s3.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=body,
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId=kms_key_id,
+        ChecksumAlgorithm="SHA256",
+        ChecksumSHA256=_checksum_b64(sha256),
+        Metadata={"sha256": sha256, "release-version": version, **({"source-commit": source_commit} if source_commit else {})},
     )
-    reused = True
-    for key, body, sha in (
-        (planned.code_key, code, planned.sha256),
-        (planned.template_key, template_text.encode(), planned.template_sha256),
-    ):
-        existing = head_object(s3, bucket=bucket, key=key)
-        if existing is not None and existing.get("Metadata", {}).get("sha256") == sha:
-            continue
-        reused = False
-        s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=body,
-            ServerSideEncryption="aws:kms",
-            SSEKMSKeyId=kms_key_id,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=_checksum_b64(sha),
-            Metadata={"sha256": sha, "release-version": version},
-        )
-    return planned.model_copy(update={"reused": reused})
+    return True
 
 
-def planned_artifact(*, bucket: str, release_prefix: str, version: str, code: bytes, template_text: str) -> Artifact:
-    """Where this build lives (keys named by version and content hash), whether or not it is uploaded yet."""
-    code_sha = sha256_hex(code)
-    template_sha = sha256_hex(template_text.encode())
-    bundle_sha = sha256_hex(f"{code_sha}:{template_sha}".encode())
-    return Artifact(
-        version=version,
-        sha256=code_sha,
-        bucket=bucket,
-        code_key=naming.code_key(release_prefix=release_prefix, version=version, sha256=bundle_sha),
-        template_key=naming.template_key(release_prefix=release_prefix, version=version, sha256=bundle_sha),
-        template_sha256=template_sha,
-    )
+def put_object(s3: Any, *, bucket: str, key: str, body: bytes, kms_key_id: str) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ServerSideEncryption="aws:kms", SSEKMSKeyId=kms_key_id)
+
+
+def get_object(s3: Any, *, bucket: str, key: str) -> bytes | None:
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if classify.error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
+            return None
+        raise
+
+
+def artifact_files(artifact: Artifact) -> list[tuple[str, str]]:
+    """(key, sha256) of every object of a build, the packaged template last."""
+    return [*((o.key, o.sha256) for o in artifact.objects), (artifact.template_key, artifact.template_sha256 or artifact.sha256)]
 
 
 def already_published(s3: Any, artifact: Artifact) -> bool:
-    """Both objects of this exact build are in the bucket: it passed the build's checks when it was published."""
-    for key, sha in ((artifact.code_key, artifact.sha256), (artifact.template_key, artifact.template_sha256)):
+    """Every object of this exact build is in the bucket."""
+    for key, sha in artifact_files(artifact):
         existing = head_object(s3, bucket=artifact.bucket, key=key)
         if existing is None or existing.get("Metadata", {}).get("sha256") != sha:
             return False

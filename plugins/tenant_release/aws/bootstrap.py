@@ -10,6 +10,7 @@ stack is missing or out of date, and leaves the rest alone without an update cal
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -70,7 +71,7 @@ def bootstrap_fleet(
         region=tooling.region,
         sleep=sleep,
     )
-    tenant_template = TENANT_TEMPLATE.read_text(encoding="utf-8")
+    tenant_template = tenant_template_text(loaded)
 
     def bootstrap_account(target: Target) -> BootstrapResult:
         admin = _admin_view(target, bootstrap_role_name)
@@ -98,6 +99,33 @@ def bootstrap_fleet(
     if failures:
         raise BootstrapError(results, failures)
     return results
+
+
+def tenant_template_text(loaded: LoadedFleet) -> str:
+    """The tenant bootstrap template, with the execution role fitted to the application when it asks for more.
+
+    Without `application.execution_role` it is the file as it is, so its digest (and every account's stack) stays
+    the same; with it, one more inline policy of the execution role, and the permissions boundary of the
+    application's roles widened to the run-time use of those resources (rendered as JSON), so a change to it
+    changes the digest and `bootstrap` re-applies it everywhere.
+    """
+    text = TENANT_TEMPLATE.read_text(encoding="utf-8")
+    application = loaded.fleet.application
+    wanted = application.execution_role
+    if application.stacks and "AWS::CloudFormation::Stack" not in wanted.resource_types:
+        # Declared stacks are nested in the tenant's one stack: its execution role creates them.
+        wanted = wanted.model_copy(update={"resource_types": (*wanted.resource_types, "AWS::CloudFormation::Stack")})
+    if wanted.is_empty:
+        return text
+    from tenant_release.execution_policy import boundary_statements, policy_resource
+    from tenant_release.packaging import load_template
+
+    template = load_template(TENANT_TEMPLATE)
+    template["Resources"]["ApplicationDeclaredResources"] = policy_resource(wanted.resource_types, wanted.statements)
+    # The application's own roles may use its declared resources too: the boundary they all carry allows it.
+    boundary = template["Resources"]["AppPermissionsBoundary"]["Properties"]["PolicyDocument"]["Statement"]
+    boundary.extend(boundary_statements(wanted.resource_types))
+    return json.dumps(template, indent=1) + "\n"
 
 
 def tooling_parameters(loaded: LoadedFleet, *, tooling_principal_arn: str = "") -> dict[str, str]:

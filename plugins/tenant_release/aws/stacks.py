@@ -35,11 +35,12 @@ _FIX_FOR_STATE = {
 
 @dataclass(frozen=True, kw_only=True)
 class StackDeployStart:
-    """What starting a deploy led to: nothing to do, or a change set that is now executing."""
+    """What starting a deploy led to: nothing to do, a change set now executing, or one still being created."""
 
     unchanged: bool
     change_set_name: str | None
     change_set_type: str | None
+    pending: bool = False  # created but not ready yet (asked not to wait): `execute_when_ready` executes it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +80,9 @@ def start_deploy(
     execution_role_arn: str,
     change_set_name: str,
     deploy_digest: str,
+    capabilities: list[str] | None = None,
     stack: dict[str, Any] | object | None = NOT_READ,
+    wait: bool = True,
     wait_poll: float = 2.0,
     wait_timeout: float = 300.0,
     sleep: Callable[[float], None] = time.sleep,
@@ -87,6 +90,8 @@ def start_deploy(
     """Create (or find again) the deterministic change set and execute it, unless nothing would change.
 
     `stack` is the stack as the caller has just read it (None: there is none), to save a second read.
+    With `wait=False` a change set just created is returned `pending` instead of waited for here: CloudFormation
+    takes seconds to make one, and a thread that sleeps meanwhile is a thread a thousand tenants share.
     """
     if stack is NOT_READ:
         stack = describe_stack(cloudformation, stack_name)
@@ -134,7 +139,7 @@ def start_deploy(
                 ChangeSetType=change_set_type,
                 TemplateURL=template_url,
                 Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(parameters.items())],
-                Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
+                Capabilities=capabilities if capabilities is not None else ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
                 RoleARN=execution_role_arn,
                 Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())],
                 Description=f"tenant-release {tags.get(TAG_RELEASE_VERSION, '')}",
@@ -145,15 +150,36 @@ def start_deploy(
             if classify.is_retriable(exc):
                 raise
             raise PermanentAwsError(f"creating change set for {stack_name} failed: {classify.describe(exc)}") from None
+        if not wait:
+            return StackDeployStart(
+                unchanged=False, change_set_name=change_set_name, change_set_type=change_set_type, pending=True
+            )
         created = _wait_for_change_set(
             cloudformation, stack_name, change_set_name, poll=wait_poll, timeout=wait_timeout, sleep=sleep
         )
-        if created.get("Status") == "FAILED":
-            reason = created.get("StatusReason", "")
-            if classify.is_no_changes(reason):
-                cloudformation.delete_change_set(StackName=stack_name, ChangeSetName=change_set_name)
-                return StackDeployStart(unchanged=True, change_set_name=None, change_set_type=None)
-            raise PermanentAwsError(f"change set {change_set_name} for {stack_name} failed: {reason}")
+        return _execute_created(cloudformation, stack_name, change_set_name, change_set_type, created)
+    return _execute_created(cloudformation, stack_name, change_set_name, change_set_type, existing)
+
+
+def execute_when_ready(
+    cloudformation: Any, *, stack_name: str, change_set_name: str, change_set_type: str | None
+) -> StackDeployStart | None:
+    """One look at a change set being created: None while it still is; then execute it (or find nothing to do)."""
+    change_set = cloudformation.describe_change_set(StackName=stack_name, ChangeSetName=change_set_name)
+    if change_set.get("Status") not in {"CREATE_COMPLETE", "FAILED"}:
+        return None
+    return _execute_created(cloudformation, stack_name, change_set_name, change_set_type, change_set)
+
+
+def _execute_created(
+    cloudformation: Any, stack_name: str, change_set_name: str, change_set_type: str | None, created: dict[str, Any]
+) -> StackDeployStart:
+    if created.get("Status") == "FAILED":
+        reason = created.get("StatusReason", "")
+        if classify.is_no_changes(reason):
+            cloudformation.delete_change_set(StackName=stack_name, ChangeSetName=change_set_name)
+            return StackDeployStart(unchanged=True, change_set_name=None, change_set_type=None)
+        raise PermanentAwsError(f"change set {change_set_name} for {stack_name} failed: {reason}")
     cloudformation.execute_change_set(StackName=stack_name, ChangeSetName=change_set_name)
     log.info("executing %s change set %s on %s", change_set_type, change_set_name, stack_name)
     return StackDeployStart(unchanged=False, change_set_name=change_set_name, change_set_type=change_set_type)
