@@ -622,9 +622,14 @@ def print_summary(stack: Stack, tag: str, run_id: str, env: dict[str, str]) -> N
 
 
 def print_logs(stack: Stack, run_id: str, token: str) -> None:
-    deploys = [ti for ti in task_instances(stack, run_id, token) if ti["task_id"] == MAPPED_TASK and ti["map_index"] >= 0]
+    instances = task_instances(stack, run_id, token)
+    deploys = [ti for ti in instances if ti["task_id"] == MAPPED_TASK and ti["map_index"] >= 0]
     if not deploys:
-        say("No tenant needed a change: each is recorded in the history, none got a task instance (see fleet_changes' log).")
+        stopped = [t["task_id"] for t in instances if t["map_index"] < 0 and t.get("state") == "failed" and t["task_id"] != "summary"]
+        if stopped:
+            say(f"No tenant was started: {', '.join(stopped)} failed (see its log); nothing was deployed to any tenant.")
+        else:
+            say("No tenant needed a change: each is recorded in the history, none got a task instance (see fleet_changes' log).")
         return
     say("Per-tenant logs (UI link, file):")
     for ti in sorted(deploys, key=lambda t: t["map_index"]):
