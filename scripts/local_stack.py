@@ -625,7 +625,9 @@ def print_logs(stack: Stack, run_id: str, token: str) -> None:
     instances = task_instances(stack, run_id, token)
     deploys = [ti for ti in instances if ti["task_id"] == MAPPED_TASK and ti["map_index"] >= 0]
     if not deploys:
-        stopped = [t["task_id"] for t in instances if t["map_index"] < 0 and t.get("state") == "failed" and t["task_id"] != "summary"]
+        stopped = [
+            t["task_id"] for t in instances if t["map_index"] < 0 and t.get("state") == "failed" and t["task_id"] != "summary"
+        ]
         if stopped:
             say(f"No tenant was started: {', '.join(stopped)} failed (see its log); nothing was deployed to any tenant.")
         else:
