@@ -7,6 +7,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,14 +34,29 @@ import moto_compat  # noqa: E402  (lives in scripts/: the local moto server appl
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-@pytest.fixture
-def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials for moto; never let a test reach a real endpoint or profile."""
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "MOTO_ACCOUNT_ID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@contextmanager
+def emulated_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """In-process moto with our fixes and fake credentials (module-scoped worlds pass their own patcher)."""
+    from moto import mock_aws
+
+    fake_credentials(monkeypatch)
+    moto_compat.apply()
+    with mock_aws(config={"lambda": {"use_docker": False}}):
+        yield
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_credentials(monkeypatch)
 
 
 def use_fleet(fixture: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -68,11 +84,8 @@ def fleet_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def moto(aws_credentials: None) -> Iterator[None]:
-    from moto import mock_aws
-
-    moto_compat.apply()
-    with mock_aws(config={"lambda": {"use_docker": False}}):
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with emulated_aws(monkeypatch):
         yield
 
 

@@ -100,7 +100,9 @@ def build_release(
             )
             log_line(f"build: {release.tag} is {ref} ({what} {identity[:12]}), built before as sha256 {built.sha256}: reused")
             return built.model_copy(update={"reused": True})
-    with _checked_out(application, fleet_path, git, release, published=published, archive=archive, resolved=resolved) as checkout:
+    with _checked_out(
+        application, fleet_path, git, release, published=published, archive=archive, resolved=resolved, identity=identity
+    ) as checkout:
         if application.build:
             run_build(
                 application.build,
@@ -273,13 +275,14 @@ def _checked_out(
     published: bytes | None,
     archive: PublishedArchive | None,
     resolved: tuple[str, str] | None,
+    identity: str | None,
 ) -> Iterator[_Checkout]:
     if archive is not None and published is not None:
         bucket, key = archive.location(tag=release.tag, version=release.version)
         with tempfile.TemporaryDirectory(prefix="tenant-release-build-") as work:
             root = Path(work) / "source"
             PublishedArchive.unpack(published, root)
-            yield _Checkout(root=root, description=f"s3://{bucket}/{key}", commit=hashlib.sha256(published).hexdigest())
+            yield _Checkout(root=root, description=f"s3://{bucket}/{key}", commit=identity)
         return
     if git is None:
         root = application_root(application, fleet_path)

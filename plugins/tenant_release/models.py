@@ -377,8 +377,9 @@ class Application(_Strict):
     def _check(self) -> Application:
         if self.source is None and (self.build is not None or self.template != "template.yaml"):
             raise ValueError("build and template describe your own application: give its source too")
-        never = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"}
-        refused = [name for name in self.build_env if name in never or name.startswith("AIRFLOW")]
+        from tenant_release.source import NEVER_PASSED
+
+        refused = [name for name in self.build_env if name in NEVER_PASSED or name.startswith("AIRFLOW")]
         if refused:
             raise ValueError(f"build_env may not pass {', '.join(refused)}: the build never gets the orchestrator's credentials")
         if self.parameters.bucket is None:

@@ -146,21 +146,13 @@ def package_template(
     declared stacks); its local paths are still relative to `path`'s folder.
     """
     root = (root or path.parent).resolve()
-    if template is not None:
-        return _package(
-            _inside(root, path, "the template"),
-            key_prefix=key_prefix.strip("/"),
-            bucket_parameter=bucket_parameter,
-            root=root,
-            seen=(),
-            given=template,
-        )
     return _package(
         _inside(root, path, "the template"),
         key_prefix=key_prefix.strip("/"),
         bucket_parameter=bucket_parameter,
         root=root,
         seen=(),
+        given=template,
     )
 
 

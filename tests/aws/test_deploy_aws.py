@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import moto_compat
 import pytest
-from moto import mock_aws
 from tenant_release import naming
 from tenant_release.aws import ledger
 from tenant_release.aws.artifacts import SAMPLE_APP_DIR
@@ -41,6 +39,7 @@ from tenant_release.errors import (
 from tenant_release.models import Artifact, DeployProgress, Outcome, PlannedTarget, TenantResult
 from tenant_release.tags import parse_release_tag
 
+from tests.conftest import bootstrap, emulated_aws
 from tests.faults import Faults
 
 FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet.yaml"
@@ -156,20 +155,12 @@ def recorder(into: list[dict[str, Any]]) -> Callable[[dict[str, Any]], bool]:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "MOTO_ACCOUNT_ID"):
-            env.delenv(name, raising=False)
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        moto_compat.apply()
-        with mock_aws(config={"lambda": {"use_docker": False}}):
-            loaded = load_fleet(FLEET)
-            bootstrap_fleet(AwsSessions(), loaded, sleep=_no_sleep)
-            base_session = boto3.Session()
-            sessions = AwsSessions(base_session)
-            artifacts = {version: build(sessions, loaded, version) for version in ("1.4.0", "1.5.0")}
-            yield World(loaded=loaded, artifacts=artifacts, base_session=base_session)
+    with pytest.MonkeyPatch.context() as env, emulated_aws(env):
+        loaded = bootstrap(FLEET)
+        base_session = boto3.Session()
+        sessions = AwsSessions(base_session)
+        artifacts = {version: build(sessions, loaded, version) for version in ("1.4.0", "1.5.0")}
+        yield World(loaded=loaded, artifacts=artifacts, base_session=base_session)
 
 
 @pytest.fixture(autouse=True)

@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import moto_compat
 import pytest
 import yaml
-from moto import mock_aws
 from tenant_release.aws.bootstrap import bootstrap_fleet
 from tenant_release.aws.session import AwsSessions
 from tenant_release.aws.stacks import describe_stack, stack_tag
@@ -46,6 +44,7 @@ from tenant_release.models import (
 from tenant_release.source import GitSource, SourceError
 from tenant_release.tags import parse_release_tag
 
+from tests.conftest import bootstrap, emulated_aws
 from tests.faults import Faults
 from tests.orders_example import BUILD, commit_api, orders_fleet, orders_repository
 
@@ -111,17 +110,8 @@ def orders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orders]:
     root = tmp_path_factory.mktemp("orders")
     repo, commits = orders_repository(root)
     fleet_file = orders_fleet(root)
-    with pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "MOTO_ACCOUNT_ID"):
-            env.delenv(name, raising=False)
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        moto_compat.apply()
-        with mock_aws(config={"lambda": {"use_docker": False}}):
-            loaded = load_fleet(fleet_file)
-            bootstrap_fleet(AwsSessions(), loaded, sleep=lambda _: None)
-            yield Orders(repo=repo, loaded=loaded, sessions=AwsSessions(), commits=commits)
+    with pytest.MonkeyPatch.context() as env, emulated_aws(env):
+        yield Orders(repo=repo, loaded=bootstrap(fleet_file), sessions=AwsSessions(), commits=commits)
 
 
 def _zip_member(body: bytes, name: str) -> str:

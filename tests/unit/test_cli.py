@@ -56,17 +56,13 @@ def test_plan_refuses_a_bad_tag_with_exit_code_2_and_the_fix_on_stderr(fleet_fil
 
 
 def test_plan_names_the_commit_a_tag_builds_and_refuses_a_tag_with_no_source(fleet_file: Path, tmp_path: Path, capsys):
-    import os
-    import subprocess
+    from tests.orders_example import git
 
-    names = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
-    env = {**os.environ, **dict.fromkeys(names, "dev")}
     repo = tmp_path / "app"
     repo.mkdir()
     for command in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "one"], ["tag", "v1.4.0"]):
-        subprocess.run(["git", "-C", str(repo), *command], check=True, env=env)
-    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-    commit = head.stdout.strip()
+        git(repo, *command)
+    commit = git(repo, "rev-parse", "HEAD")
     fleet_file.write_text(fleet_file.read_text() + f"application:\n  source:\n    git: {repo}\n")
 
     code, out, err = run(capsys, "plan", "v1.4.0")

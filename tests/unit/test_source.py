@@ -3,28 +3,14 @@ or moved, and the application's build command run in it with its output in the b
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 from tenant_release.errors import BuildError
 from tenant_release.source import GitSource, SourceError, refuse_moved_tag, run_build
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "dev",
-    "GIT_AUTHOR_EMAIL": "dev@example.com",
-    "GIT_COMMITTER_NAME": "dev",
-    "GIT_COMMITTER_EMAIL": "dev@example.com",
-}
-
-
-def git(repo: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env={**os.environ, **GIT_ENV}
-    )
-    return result.stdout.strip()
+from tests.orders_example import git
 
 
 def commit_version(repo: Path, version: str) -> str:
