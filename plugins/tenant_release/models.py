@@ -34,8 +34,15 @@ def _account_id(value: Any) -> str:
 
 
 def _region(value: str | None) -> str | None:
-    if value is not None and not REGION_PATTERN.match(value):
+    from tenant_release.regions import known_regions, unknown_region
+
+    if value is None or value in known_regions():
+        return value
+    if not REGION_PATTERN.match(value):
         raise ValueError(f"region {value!r} is not an AWS region name such as eu-central-1")
+    problem = unknown_region(value)  # well-formed but made up or misspelt: every call to it would fail
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -157,12 +164,7 @@ class TargetSpec(_Strict):
     def _stringify(cls, value: Any) -> Any:
         return _parameters_as_strings(value)
 
-    @field_validator("region")
-    @classmethod
-    def _check_region(cls, value: str | None) -> str | None:
-        if value is not None and not REGION_PATTERN.match(value):
-            raise ValueError(f"region {value!r} is not an AWS region name such as eu-central-1")
-        return value
+    _check_region = field_validator("region")(_region)
 
     @field_validator("deploy_role_name", "execution_role_name")
     @classmethod
