@@ -370,6 +370,38 @@ def check_build(
     )
 
 
+def check_template_locally(
+    application: Application, fleet_path: Path | None, targets: list[Target], *, version: str = "0.0.0"
+) -> str:
+    """`check_parameters` before any AWS call, when the template can be read here: the sample or a folder source.
+
+    Raises `BuildError` naming every target whose parameters the template would refuse; returns what was checked.
+    A git or published-archive source is read only when the release is built, so it is checked then.
+    """
+    source = application.source
+    if source is not None and (source.git or source.archive):
+        kind = "git repository" if source.git else "published archive"
+        return f"checked when the release is built (the {kind} is not read before)"
+    root = application_root(application, fleet_path)
+    if application.stacks:
+        template, what = stacks_root_template(application, root), "the declared stacks"
+    else:
+        path = root / application.template
+        if not path.is_file():
+            if application.build:
+                return f"checked when the release is built ({application.template} does not exist before the build)"
+            raise BuildError(
+                f"the application template {path} does not exist. Fix: set application.template to its path inside {root}"
+            )
+        template, what = load_template(path), str(path)
+    declared = {name: spec if isinstance(spec, dict) else {} for name, spec in (template.get("Parameters") or {}).items()}
+    # Whether the build packages local code is known only then; a template that takes the bucket expects it.
+    packaged = application.parameters.bucket in declared
+    keys = {name: f"releases/{version}/{name}" for name in application.key_parameters}
+    check_parameters(targets, application, declared=declared, version=version, packaged=packaged, keys=keys)
+    return f"the parameters of {len(targets)} target(s) fit {what}"
+
+
 def check_parameters(
     targets: list[Target],
     application: Application,
@@ -414,7 +446,8 @@ def check_parameters(
             if problem:
                 problems.append(f"tenant {target.name!r}: {problem}")
     if problems:
-        raise BuildError("the fleet file's parameters do not fit the template: " + "; ".join(problems[:20]))
+        more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise BuildError("the fleet file's parameters do not fit the template: " + "; ".join(problems[:20]) + more)
 
 
 def _misfit(name: str, spec: dict[str, Any], value: str | None) -> str | None:

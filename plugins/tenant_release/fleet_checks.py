@@ -45,7 +45,8 @@ def fleet_problems(fleet: Fleet) -> list[str]:
             target = resolve_target(fleet, spec)
         except (KeyError, IndexError, ValueError) as exc:
             problems.append(
-                f"{who}: a name pattern uses an unknown placeholder {exc}; patterns may use {{name}}, {{account_id}} and {{region}}"
+                f"{who}: a name pattern uses an unknown placeholder {exc}; "
+                "patterns may use {name}, {account_id} and {region}"
             )
             continue
         problems += [f"{who}: {problem}" for problem in target_name_problems(target)]
@@ -192,7 +193,7 @@ def _schedule_problems(fleet: Fleet) -> list[str]:
         except ValueError as exc:
             problems.append(f"schedule.freezes[{index}]: {exc}")
             continue
-        days = freeze_days(period._start, period._end)  # noqa: SLF001 (the parsed month and day)
+        days = freeze_days(period._start, period._end)  # the parsed month and day
         if days > MAX_FREEZE_DAYS:
             swap = f"start: {freeze.end!r}, end: {freeze.start!r}"
             problems.append(
