@@ -12,7 +12,7 @@ from tenant_release import report
 from tenant_release.airflow import runtime
 from tenant_release.airflow.failures import as_task_failure
 from tenant_release.aws import ledger
-from tenant_release.build import build_release
+from tenant_release.build import build_release, check_template_locally
 from tenant_release.changes import find_changes, record_unchanged
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, utc_now
@@ -43,8 +43,11 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int) -> dict[
         release = parse_release_tag(params["release_tag"])
         selected = plan_release(loaded, release, only_tenants=params.get("tenants") or None)
         dev = loaded.target(loaded.fleet.dev.name)
+        # Parameters the template would refuse fail the run here, for every tenant at once, not tenant by tenant later.
+        checked = check_template_locally(loaded.fleet.application, loaded.path, [dev, *selected.targets], version=release.version)
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
+    log.info("template parameters: %s", checked)
     if len(selected.targets) > max_map_length:
         raise AirflowFailException(
             f"{release.tag} targets {len(selected.targets)} tenants, more than Airflow maps in one task "
