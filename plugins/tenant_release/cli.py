@@ -201,9 +201,9 @@ def _cmd_queue_cancel(args: argparse.Namespace) -> int:
     from tenant_release.aws.session import AwsSessions
 
     tooling = load_fleet(args.config).fleet.tooling
-    tag = parse_release_tag(args.tag).tag
+    tag, who = parse_release_tag(args.tag).tag, _who(args.by)
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
-    entry = release_queue.cancel(dynamodb, tooling.queue_table, tag, cancelled_by=_who(args.by))
+    entry = release_queue.cancel(dynamodb, tooling.queue_table, tag, cancelled_by=who)
     _out(entry.describe())
     return 0
 
@@ -216,10 +216,10 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     release = parse_release_tag(args.tag)
     # Refuse a record no gate would ever read: an unknown group, or a tenant outside the tag's group.
     plan = plan_release(loaded, release, only_tenants=None if args.tenant == RELEASE_WIDE else [args.tenant])
+    who = _who(args.by)
     tooling = loaded.fleet.tooling
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
     previous = from_dynamodb(dynamodb, tooling.approvals_table, tenant=args.tenant, release=release.tag)
-    who = _who(args.by)
     put_decision(
         dynamodb,
         tooling.approvals_table,
