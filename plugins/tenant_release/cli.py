@@ -32,11 +32,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_template(loaded: LoadedFleet, targets: list[Target], version: str = "0.0.0") -> str:
+def _check_template(loaded: LoadedFleet, targets: list[Target], release: Release | None = None) -> str:
     """Every target's parameters against the template, when it can be read without AWS (else: at build)."""
     from tenant_release.build import check_template_locally
 
-    return check_template_locally(loaded.fleet.application, loaded.path, targets, version=version)
+    version = release.version if release else "0.0.0"
+    return check_template_locally(loaded.fleet.application, loaded.path, targets, version=version, release=release)
 
 
 def _describe_application(loaded: LoadedFleet) -> str:
@@ -60,7 +61,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     loaded = load_fleet(args.config)
     release = parse_release_tag(args.tag)
     plan = plan_release(loaded, release, only_tenants=args.tenants)
-    checked = _check_template(loaded, [loaded.target(loaded.fleet.dev.name), *plan.targets], release.version)
+    checked = _check_template(loaded, [loaded.target(loaded.fleet.dev.name), *plan.targets], release)
     _out(f"{release.tag}: version {release.version} to group {plan.group}" + (" (gated: needs approval)" if plan.gated else ""))
     _out(f"  source: {_source_for(loaded, release)}")
     _out(f"  template parameters: {checked}")

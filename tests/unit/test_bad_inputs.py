@@ -419,3 +419,25 @@ def test_readme_commands_use_the_local_emulation(fleet_file: Path, monkeypatch, 
     code, _, err = run(capsys, "status", "v1.4.0")
     assert code == 3 and "Traceback" not in err
     assert f"cannot reach the local AWS emulation at {endpoint}" in err and "start it with `make run`" in err
+
+
+def test_plan_checks_a_local_git_sources_template_at_the_tag(aws_calls: list[str], tmp_path: Path, monkeypatch, capsys):
+    """A repository on this machine is read at the tag's commit (`git show`), so plan refuses before the build."""
+    from tests.orders_example import orders_fleet, orders_repository
+
+    orders_repository(tmp_path)
+    path = orders_fleet(tmp_path)
+    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(path))
+    code, out, err = run(capsys, "plan", "v1.4.0")
+    assert code == 0, err
+    assert "template parameters: the parameters of 4 target(s) fit template.yaml at v1.4.0" in out
+
+    path.write_text(
+        path.read_text().replace(
+            "  groups:\n  - prod\n  - canary\n", "  groups: [prod, canary]\n  parameters: {BillingMode: PROVISIONED}\n"
+        )
+    )
+    code, out, err = run(capsys, "plan", "v1.4.0")
+    assert code == 2 and "Traceback" not in err
+    assert "tenant 'acme': BillingMode='PROVISIONED' is not one of PAY_PER_REQUEST" in err
+    assert aws_calls == []

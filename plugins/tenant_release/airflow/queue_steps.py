@@ -85,7 +85,9 @@ def plan_queued(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
         narrowed = bool(params.get("tenants"))
         selected = plan_release(loaded, release, only_tenants=params.get("tenants") or None)
         targets = [loaded.target(loaded.fleet.dev.name), *selected.targets]
-        check_template_locally(loaded.fleet.application, loaded.path, targets, version=release.version)  # before AWS
+        check_template_locally(
+            loaded.fleet.application, loaded.path, targets, version=release.version, release=release
+        )  # before AWS
         tooling = loaded.fleet.tooling
         release_queue.check_can_enqueue(_queue_client(tooling), tooling.queue_table, release.tag)
     except TenantReleaseError as exc:

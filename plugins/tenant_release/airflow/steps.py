@@ -44,7 +44,9 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int) -> dict[
         selected = plan_release(loaded, release, only_tenants=params.get("tenants") or None)
         dev = loaded.target(loaded.fleet.dev.name)
         # Parameters the template would refuse fail the run here, for every tenant at once, not tenant by tenant later.
-        checked = check_template_locally(loaded.fleet.application, loaded.path, [dev, *selected.targets], version=release.version)
+        checked = check_template_locally(
+            loaded.fleet.application, loaded.path, [dev, *selected.targets], version=release.version, release=release
+        )
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
     log.info("template parameters: %s", checked)
