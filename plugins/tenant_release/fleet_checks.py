@@ -12,6 +12,7 @@ from collections import defaultdict
 from datetime import date
 
 from tenant_release.models import Fleet, Target, TargetSpec
+from tenant_release.regions import partition_of
 
 # CloudFormation: a letter first, then letters, digits and hyphens, at most 128.
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
@@ -50,6 +51,13 @@ def fleet_problems(fleet: Fleet) -> list[str]:
             )
             continue
         problems += [f"{who}: {problem}" for problem in target_name_problems(target)]
+        partition = partition_of(target.region)
+        if partition and partition != partition_of(fleet.tooling.region):
+            problems.append(
+                f"{who}: region {target.region} is in the partition {partition}, the tooling account's region "
+                f"{fleet.tooling.region} in {partition_of(fleet.tooling.region)}; roles cannot be assumed across "
+                "partitions. Fix: release to that partition from a tooling account of its own (a fleet file of its own)"
+            )
         if spec.maintenance_window:
             from tenant_release.windows import MaintenanceWindow  # windows imports models only
 
@@ -179,7 +187,7 @@ def freeze_days(start: tuple[int, int], end: tuple[int, int]) -> int:
 
 
 def _schedule_problems(fleet: Fleet) -> list[str]:
-    from tenant_release.windows import FreezePeriod, WeeklyWindow
+    from tenant_release.windows import FreezePeriod, ReleaseCalendar, WeeklyWindow
 
     problems: list[str] = []
     for index, text in enumerate(fleet.schedule.windows):
@@ -201,6 +209,16 @@ def _schedule_problems(fleet: Fleet) -> list[str]:
                 f"stops releases for most of the year (at most {MAX_FREEZE_DAYS} days). If a freeze across the year end "
                 f"was meant, swap start and end ({swap}); otherwise shorten it"
             )
+    if problems or not fleet.schedule.windows:
+        return problems
+    from datetime import UTC, datetime
+
+    calendar = ReleaseCalendar.from_schedule(fleet.schedule)
+    if calendar.next_release_start(datetime.now(UTC)) is None:
+        problems.append(
+            "schedule: every release window opens inside a freeze for the next two years, so a queued release would "
+            "never ship. Fix: shorten the freezes or add windows outside them"
+        )
     return problems
 
 

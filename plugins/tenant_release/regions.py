@@ -12,17 +12,26 @@ _RECENT = ("ap-southeast-5", "ap-southeast-6", "ap-southeast-7", "ap-east-2", "m
 
 
 @cache
-def known_regions() -> frozenset[str]:
-    regions: set[str] = set(_RECENT)
+def _partitions() -> dict[str, str]:
+    """Region -> partition (aws, aws-cn, aws-us-gov, aws-iso...)."""
+    regions = dict.fromkeys(_RECENT, "aws")
     try:
         import botocore
 
         data = json.loads((Path(botocore.__file__).parent / "data" / "partitions.json").read_text(encoding="utf-8"))
         for partition in data.get("partitions", []):
-            regions.update(partition.get("regions", {}))
+            regions.update(dict.fromkeys(partition.get("regions", {}), partition.get("id", "aws")))
     except (ImportError, OSError, ValueError):
         pass  # the pattern check in models still applies
-    return frozenset(name for name in regions if not name.startswith("aws-"))  # "aws-global" is no deploy region
+    return {name: partition for name, partition in regions.items() if not name.startswith("aws-")}  # not "aws-global"
+
+
+def known_regions() -> frozenset[str]:
+    return frozenset(_partitions())
+
+
+def partition_of(region: str) -> str | None:
+    return _partitions().get(region)
 
 
 def unknown_region(region: str) -> str | None:

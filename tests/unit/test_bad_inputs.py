@@ -58,6 +58,9 @@ def latin1(text: str) -> bytes:
     return text.replace("# A test fleet", "# A test fleet (Zürich)").encode("latin-1")
 
 
+# Six freezes of at most 62 days each that together leave no day free.
+YEAR_IN_SIX_FREEZES = [("01-01", "02-28"), ("02-29", "04-30"), ("05-01", "06-30"), ("07-01", "08-31"), ("09-01", "10-31")]
+YEAR_IN_SIX_FREEZES.append(("11-01", "12-31"))
 SCHEDULE = 'schedule:\n  windows: ["Tue 02:00-04:00 UTC"]\n'
 
 CASES = [
@@ -99,6 +102,12 @@ CASES = [
         sub("  region: us-east-1\n  artifact_bucket", "  region: us-central-1\n  artifact_bucket"),
         ("tooling.region", "'us-central-1' does not exist"),
     ),
+    Bad(
+        "tenant in another partition",
+        sub("region: eu-west-1", "region: cn-north-1"),
+        ("tenant 'initech': region cn-north-1 is in the partition aws-cn", "cannot be assumed across partitions", "Fix:"),
+    ),
+    Bad("tenant in GovCloud", add_to("globex", "region: us-gov-west-1"), ("tenant 'globex'", "partition aws-us-gov")),
     # --- rendered names
     Bad(
         "stack name with '_'", defaults('stack_name: "app_{name}"'), ("tenant 'acme'", "stack name 'app_acme'", "CloudFormation")
@@ -147,6 +156,11 @@ CASES = [
         ("gated_groups names 'prd'", "silently removes the gate", "Groups in use: canary, prod, qa", "Fix: correct the name"),
     ),
     # --- schedule, freezes, maintenance windows
+    Bad(
+        "freezes cover the whole year",
+        top(SCHEDULE + "  freezes:\n" + "".join(f'    - {{start: "{a}", end: "{b}"}}\n' for a, b in YEAR_IN_SIX_FREEZES)),
+        ("every release window opens inside a freeze", "shorten the freezes or add windows"),
+    ),
     Bad(
         "window that does not parse",
         top('schedule:\n  windows: ["Tuesday 2am"]'),
