@@ -8,6 +8,7 @@ Each case is a mutation of tests/fixtures/fleet.yaml (or a CLI argument list aga
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -248,10 +249,15 @@ def aws_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
         raise AssertionError(f"an AWS call was made: {calls[-1]}")
 
     monkeypatch.setattr("botocore.client.BaseClient._make_api_call", refuse)
+    plain_shell(monkeypatch, tmp_path / "no-stack")
+    return calls
+
+
+def plain_shell(monkeypatch: pytest.MonkeyPatch, stack_dir: Path) -> None:
+    """A shell that sets no AWS endpoint or credentials, and where `make run` left its state in `stack_dir`."""
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TENANT_RELEASE_STACK_DIR", str(tmp_path / "no-stack"))
-    return calls
+    monkeypatch.setenv("TENANT_RELEASE_STACK_DIR", str(stack_dir))
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -340,15 +346,12 @@ def test_aws_refusal_is_one_line(code: str, expect: str, exit_codes: set[int], f
         assert err.count("\n") == 1 and expect in err, err
 
 
-def test_no_credentials_is_one_line(fleet_file: Path, aws_calls: list[str], monkeypatch, tmp_path: Path, capsys):
-    monkeypatch.undo()  # real botocore: it finds no credentials before sending anything
-    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(fleet_file))
-    monkeypatch.setenv("TENANT_RELEASE_STACK_DIR", str(tmp_path / "no-stack"))
+def test_no_credentials_is_one_line(fleet_file: Path, monkeypatch, tmp_path: Path, capsys):
+    """Real botocore, no credentials anywhere: it refuses before sending anything."""
+    plain_shell(monkeypatch, tmp_path / "no-stack")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
     code, _, err = run(capsys, "history", "v1.4.0")
     assert code == 3 and "Traceback" not in err
     assert err.startswith("tenant-release: no usable AWS credentials (Unable to locate credentials)")
@@ -409,9 +412,7 @@ def test_readme_commands_use_the_local_emulation(fleet_file: Path, monkeypatch, 
         stack_dir = tmp_path / "stack"
         stack_dir.mkdir()
         (stack_dir / "aws-endpoint.json").write_text(json.dumps({"endpoint_url": endpoint, "stop": "make stop"}))
-        monkeypatch.setenv("TENANT_RELEASE_STACK_DIR", str(stack_dir))
-        for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            monkeypatch.delenv(name, raising=False)
+        plain_shell(monkeypatch, stack_dir)
 
         code, out, err = run(capsys, "approve", "v1.4.0", "--by", "alice")
         assert code == 0, err
@@ -424,7 +425,7 @@ def test_readme_commands_use_the_local_emulation(fleet_file: Path, monkeypatch, 
 
         code, out, err = run(capsys, "history", "v1.4.0")
         assert code == 0 and "acme" in out and "SUCCEEDED" in out and "Traceback" not in err
-        assert "AWS_ENDPOINT_URL" not in __import__("os").environ  # put back after each command
+        assert "AWS_ENDPOINT_URL" not in os.environ  # put back after each command
     finally:
         server.stop()
 
