@@ -377,11 +377,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def tooling_tables_and_bucket(loaded, setup: dict[str, str]) -> None:
+    """The tooling stack's tables (as tooling.yaml declares them) and bucket, made directly: the whole stack
+    through moto's CloudFormation takes seconds, and these commands need only these."""
+    from tenant_release.aws.bootstrap import TOOLING_TEMPLATE, tooling_parameters
+    from tenant_release.packaging import load_template
+
+    parameters = tooling_parameters(loaded, tooling_principal_arn="arn:aws:iam::123456789012:role/admin")
+    dynamodb = boto3.client("dynamodb", **setup)
+    for resource in load_template(TOOLING_TEMPLATE)["Resources"].values():
+        if resource["Type"] == "AWS::DynamoDB::Table":
+            spec = resource["Properties"]
+            extra = {"GlobalSecondaryIndexes": spec["GlobalSecondaryIndexes"]} if "GlobalSecondaryIndexes" in spec else {}
+            dynamodb.create_table(
+                TableName=parameters[spec["TableName"]["Ref"]],
+                KeySchema=spec["KeySchema"],
+                AttributeDefinitions=spec["AttributeDefinitions"],
+                BillingMode="PAY_PER_REQUEST",
+                **extra,
+            )
+    boto3.client("s3", **setup).create_bucket(Bucket=loaded.fleet.tooling.artifact_bucket)
+
+
 def test_readme_commands_use_the_local_emulation(fleet_file: Path, monkeypatch, tmp_path: Path, capsys):
     """`make run` leaves a state file; `status`, `history`, `approve` then reach its moto server as printed."""
     from moto.server import ThreadedMotoServer
     from tenant_release.aws import ledger
-    from tenant_release.aws.bootstrap import TOOLING_STACK, TOOLING_TEMPLATE, tooling_parameters
     from tenant_release.models import Outcome, TenantResult
 
     port = free_port()
@@ -391,13 +412,7 @@ def test_readme_commands_use_the_local_emulation(fleet_file: Path, monkeypatch, 
         endpoint = f"http://127.0.0.1:{port}"
         loaded = load_fleet(fleet_file)
         setup = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
-        parameters = tooling_parameters(loaded, tooling_principal_arn="arn:aws:iam::123456789012:role/admin")
-        boto3.client("cloudformation", **setup).create_stack(
-            StackName=TOOLING_STACK,
-            TemplateBody=TOOLING_TEMPLATE.read_text(),
-            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
-            Capabilities=["CAPABILITY_NAMED_IAM"],
-        )
+        tooling_tables_and_bucket(loaded, setup)
         ledger.record(
             boto3.client("dynamodb", **setup),
             loaded.fleet.tooling.history_table,
