@@ -12,7 +12,6 @@ from collections import defaultdict
 from datetime import date
 
 from tenant_release.models import Fleet, Target, TargetSpec
-from tenant_release.regions import partition_of
 
 # CloudFormation: a letter first, then letters, digits and hyphens, at most 128.
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
@@ -51,13 +50,6 @@ def fleet_problems(fleet: Fleet) -> list[str]:
             )
             continue
         problems += [f"{who}: {problem}" for problem in target_name_problems(target)]
-        partition = partition_of(target.region)
-        if partition and partition != partition_of(fleet.tooling.region):
-            problems.append(
-                f"{who}: region {target.region} is in the partition {partition}, the tooling account's region "
-                f"{fleet.tooling.region} in {partition_of(fleet.tooling.region)}; roles cannot be assumed across "
-                "partitions. Fix: release to that partition from a tooling account of its own (a fleet file of its own)"
-            )
         if spec.maintenance_window:
             from tenant_release.windows import MaintenanceWindow  # windows imports models only
 

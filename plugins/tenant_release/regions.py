@@ -30,10 +30,6 @@ def known_regions() -> frozenset[str]:
     return frozenset(_partitions())
 
 
-def partition_of(region: str) -> str | None:
-    return _partitions().get(region)
-
-
 def unknown_region(region: str) -> str | None:
     """None when `region` exists, else a message naming it, the closest real names, and the fix."""
     regions = known_regions()

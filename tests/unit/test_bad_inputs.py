@@ -103,12 +103,6 @@ CASES = [
         sub("  region: us-east-1\n  artifact_bucket", "  region: us-central-1\n  artifact_bucket"),
         ("tooling.region", "'us-central-1' does not exist"),
     ),
-    Bad(
-        "tenant in another partition",
-        sub("region: eu-west-1", "region: cn-north-1"),
-        ("tenant 'initech': region cn-north-1 is in the partition aws-cn", "cannot be assumed across partitions", "Fix:"),
-    ),
-    Bad("tenant in GovCloud", add_to("globex", "region: us-gov-west-1"), ("tenant 'globex'", "partition aws-us-gov")),
     # --- rendered names
     Bad(
         "stack name with '_'", defaults('stack_name: "app_{name}"'), ("tenant 'acme'", "stack name 'app_acme'", "CloudFormation")
