@@ -7,11 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tenant_release import report
 from tenant_release.config import CONFIG_ENV_VAR, LoadedFleet, config_path, load_fleet
 from tenant_release.errors import TenantReleaseError
-from tenant_release.models import Release
+from tenant_release.models import Release, ToolingAccount
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 
@@ -118,12 +119,30 @@ def _cmd_history(args: argparse.Namespace) -> int:
     loaded = load_fleet(args.config)
     tooling = loaded.fleet.tooling
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
+    if args.attempts:
+        return _print_attempts(dynamodb, tooling, tenant=args.tag, release=args.release)
     names = [t.name for t in loaded.fleet.tenants]
     found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=args.tag)
     if not found:
         _out(f"no history for {args.tag}")
         return 1
     _out(report.render_table([found[n] for n in names if n in found]))
+    return 0
+
+
+def _print_attempts(dynamodb: Any, tooling: ToolingAccount, *, tenant: str, release: str | None) -> int:
+    """Every recorded outcome of one tenant, oldest first: the audit trail behind its history items."""
+    from tenant_release.aws import ledger
+
+    found = ledger.attempts(dynamodb, tooling.attempts_table, tenant=tenant, release=release)
+    if not found:
+        _out(f"no attempts recorded for tenant {tenant}" + (f" and release {release}" if release else ""))
+        return 1
+    rows = [("finished", "release", "status", "run", "try", "written by", "reason")]
+    for r in found:
+        tried = "-" if r.try_number is None else str(r.try_number)
+        rows.append((r.finished_at, r.release, r.status.value, r.run_id, tried, r.written_by or "-", r.reason or ""))
+    _table(rows)
     return 0
 
 
@@ -274,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--verbose", action="store_true", help="list every stack, not only those created or updated")
     boot.set_defaults(func=_cmd_bootstrap)
     history = sub.add_parser("history", help="print the recorded outcome of a release, per tenant")
-    history.add_argument("tag")
+    history.add_argument("tag", help="the release tag; with --attempts, the tenant")
+    history.add_argument("--attempts", action="store_true", help="list every recorded attempt of the tenant TAG names")
+    history.add_argument("--release", help="with --attempts: only this release's attempts")
     history.set_defaults(func=_cmd_history)
     queue = sub.add_parser("queue", help="releases waiting for the next release window").add_subparsers(
         dest="queue_command", required=True
