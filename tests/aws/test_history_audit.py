@@ -215,7 +215,7 @@ def test_a_release_interrupted_half_way_and_resumed_ends_with_a_complete_and_cor
     write(dynamodb, outcome("globex", "R", Outcome.IN_PROGRESS, run_started=0, attempt=1))  # still deploying
     # umbrella's task never started (its worker was lost before it wrote anything).
 
-    with pytest.raises(AirflowFailException, match="2 of 3 tenant.*globex, umbrella"):
+    with pytest.raises(AirflowFailException, match=r"2 of 3 tenant.*globex, umbrella"):
         steps.summarize(run, ARTIFACT, DEV, GATE, "R", try_number=1)
     assert latest(dynamodb, "globex").status == Outcome.FAILED
     assert "without reporting" in latest(dynamodb, "globex").reason
