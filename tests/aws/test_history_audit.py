@@ -19,6 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from tenant_release.airflow import steps
 from tenant_release.aws import ledger
 from tenant_release.cli import main as cli_main
+from tenant_release.errors import PermanentAwsError
 from tenant_release.models import Outcome, RunPlan, TenantResult
 
 from tests.conftest import bootstrap, emulated_aws
@@ -167,6 +168,12 @@ def test_only_newer_writes_become_the_latest_result_and_every_write_is_an_attemp
         (r.run_id, r.status) for _, r, _ in ARRIVALS
     ]
     assert ledger.attempts(dynamodb, ATTEMPTS, tenant="acme", release="v9.9.9") == []
+
+
+def test_a_tooling_stack_without_the_attempts_table_is_an_error_that_names_the_fix(dynamodb) -> None:
+    result = outcome("acme", "A", Outcome.SUCCEEDED, run_started=0, attempt=1)
+    with pytest.raises(PermanentAwsError, match=r"attempts table tenant-release-gone does not exist.*tenant-release bootstrap"):
+        ledger.record(dynamodb, HISTORY, result, attempts_table="tenant-release-gone")
 
 
 def test_an_item_written_before_ordered_writes_existed_is_replaced(dynamodb) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from tenant_release.errors import PermanentAwsError
 from tenant_release.models import Outcome, TenantResult
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,16 @@ def record(
         )
     if attempts_table:
         attempt = {**_to_item(result), ATTEMPT_KEY: {"S": key or attempt_key(result)}, "latest": {"BOOL": latest}}
-        dynamodb.put_item(TableName=attempts_table, Item=attempt)
+        try:
+            dynamodb.put_item(TableName=attempts_table, Item=attempt)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                raise
+            raise PermanentAwsError(
+                f"the attempts table {attempts_table} does not exist, so the history's audit trail cannot be kept "
+                "(the latest result was written). Run `tenant-release bootstrap` to update the tooling stack, which "
+                "declares it (include/templates/tooling.yaml)"
+            ) from None
     return latest
 
 
