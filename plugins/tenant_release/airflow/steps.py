@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -197,13 +198,9 @@ def summarize(
     results: list[TenantResult] = []
     changed: list[TenantResult] = []
     expected: dict[str, TenantResult] = {}
+    own = _own_outcomes(dynamodb, tooling.attempts_table, plan, run_id, recorded)
     for name in plan.tenants:
-        result = recorded.get(name)
-        if result is not None and result.run_id != run_id:  # a newer (or older) run's: look for this run's own
-            result = (
-                ledger.run_outcome(dynamodb, tooling.attempts_table, tenant=name, release=plan.release_tag, run_id=run_id)
-                or result
-            )
+        result = own.get(name) or recorded.get(name)
         target = _target_or_none(loaded, name)
         unreported = result is None or result.run_id != run_id or result.status == Outcome.IN_PROGRESS
         if unreported:
@@ -245,6 +242,22 @@ def summarize(
             "after the tenant) hold the reason; clear the failed task instances to re-run only them."
         )
     return {"counts": counts, "tenants": {r.tenant: r.status.value for r in results}}
+
+
+def _own_outcomes(
+    dynamodb: Any, attempts_table: str, plan: RunPlan, run_id: str, recorded: dict[str, TenantResult]
+) -> dict[str, TenantResult]:
+    """This run's own latest outcome of each tenant whose latest item another run wrote (from the attempts)."""
+    names = [name for name, result in recorded.items() if result.run_id != run_id]
+    if not names:
+        return {}
+
+    def lookup(name: str) -> TenantResult | None:
+        return ledger.run_outcome(dynamodb, attempts_table, tenant=name, release=plan.release_tag, run_id=run_id)
+
+    with ThreadPoolExecutor(max_workers=min(ledger.WRITE_CONCURRENCY, len(names)), thread_name_prefix="attempts") as pool:
+        found = dict(zip(names, pool.map(lookup, names), strict=True))
+    return {name: result for name, result in found.items() if result is not None}
 
 
 def _target_or_none(loaded: LoadedFleet, name: str) -> Target | None:
