@@ -7,11 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tenant_release import report
 from tenant_release.config import CONFIG_ENV_VAR, LoadedFleet, config_path, load_fleet
 from tenant_release.errors import TenantReleaseError
-from tenant_release.models import Release, Target
+from tenant_release.models import Release, Target, ToolingAccount
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 
@@ -127,8 +128,13 @@ def _cmd_history(args: argparse.Namespace) -> int:
     from tenant_release.aws.session import AwsSessions
 
     loaded = load_fleet(args.config)
-    tag = parse_release_tag(args.tag).tag
     tooling = loaded.fleet.tooling
+    if args.attempts:  # the positional argument names a tenant; --release narrows to one release
+        tenant = loaded.target(args.tag).name
+        release = parse_release_tag(args.release).tag if args.release else None
+        dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
+        return _print_attempts(dynamodb, tooling, tenant=tenant, release=release)
+    tag = parse_release_tag(args.tag).tag
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
     names = [t.name for t in loaded.fleet.tenants]
     found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=tag)
@@ -136,6 +142,22 @@ def _cmd_history(args: argparse.Namespace) -> int:
         _out(f"no history for {tag}")
         return 1
     _out(report.render_table([found[n] for n in names if n in found]))
+    return 0
+
+
+def _print_attempts(dynamodb: Any, tooling: ToolingAccount, *, tenant: str, release: str | None) -> int:
+    """Every recorded outcome of one tenant, oldest first: the audit trail behind its history items."""
+    from tenant_release.aws import ledger
+
+    found = ledger.attempts(dynamodb, tooling.attempts_table, tenant=tenant, release=release)
+    if not found:
+        _out(f"no attempts recorded for tenant {tenant}" + (f" and release {release}" if release else ""))
+        return 1
+    rows = [("finished", "release", "status", "run", "try", "written by", "reason")]
+    for r in found:
+        tried = "-" if r.try_number is None else str(r.try_number)
+        rows.append((r.finished_at, r.release, r.status.value, r.run_id, tried, r.written_by or "-", r.reason or ""))
+    _table(rows)
     return 0
 
 
@@ -306,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--verbose", action="store_true", help="list every stack, not only those created or updated")
     boot.set_defaults(func=_cmd_bootstrap)
     history = sub.add_parser("history", help="print the recorded outcome of a release, per tenant")
-    history.add_argument("tag")
+    history.add_argument("tag", help="the release tag; with --attempts, the tenant")
+    history.add_argument("--attempts", action="store_true", help="list every recorded attempt of the tenant TAG names")
+    history.add_argument("--release", help="with --attempts: only this release's attempts")
     history.set_defaults(func=_cmd_history)
     queue = sub.add_parser("queue", help="releases waiting for the next release window").add_subparsers(
         dest="queue_command", required=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
@@ -77,6 +78,7 @@ class ToolingAccount(_Strict):
     queue_table: str = "tenant-release-queue"
     orchestrator_role_name: str = "tenant-release-orchestrator"
     release_prefix: str = "releases"
+    attempts_table: str = "tenant-release-attempts"  # every written outcome, the history's audit trail
 
     _check_account = field_validator("account_id", mode="before")(_account_id)
     _check_region = field_validator("region")(_region)
@@ -527,6 +529,12 @@ class TenantResult(BaseModel):
     gated: bool = False
     approved_by: str | None = None
     note: str | None = None
+    # Who wrote this outcome, and its place in time (see `aws.ledger.write_order`): newer never yields to older.
+    run_started_at: str | None = None  # when the run was planned
+    attempt_started_at: str | None = None  # when the writing attempt (deploy try, fleet changes, summary) started
+    try_number: int | None = None  # the writing task instance's try
+    written_by: str | None = None  # "deploy", "fleet_changes" or "summary"
+    identity: str | None = None  # the orchestrator session the run acts as, and who triggered the run if known
 
     def to_xcom(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -572,6 +580,8 @@ class RunPlan(_Strict):
     dev: PlannedTarget | None = None
     freeze_override: str | None = None
     rebuild: bool = False  # build again even if the tag moved since this version was built
+    planned_at: str | None = None  # orders this run's history writes against other runs' (see aws.ledger)
+    triggered_by: str | None = None  # the Airflow user who triggered the run, if known
 
 
 class QueuedPlan(RunPlan):
@@ -621,6 +631,8 @@ class DeployProgress(BaseModel):
     approval: ApprovalDecision | None = None
     approved_by: str | None = None
     window_waits: int = 0
+    # This try's start, to the microsecond (`started_at` is the first try's): orders its history writes.
+    attempt_started_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
 
     def note(self, text: str) -> None:
         if text not in self.notes:

@@ -209,8 +209,16 @@ def test_orchestrator_role_reaches_only_deploy_roles_its_own_data_and_release_co
     # Another account's key is usable only if its key policy names this role, and here only through S3.
     assert set(tenant_keys["Action"]) == {"kms:GenerateDataKey", "kms:Encrypt"}
     assert tenant_keys["Condition"] == {"StringLike": {"kms:ViaService": {"Fn::Sub": "s3.*.${AWS::URLSuffix}"}}}
-    (dynamodb,) = _statements_with_action(statements, "dynamodb:")
+    dynamodb = _by_sid(statements, "RecordDeploymentsApprovalsAndQueue")
     assert "dynamodb:DeleteItem" not in dynamodb["Action"]
+    # The attempts behind the history are append-only: added and read, never changed or deleted.
+    attempts = _by_sid(statements, "AppendAttempts")
+    assert set(attempts["Action"]) == {"dynamodb:PutItem", "dynamodb:Query"}
+    assert attempts["Resource"] == {"Fn::GetAtt": ["AttemptsTable", "Arn"]}
+    assert [s["Sid"] for s in _statements_with_action(statements, "dynamodb:")] == [
+        "RecordDeploymentsApprovalsAndQueue",
+        "AppendAttempts",
+    ]
     assert {"Fn::Sub": "${HistoryTable.Arn}/index/by-run"} in dynamodb["Resource"]
     assert {"Fn::GetAtt": ["QueueTable", "Arn"]} in dynamodb["Resource"]
 

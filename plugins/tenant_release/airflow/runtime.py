@@ -128,6 +128,9 @@ def planned_deployment(
     run_id: str,
     artifact: dict[str, Any],
     record_history: bool,
+    run_started_at: str | None = None,
+    triggered_by: str | None = None,
+    try_number: int | None = None,
 ) -> TargetDeployment:
     """One target's deploy in one run, as the worker and the triggerer both rebuild it from names (never secrets)."""
     from tenant_release.deploy import ReleaseRun, TargetDeployment
@@ -141,5 +144,9 @@ def planned_deployment(
         artifact=Artifact.model_validate(artifact),
         tooling=loaded.fleet.tooling,
         application=loaded.fleet.application,
+        started_at=run_started_at,
+        triggered_by=triggered_by,
     )
-    return TargetDeployment(sessions=shared_sessions(), run=run, target=target, record_history=record_history)
+    return TargetDeployment(
+        sessions=shared_sessions(), run=run, target=target, record_history=record_history, try_number=try_number
+    )
