@@ -525,6 +525,7 @@ class TenantResult(BaseModel):
     gated: bool = False
     approved_by: str | None = None
     note: str | None = None
+    approval: ApprovalDecision | None = None  # a tenant's own answer given in Airflow: a retry of the run reuses it
 
     def to_xcom(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -540,6 +541,8 @@ class ApprovalDecision(_Strict):
     decided_by: str
     source: str  # "ui", "dynamodb", "s3" or "timeout"
     note: str = ""
+    sha256: str | None = None  # the artifact approved (an approval of another artifact does not pass)
+    identity: str | None = None  # who, as Airflow (UI user id) or AWS (caller ARN) authenticated them
 
     def describe(self) -> str:
         if self.source == "timeout":
@@ -570,6 +573,7 @@ class RunPlan(_Strict):
     dev: PlannedTarget | None = None
     freeze_override: str | None = None
     rebuild: bool = False  # build again even if the tag moved since this version was built
+    gated_tenants: tuple[str, ...] = ()  # the selected tenants in a gated group: they make the run gated
 
 
 class QueuedPlan(RunPlan):
