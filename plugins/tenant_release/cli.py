@@ -107,6 +107,7 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
             bootstrap_role_name=args.bootstrap_role,
             tooling_principal_arn=args.orchestrator_principal or "",
             concurrency=args.concurrency,
+            approver_principal_arn=args.approver_principal or "",
         )
     except BootstrapError as exc:
         results, failures = exc.results, exc.failures
@@ -319,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     boot.add_argument("--bootstrap-role", default="OrganizationAccountAccessRole", help="admin role in tenant accounts")
     boot.add_argument("--orchestrator-principal", default=None, help="ARN allowed to assume the orchestrator role")
+    boot.add_argument(
+        "--approver-principal", default=None, help="ARN allowed to assume the approver role (unset: no approver role)"
+    )
     boot.add_argument("--concurrency", type=int, default=16, help="accounts bootstrapped at once (default 16)")
     boot.add_argument("--verbose", action="store_true", help="list every stack, not only those created or updated")
     boot.set_defaults(func=_cmd_bootstrap)
