@@ -129,7 +129,9 @@ def tenant_template_text(loaded: LoadedFleet) -> str:
     return json.dumps(template, indent=1) + "\n"
 
 
-def tooling_parameters(loaded: LoadedFleet, *, tooling_principal_arn: str = "", approver_principal_arn: str = "") -> dict[str, str]:
+def tooling_parameters(
+    loaded: LoadedFleet, *, tooling_principal_arn: str = "", approver_principal_arn: str = ""
+) -> dict[str, str]:
     """The tooling stack's parameters: none of them lists or grows with the tenants."""
     fleet = loaded.fleet
     tooling = fleet.tooling
