@@ -18,7 +18,9 @@ can read them and nothing more, so it cannot approve its own release.
 `decision` may be any word a person would use (`APPROVE_WORDS`, `REJECT_WORDS`; case and spacing do not
 matter; JSON true/false/1/0 too). A record that cannot be read as a decision (not JSON, not an object, an
 unknown word, no `decided_by`) does not decide anything: it is reported as a problem naming the record and
-what to write instead, and the request stays open.
+what to write instead (the waiting task logs it as an ERROR, once per distinct record), and the request stays
+open — it may be a rejection written wrongly, so it also holds back an approval in the other place until it is
+fixed; a readable rejection still applies.
 """
 
 from __future__ import annotations
@@ -205,6 +207,8 @@ def find_decision(dynamodb: Any, s3: Any, *, table: str, bucket: str, tenant: st
     rejected = [d for d in found if not d.approved]
     if rejected:
         return Lookup(decision=rejected[0], problems=tuple(problems))
+    if problems:  # an unreadable record may be a rejection written wrongly: it holds back an approval elsewhere
+        return Lookup(problems=tuple(problems))
     for decision in found:
         if sha256 is None or decision.sha256 == sha256.lower():
             return Lookup(decision=decision, problems=tuple(problems))
