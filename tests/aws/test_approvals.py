@@ -168,3 +168,39 @@ def test_the_waiting_trigger_logs_a_record_it_does_not_accept_once_and_keeps_wai
         f"approval record not accepted: approval for v1.4.0 by alice via dynamodb approved artifact {OTHER[:12]}…, "
         f"this run built {BUILT[:12]}…; approve again: tenant-release approve v1.4.0 --sha256 {BUILT} --tenant acme"
     ) in errors[0]
+
+
+def test_a_retry_of_the_same_run_reuses_an_airflow_approval_of_the_same_build_and_nothing_else(bootstrapped):
+    from tenant_release.airflow import runtime
+    from tenant_release.airflow.deploy_operator import TenantDeployOperator
+    from tenant_release.deploy import utc_now
+    from tenant_release.models import ApprovalDecision, DeployProgress, Outcome
+
+    loaded = bootstrapped
+    digest = runtime.target_digest(loaded.target("acme"), loaded.fleet.application)
+    artifact = {"version": "1.4.0", "sha256": BUILT, "bucket": BUCKET, "template_key": "k", "objects": [], "source": "x"}
+
+    def deployment(run_id: str, sha256: str):
+        return runtime.planned_deployment(
+            tenant="acme",
+            digest=digest,
+            config_path=str(loaded.path),
+            release_tag="v1.4.0",
+            run_id=run_id,
+            artifact={**artifact, "sha256": sha256},
+            record_history=True,
+        )
+
+    # Attempt 1 of run-1: acme's own approval answered in Airflow, kept in its history item (not the approvals table).
+    answer = ApprovalDecision(approved=True, decided_by="ana", source="ui", sha256=BUILT, identity="airflow user 3 (ana)")
+    first = deployment("run-1", BUILT)
+    first.record(first.result(DeployProgress(started_at=utc_now(), approval=answer), status=Outcome.IN_PROGRESS))
+
+    operator = TenantDeployOperator(
+        task_id="deploy", tenant="acme", target_digest=digest, release_tag="v1.4.0", artifact=artifact
+    )
+    assert operator._earlier_approval(deployment("run-1", BUILT)) == answer  # a retry is not asked again
+    assert operator._earlier_approval(deployment("run-2", BUILT)) is None  # another run is
+    assert operator._earlier_approval(deployment("run-1", OTHER)) is None  # another build is
+    # Nothing was written where approval records live: the orchestrator cannot write there.
+    assert boto3.client("dynamodb", region_name="us-east-1").scan(TableName=TABLE)["Items"] == []

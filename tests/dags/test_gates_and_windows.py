@@ -142,6 +142,33 @@ def test_a_canary_tag_reaching_a_prod_tenant_stops_at_the_gate_until_its_artifac
     assert acme.gated and acme.approved_by == "release-manager (dynamodb, release gate)"
 
 
+def test_the_gate_request_names_the_gated_tenants_and_an_answer_in_airflow_binds_to_the_build(airflow_db):
+    from tenant_release.airflow.gate import ReleaseGateOperator
+    from tenant_release.models import RunPlan
+
+    plan = RunPlan(
+        release_tag="v-1.4.0-canary",
+        version="1.4.0",
+        group="canary",
+        gated=True,
+        config_path="tenants.yaml",
+        tenants=("acme", "ford"),
+        gated_tenants=("acme",),
+    )
+    build = {"sha256": "b" * 64, "bucket": "tr-test-artifacts", "template_key": "releases/1.4.0/t.yaml", "source": "x"}
+
+    class TaskInstance:
+        def xcom_pull(self, task_ids: str):
+            return {"plan": plan.model_dump(mode="json"), "build": build}.get(task_ids)
+
+    gate = ReleaseGateOperator(task_id="approve_release")
+    _, body = gate.describe_request(TaskInstance(), plan)
+    assert "**Gated** because these tenants belong to a gated group: acme\n" in body and "b" * 64 in body
+    answer = {"chosen_options": ["Approve"], "responded_by_user": {"id": "3", "name": "ana"}}
+    result = gate.resume({"ti": TaskInstance(), "run_id": "manual__1"}, answer)
+    assert (result["approved_by"], result["identity"], result["sha256"]) == ("ana", "airflow user 3 (ana)", "b" * 64)
+
+
 def test_tenant_outside_its_window_waits_until_it_opens(gated, release_dag, clock):
     # Saturday 2027-01-09 22:00 UTC; diana's window opens Sunday 02:00 Berlin = 01:00 UTC.
     # The clock moves 20 minutes each time it is read.
