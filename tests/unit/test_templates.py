@@ -602,6 +602,33 @@ def _key_policy_sids(session: boto3.Session, key_arn: str) -> set[str]:
     return {s["Sid"] for s in policy["Statement"] if s}
 
 
+def test_the_approver_role_exists_only_when_a_principal_is_named(aws: boto3.Session) -> None:
+    outputs = _create_stack(aws, "without-approver", TOOLING_TEMPLATE, {"ArtifactBucketName": "tooling-artifacts"})
+    assert "ApproverRoleArn" not in outputs
+    roles = [r["RoleName"] for r in aws.client("iam").list_roles()["Roles"]]
+    assert "tenant-release-approver" not in roles and "tenant-release-orchestrator" in roles
+    principal = "arn:aws:iam::123456789012:role/change-management"
+    outputs = _create_stack(
+        aws,
+        "with-approver",
+        TOOLING_TEMPLATE,
+        {
+            "ArtifactBucketName": "tooling-artifacts-2",
+            "ApproverTrustedPrincipalArn": principal,
+            "HistoryTableName": "h2",
+            "ApprovalsTableName": "a2",
+            "QueueTableName": "q2",
+            "OrchestratorRoleName": "o2",
+            "KmsKeyAlias": "alias/k2",
+        },
+    )
+    assert outputs["ApproverRoleArn"].endswith(":role/tenant-release-approver")
+    role = aws.client("iam").get_role(RoleName="tenant-release-approver")["Role"]
+    trust = role["AssumeRolePolicyDocument"]
+    trust = trust if isinstance(trust, dict) else json.loads(trust)
+    assert [s["Principal"] for s in trust["Statement"]] == [{"AWS": principal}]
+
+
 def test_tooling_stack_creates_in_moto(aws: boto3.Session) -> None:
     outputs = _create_stack(aws, "tenant-release-tooling", TOOLING_TEMPLATE, {"ArtifactBucketName": "tooling-artifacts"})
     assert outputs["HistoryTableName"] == "tenant-release-history"
