@@ -2,8 +2,8 @@
 
 `tenant_release_queue` validates a tag like the release DAG's plan does, asks for the release gate now and
 queues the tag; `tenant_release_scheduled` (on `ReleaseWindowTimetable`) takes the oldest queued release at a
-window and triggers `tenant_release` for it. The release-wide approval record (tenant `*`) written or kept at
-queue time is what lets the triggered run's gate pass at once.
+window and triggers `tenant_release` for it. The triggered run's gate passes at once only if a release-wide
+approval record (tenant `*`) approves the artifact it built; otherwise it asks.
 """
 
 from __future__ import annotations
