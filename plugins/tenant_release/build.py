@@ -72,8 +72,7 @@ def build_release(
     retry = classify.RetryPolicy()
     s3 = sessions.tooling_client("s3", tooling.region)
     key_prefix = f"{tooling.release_prefix.strip('/')}/{release.version}"
-    # One manifest per tag: v1.4.0 and v-1.4.0-qa share a version but may name different refs.
-    manifest_key = f"{key_prefix}/build-{release.tag}.json"
+    manifest_key = build_manifest_key(tooling, release)
     recipe = build_recipe(application)
     built = retry.call("read the build manifest", read_manifest, s3, tooling.artifact_bucket, manifest_key, log=log.warning)
     git = git_source(application, fleet_path)
@@ -297,6 +296,12 @@ def _checked_out(
     with tempfile.TemporaryDirectory(prefix="tenant-release-build-") as work:
         revision = git.checkout(tag=release.tag, version=release.version, into=Path(work) / "source", expected=resolved)
         yield _Checkout(root=revision.checkout, description=f"{revision.url} {revision.ref}", commit=revision.commit)
+
+
+def build_manifest_key(tooling: ToolingAccount, release: Release) -> str:
+    """Where the build of a tag leaves its manifest (`tenant-release approve` reads the sha256 to approve there)."""
+    # One manifest per tag: v1.4.0 and v-1.4.0-qa share a version but may name different refs.
+    return f"{tooling.release_prefix.strip('/')}/{release.version}/build-{release.tag}.json"
 
 
 def read_manifest(s3: Any, bucket: str, key: str) -> Artifact | None:

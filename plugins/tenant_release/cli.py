@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,12 +64,23 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     release = parse_release_tag(args.tag)
     plan = plan_release(loaded, release, only_tenants=args.tenants)
     checked = _check_template(loaded, [loaded.target(loaded.fleet.dev.name), *plan.targets], release)
-    _out(f"{release.tag}: version {release.version} to group {plan.group}" + (" (gated: needs approval)" if plan.gated else ""))
+    gated = f" (gated: needs approval, for {', '.join(plan.gated_tenants)})" if plan.gated else ""
+    _out(f"{release.tag}: version {release.version} to group {plan.group}{gated}")
     _out(f"  source: {_source_for(loaded, release)}")
     _out(f"  template parameters: {checked}")
-    rows = [("TENANT", "ACCOUNT", "REGION", "STACK", "APPROVAL", "WINDOW")]
+    gated_groups = set(loaded.fleet.gated_groups)
+    rows = [("TENANT", "ACCOUNT", "REGION", "STACK", "GATE", "APPROVAL", "WINDOW")]
     rows += [
-        (t.name, t.account_id, t.region, t.stack_name, t.approval.value, t.maintenance_window or "any time") for t in plan.targets
+        (
+            t.name,
+            t.account_id,
+            t.region,
+            t.stack_name,
+            ",".join(sorted(gated_groups & set(t.groups))) if t.name in plan.gated_tenants else "-",
+            t.approval.value,
+            t.maintenance_window or "any time",
+        )
+        for t in plan.targets
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -107,6 +119,7 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
             bootstrap_role_name=args.bootstrap_role,
             tooling_principal_arn=args.orchestrator_principal or "",
             concurrency=args.concurrency,
+            approver_principal_arn=args.approver_principal or "",
         )
     except BootstrapError as exc:
         results, failures = exc.results, exc.failures
@@ -231,9 +244,19 @@ def _cmd_queue_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _published_sha256(s3: object, loaded: LoadedFleet, release: Release) -> str | None:
+    """The sha256 of the build of this tag the release build published (its manifest), None before it is built."""
+    from tenant_release.build import build_manifest_key, read_manifest
+
+    tooling = loaded.fleet.tooling
+    manifest = read_manifest(s3, tooling.artifact_bucket, build_manifest_key(tooling, release))
+    return manifest.sha256 if manifest else None
+
+
 def _cmd_approve(args: argparse.Namespace) -> int:
-    from tenant_release.aws.approvals import RELEASE_WIDE, from_dynamodb, put_decision
+    from tenant_release.aws.approvals import RELEASE_WIDE, MalformedApproval, from_dynamodb, put_decision
     from tenant_release.aws.session import AwsSessions
+    from tenant_release.build import build_manifest_key
 
     loaded = load_fleet(args.config)
     release = parse_release_tag(args.tag)
@@ -241,8 +264,25 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     plan = plan_release(loaded, release, only_tenants=None if args.tenant == RELEASE_WIDE else [args.tenant])
     who = _who(args.by)
     tooling = loaded.fleet.tooling
-    dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
-    previous = from_dynamodb(dynamodb, tooling.approvals_table, tenant=args.tenant, release=release.tag)
+    given = (args.sha256 or "").strip().lower() or None
+    if given is not None and not re.fullmatch(r"[0-9a-f]{64}", given):  # checked before any AWS call
+        raise TenantReleaseError(f"--sha256 {args.sha256!r} is not a SHA-256 (64 hex digits); copy it from the approval request")
+    sessions = AwsSessions()
+    published = _published_sha256(sessions.tooling_client("s3", tooling.region), loaded, release)
+    sha256 = given or published
+    if sha256 is None and not args.reject:
+        raise TenantReleaseError(
+            f"no build of {release.tag} is published (s3://{tooling.artifact_bucket}/{build_manifest_key(tooling, release)}), "
+            "so there is no artifact to approve: an approval binds to one artifact. Approve once the run has built it, "
+            f"or name the artifact the approval request shows: tenant-release approve {release.tag} --sha256 <sha256>"
+        )
+    # Who approves as AWS authenticated them: the approvals table trusts only the approver role's callers.
+    identity = sessions.tooling_client("sts", tooling.region).get_caller_identity()["Arn"]
+    dynamodb = sessions.tooling_client("dynamodb", tooling.region)
+    try:
+        previous = from_dynamodb(dynamodb, tooling.approvals_table, tenant=args.tenant, release=release.tag)
+    except MalformedApproval:
+        previous = None  # replaced by this one
     put_decision(
         dynamodb,
         tooling.approvals_table,
@@ -250,14 +290,19 @@ def _cmd_approve(args: argparse.Namespace) -> int:
         release=release.tag,
         approved=not args.reject,
         decided_by=who,
+        sha256=sha256,
+        identity=identity,
         note=args.note,
     )
     what = f"the release gate of {release.tag}" if args.tenant == RELEASE_WIDE else f"{release.tag} for tenant {args.tenant}"
     _out(f"recorded: {'rejected' if args.reject else 'approved'} {what} by {who}" + (f" ({args.note})" if args.note else ""))
+    _out(f"  artifact sha256 {sha256 or '(any: a rejection applies to every build)'}; caller {identity}")
+    if args.sha256 and published and sha256 != published:
+        _out(f"  note: the published build of {release.tag} is {published}; a run of that build will not accept this approval")
     if previous is not None:
         _out(f"  replaces the earlier decision: {previous.describe()}")
     if args.tenant == RELEASE_WIDE and not plan.gated:
-        _out(f"  note: group {plan.group} is not gated, so no release gate asks for this")
+        _out(f"  note: no tenant of group {plan.group} is in a gated group, so no release gate asks for this")
     elif args.tenant != RELEASE_WIDE and plan.targets[0].approval.value != "required":
         _out(f"  note: tenant {args.tenant} does not require its own approval (approval: {plan.targets[0].approval.value})")
     return 0
@@ -273,20 +318,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
     tooling = loaded.fleet.tooling
     sessions = AwsSessions()
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
-    group = release.group or loaded.fleet.default_group
-    gated = " (gated)" if group in loaded.fleet.gated_groups else ""
-    _out(f"{release.tag}: version {release.version} to group {group}{gated}")
+    selected = plan_release(loaded, release)
+    gated = f" (gated by {', '.join(selected.gated_tenants)})" if selected.gated else ""
+    _out(f"{release.tag}: version {release.version} to group {selected.group}{gated}")
     entry = release_queue.get(dynamodb, tooling.queue_table, release.tag)
     _out(f"queue: {entry.describe() if entry else 'not queued'}")
-    gate = find_decision(
+    s3 = sessions.tooling_client("s3", tooling.region)
+    published = _published_sha256(s3, loaded, release)
+    lookup = find_decision(
         dynamodb,
-        sessions.tooling_client("s3", tooling.region),
+        s3,
         table=tooling.approvals_table,
         bucket=tooling.artifact_bucket,
         tenant=RELEASE_WIDE,
         release=release.tag,
+        sha256=published,
     )
+    gate = lookup.decision
     _out(f"release gate: {gate.describe() if gate else 'no decision recorded'}")
+    for problem in lookup.problems:
+        _out(f"  not accepted: {problem}")
     names = [t.name for t in loaded.fleet.tenants]
     found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=release.tag)
     if found:
@@ -324,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     boot.add_argument("--bootstrap-role", default="OrganizationAccountAccessRole", help="admin role in tenant accounts")
     boot.add_argument("--orchestrator-principal", default=None, help="ARN allowed to assume the orchestrator role")
+    boot.add_argument(
+        "--approver-principal", default=None, help="ARN allowed to assume the approver role (unset: no approver role)"
+    )
     boot.add_argument("--concurrency", type=_positive, default=16, help="accounts bootstrapped at once (default 16)")
     boot.add_argument("--verbose", action="store_true", help="list every stack, not only those created or updated")
     boot.set_defaults(func=_cmd_bootstrap)
@@ -352,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--reject", action="store_true", help="record a rejection instead")
     approve.add_argument("--by", default=None, help="who decides (default: your login name)")
     approve.add_argument("--note", default="", help="e.g. the change ticket")
+    approve.add_argument(
+        "--sha256", default=None, help="the artifact approved (default: the published build of TAG, from its manifest)"
+    )
     approve.set_defaults(func=_cmd_approve)
     status = sub.add_parser("status", help="where a release stands: queue, release gate, and each tenant (waits included)")
     status.add_argument("tag")

@@ -296,6 +296,7 @@ class TargetDeployment:
     def result(self, progress: DeployProgress, *, status: Outcome, **fields: Any) -> TenantResult:
         fields.setdefault("note", "; ".join(progress.notes) or None)
         fields.setdefault("approved_by", progress.approved_by)
+        fields.setdefault("approval", progress.approval)  # with its artifact sha256 and identity: the audit trail
         return TenantResult(
             tenant=self.target.name,
             account_id=self.target.account_id,

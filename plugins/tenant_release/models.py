@@ -535,6 +535,7 @@ class TenantResult(BaseModel):
     try_number: int | None = None  # the writing task instance's try
     written_by: str | None = None  # "deploy", "fleet_changes" or "summary"
     identity: str | None = None  # the orchestrator session the run acts as, and who triggered the run if known
+    approval: ApprovalDecision | None = None  # a tenant's own answer given in Airflow: a retry of the run reuses it
 
     def to_xcom(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -550,6 +551,8 @@ class ApprovalDecision(_Strict):
     decided_by: str
     source: str  # "ui", "dynamodb", "s3" or "timeout"
     note: str = ""
+    sha256: str | None = None  # the artifact approved (an approval of another artifact does not pass)
+    identity: str | None = None  # who, as Airflow (UI user id) or AWS (caller ARN) authenticated them
 
     def describe(self) -> str:
         if self.source == "timeout":
@@ -582,6 +585,7 @@ class RunPlan(_Strict):
     rebuild: bool = False  # build again even if the tag moved since this version was built
     planned_at: str | None = None  # orders this run's history writes against other runs' (see aws.ledger)
     triggered_by: str | None = None  # the Airflow user who triggered the run, if known
+    gated_tenants: tuple[str, ...] = ()  # the selected tenants in a gated group: they make the run gated
 
 
 class QueuedPlan(RunPlan):

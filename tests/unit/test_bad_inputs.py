@@ -416,6 +416,20 @@ def test_readme_commands_use_the_local_emulation(fleet_file: Path, monkeypatch, 
                 finished_at="2027-01-01T00:01:00Z",
             ),
         )  # fmt: skip
+        # After `make run` the run's build has published its manifest: `approve` binds to that artifact.
+        from tenant_release.build import build_manifest_key
+        from tenant_release.models import Artifact
+        from tenant_release.tags import parse_release_tag
+
+        built = Artifact(
+            version="1.4.0", sha256="ab" * 32, bucket=loaded.fleet.tooling.artifact_bucket,
+            template_key="releases/1.4.0/template.json", objects=(), source="the bundled sample",
+        )  # fmt: skip
+        boto3.client("s3", **setup).put_object(
+            Bucket=built.bucket,
+            Key=build_manifest_key(loaded.fleet.tooling, parse_release_tag("v1.4.0")),
+            Body=built.model_dump_json().encode(),
+        )
 
         # What scripts/local_stack.py `up` writes into its state dir; the shell sets no AWS variable.
         stack_dir = tmp_path / "stack"
@@ -426,6 +440,7 @@ def test_readme_commands_use_the_local_emulation(fleet_file: Path, monkeypatch, 
         code, out, err = run(capsys, "approve", "v1.4.0", "--by", "alice")
         assert code == 0, err
         assert "recorded: approved the release gate of v1.4.0 by alice" in out
+        assert f"artifact sha256 {'ab' * 32}" in out
         assert f"talking to the local AWS emulation started by `make run` ({endpoint}" in err and "`make stop`" in err
 
         code, out, err = run(capsys, "status", "v1.4.0")

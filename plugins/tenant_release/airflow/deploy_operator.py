@@ -19,11 +19,11 @@ from airflow.triggers.base import StartTriggerArgs
 
 from tenant_release.airflow import runtime
 from tenant_release.airflow.failures import as_task_failure
-from tenant_release.airflow.gate import approval_from_event, remember_ui_answer, request_approval
-from tenant_release.airflow.triggers import FleetTenantStartTrigger, TenantDeployTrigger, WindowOpenTrigger
+from tenant_release.airflow.gate import approval_from_event, request_approval
+from tenant_release.airflow.triggers import FleetTenantStartTrigger, TenantDeployTrigger, WindowOpenTrigger, report_problems
 from tenant_release.aws import ledger
 from tenant_release.deploy import TargetDeployment, failure_reason, utc_now
-from tenant_release.models import ApprovalPolicy, DeployProgress, Outcome, OutsideWindowPolicy
+from tenant_release.models import ApprovalDecision, ApprovalPolicy, DeployProgress, Outcome, OutsideWindowPolicy
 from tenant_release.windows import MaintenanceWindow
 
 
@@ -86,17 +86,11 @@ class TenantDeployOperator(BaseOperator):
         progress = DeployProgress.model_validate(event.get("progress") or {"started_at": utc_now()})
         if "error" in event:
             self._fail(self._deployment(context), progress, AirflowException(event["error"]))
-        decision = approval_from_event(event)
+        # A UI answer is kept in `progress`, so in the tenant's history item (the orchestrator writes no
+        # approval record); a retry of this run finds it there (`_earlier_approval`).
+        decision = approval_from_event(event, sha256=str(self.artifact.get("sha256") or "") or None)
         if decision is not None:
             progress.approval = decision
-            if decision.source == "ui":
-                remember_ui_answer(
-                    config_path=self.config_path,
-                    tenant=self.tenant,
-                    release_tag=self.release_tag,
-                    decision=decision,
-                    note="answered in Airflow",
-                )
         if "window_opened" in event:
             progress.window_waits += 1
         return self._pass_gates(context, progress)
@@ -140,7 +134,9 @@ class TenantDeployOperator(BaseOperator):
         target = deployment.target
         if target.approval == ApprovalPolicy.REQUIRED:
             if progress.approval is None:
-                decision = self._guarded(deployment, progress, self._recorded_decision, deployment)
+                decision = self._guarded(deployment, progress, self._earlier_approval, deployment)
+                if decision is None:
+                    decision = self._guarded(deployment, progress, self._recorded_decision, deployment)
                 if decision is None:
                     self._waiting(deployment, progress, "waiting for the tenant's approval")
                     request_approval(
@@ -148,6 +144,7 @@ class TenantDeployOperator(BaseOperator):
                         context,
                         tenant=target.name,
                         release_tag=self.release_tag,
+                        sha256=deployment.run.artifact.sha256,
                         config_path=self.config_path,
                         subject=f"Deploy {self.release_tag} to tenant {target.name}?",
                         body=(
@@ -206,8 +203,26 @@ class TenantDeployOperator(BaseOperator):
             raise AirflowFailException(f"the deploy of {self.tenant} reported success but recorded no outcome")
         return found.to_xcom()
 
-    def _recorded_decision(self, deployment: TargetDeployment) -> Any:
-        return runtime.recorded_decision(deployment.run.tooling, tenant=deployment.target.name, release=self.release_tag)
+    def _recorded_decision(self, deployment: TargetDeployment) -> ApprovalDecision | None:
+        """A record that decides (a rejection, or an approval of this run's artifact); says why others do not."""
+        found = runtime.recorded_decision(
+            deployment.run.tooling, tenant=deployment.target.name, release=self.release_tag, sha256=deployment.run.artifact.sha256
+        )
+        report_problems(self.log, found.problems)
+        return found.decision
+
+    def _earlier_approval(self, deployment: TargetDeployment) -> ApprovalDecision | None:
+        """An approval an earlier attempt of this same run got for this same artifact (kept in the history item).
+
+        A retry (or a cleared task) of the run is not asked again; another run, or another build, is.
+        """
+        earlier = deployment.earlier_attempt()
+        sha256 = deployment.run.artifact.sha256
+        approval = earlier.approval if earlier is not None else None
+        if approval is None or not approval.approved or earlier.sha256 != sha256 or approval.sha256 != sha256:
+            return None
+        self.log.info("%s: %s in an earlier attempt of this run; not asking again", self.tenant, approval.describe())
+        return approval
 
     def _wait_for_window(self, deployment: TargetDeployment, progress: DeployProgress, window: MaintenanceWindow) -> None:
         now = runtime.utcnow()

@@ -101,6 +101,7 @@ def plan_fields(loaded: LoadedFleet, release: Release, selected: ReleasePlan) ->
         "version": release.version,
         "group": selected.group,
         "gated": selected.gated,
+        "gated_tenants": selected.gated_tenants,
         "config_path": str(loaded.path),
         "tenants": tuple(selected.tenant_names),
     }

@@ -313,21 +313,43 @@ class FleetTenantStartTrigger(_Serializable):
             yield event
 
 
+def ui_identity(user: Any) -> str | None:
+    """The Airflow user who answered, as Airflow authenticated them (id, and name when it differs)."""
+    if not user:
+        return None
+    get = user.get if isinstance(user, dict) else lambda name: getattr(user, name, None)
+    user_id, name = get("id"), get("name")
+    return f"airflow user {user_id}" + (f" ({name})" if name and str(name) != str(user_id) else "")
+
+
+def report_problems(log: Any, problems: tuple[str, ...], seen: set[str] | None = None) -> None:
+    """Log each approval record that could not be accepted, once per distinct record (`seen`)."""
+    for problem in problems:
+        if seen is None or problem not in seen:
+            log.error("approval record not accepted: %s", problem)
+            if seen is not None:
+                seen.add(problem)
+
+
 class ApprovalRecordTrigger(_Serializable):
     """Waits for a person's answer: in the Airflow UI/REST (the task's HITL detail) or as an approval record.
 
     Records are a DynamoDB item or an S3 object in the tooling account (see `tenant_release.aws.approvals`).
-    An answer in the UI resumes the task directly through Airflow; this trigger also notices it, so
-    either path works. No answer before `deadline` counts as a rejection by timeout.
+    A record approves only if it names `sha256`, the run's artifact (None: nothing built yet, the queue DAG's
+    gate); a rejection applies whatever it names. A record that does not answer (another artifact, malformed)
+    is logged as an ERROR once per distinct content and the wait goes on. An answer in the UI resumes the task
+    directly through Airflow; this trigger also notices it, so either path works. No answer before `deadline`
+    counts as a rejection by timeout.
     """
 
-    fields = ("tenant", "release_tag", "config_path", "ti_id", "deadline", "poll_interval", "progress")
+    fields = ("tenant", "release_tag", "sha256", "config_path", "ti_id", "deadline", "poll_interval", "progress")
 
     def __init__(
         self,
         *,
         tenant: str,
         release_tag: str,
+        sha256: str | None,
         config_path: str | None,
         ti_id: str | None,
         deadline: str,
@@ -337,6 +359,7 @@ class ApprovalRecordTrigger(_Serializable):
         super().__init__()
         self.tenant = tenant
         self.release_tag = release_tag
+        self.sha256 = sha256
         self.config_path = config_path
         self.ti_id = ti_id
         self.deadline = deadline
@@ -345,7 +368,7 @@ class ApprovalRecordTrigger(_Serializable):
 
     def _lookup(self) -> Any:
         tooling = runtime.cached_fleet(self.config_path).fleet.tooling
-        return runtime.recorded_decision(tooling, tenant=self.tenant, release=self.release_tag)
+        return runtime.recorded_decision(tooling, tenant=self.tenant, release=self.release_tag, sha256=self.sha256)
 
     async def _ui_answer(self, started: datetime) -> dict[str, Any] | None:
         """An answer given in the UI before this wait began, which Airflow could not hand to the task then.
@@ -372,7 +395,11 @@ class ApprovalRecordTrigger(_Serializable):
             return None  # answered while parked: Airflow resumed the task with this answer already
         user = response.responded_by_user
         decision = ApprovalDecision(
-            approved="Approve" in response.chosen_options, decided_by=(user.name if user else "timeout default"), source="ui"
+            approved="Approve" in response.chosen_options,
+            decided_by=(user.name if user else "timeout default"),
+            source="ui",
+            sha256=self.sha256,  # the request showed this run's artifact
+            identity=ui_identity(user),
         )
         return decision.model_dump(mode="json")
 
@@ -397,18 +424,22 @@ class ApprovalRecordTrigger(_Serializable):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline)
         started = datetime.now(UTC)
+        reported: set[str] = set()
         while True:
             # Wait first: the task checked the records just before deferring,
             # and an event within milliseconds of deferring races the scheduler's handling of the deferral.
             await asyncio.sleep(self.poll_interval)
             try:
-                decision = await in_thread(self._lookup)
+                found = await in_thread(self._lookup)
             except Exception as exc:
                 if not is_retriable(exc):
                     yield TriggerEvent({"error": describe(exc), "progress": self.progress})
                     return
                 self.log.warning("reading approval records: %s; trying again", describe(exc))
                 decision = None
+            else:
+                report_problems(self.log, found.problems, reported)
+                decision = found.decision
             if decision is not None:
                 await self._close_ui_request(decision.approved)
                 yield TriggerEvent({"approval": decision.model_dump(mode="json"), "progress": self.progress})
