@@ -14,6 +14,7 @@ import fnmatch
 import importlib.util
 import io
 import json
+import re
 import zipfile
 from collections.abc import Iterator
 from functools import cache
@@ -422,12 +423,25 @@ def test_execution_role_trusts_only_cloudformation() -> None:
     ]
 
 
-def test_orchestrator_role_trusts_the_given_principal_or_its_own_account() -> None:
-    trust = _template(TOOLING_TEMPLATE)["Resources"]["OrchestratorRole"]["Properties"]["AssumeRolePolicyDocument"]
+def test_orchestrator_role_trusts_only_the_given_principal_never_an_account() -> None:
+    template = _template(TOOLING_TEMPLATE)
+    trust = template["Resources"]["OrchestratorRole"]["Properties"]["AssumeRolePolicyDocument"]
     (statement,) = _statements(trust)
-    assert statement["Principal"] == {
-        "AWS": {"Fn::If": ["HasTrustedPrincipal", {"Ref": "OrchestratorTrustedPrincipalArn"}, OWN_ACCOUNT_ROOT]}
-    }
+    assert statement["Principal"] == {"AWS": {"Ref": "OrchestratorTrustedPrincipalArn"}}
+    parameter = template["Parameters"]["OrchestratorTrustedPrincipalArn"]
+    assert "Default" not in parameter  # a stack without it is refused by CloudFormation
+    allowed = re.compile(parameter["AllowedPattern"])
+    assert allowed.match("arn:aws:iam::123456789012:role/airflow-workers")
+    assert allowed.match("arn:aws-us-gov:iam::123456789012:user/ci/deployer")
+    for too_broad in (
+        "",
+        "arn:aws:iam::123456789012:root",
+        "123456789012",
+        "*",
+        "arn:aws:sts::123456789012:assumed-role/airflow-workers/session",
+        "arn:aws:iam::123456789012:role/*",
+    ):
+        assert not allowed.match(too_broad), too_broad
 
 
 # --- keys and buckets ---------------------------------------------------------------------------
@@ -548,7 +562,13 @@ def _key_policy_sids(session: boto3.Session, key_arn: str) -> set[str]:
 
 
 def test_tooling_stack_creates_in_moto(aws: boto3.Session) -> None:
-    outputs = _create_stack(aws, "tenant-release-tooling", TOOLING_TEMPLATE, {"ArtifactBucketName": "tooling-artifacts"})
+    workers = "arn:aws:iam::123456789012:role/airflow-workers"
+    outputs = _create_stack(
+        aws,
+        "tenant-release-tooling",
+        TOOLING_TEMPLATE,
+        {"ArtifactBucketName": "tooling-artifacts", "OrchestratorTrustedPrincipalArn": workers},
+    )
     assert outputs["HistoryTableName"] == "tenant-release-history"
     assert outputs["ApprovalsTableName"] == "tenant-release-approvals"
 
@@ -584,7 +604,7 @@ def test_tooling_stack_creates_in_moto(aws: boto3.Session) -> None:
     role = aws.client("iam").get_role(RoleName="tenant-release-orchestrator")["Role"]
     assert role["Arn"] == outputs["OrchestratorRoleArn"]
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
-    assert trust["Principal"] == {"AWS": f"arn:aws:iam::{role['Arn'].split(':')[4]}:root"}
+    assert trust["Principal"] == {"AWS": workers}
 
 
 @pytest.mark.parametrize("external_id", ["", "acme-3f9c"], ids=["no-external-id", "external-id"])
