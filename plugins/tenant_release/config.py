@@ -172,12 +172,13 @@ def resolve_target(fleet: Fleet, spec: TargetSpec) -> Target:
 
 def _check_resolvable(fleet: Fleet, spec: TargetSpec, where: str) -> None:
     try:
-        resolve_target(fleet, spec)
+        target = resolve_target(fleet, spec)
     except (KeyError, IndexError, ValueError) as exc:
         raise FleetConfigError(
             f"{where}: tenant {spec.name!r}: a name pattern uses an unknown placeholder {exc}; "
             "patterns may use {name}, {account_id} and {region}"
         ) from None
+    _check_app_name_prefix(fleet, target, where)
     if spec.maintenance_window:
         from tenant_release.windows import MaintenanceWindow  # windows imports models only
 
@@ -185,3 +186,36 @@ def _check_resolvable(fleet: Fleet, spec: TargetSpec, where: str) -> None:
             MaintenanceWindow.parse(spec.maintenance_window)
         except ValueError as exc:
             raise FleetConfigError(f"{where}: tenant {spec.name!r} field maintenance_window: {exc}") from None
+
+
+def _check_app_name_prefix(fleet: Fleet, target: Target, where: str) -> None:
+    """Refuse application names whose shared prefix would put tenant-release's own resources in reach.
+
+    The tenant's CloudFormation execution role may manage whatever is named with that prefix (bootstrap parameter
+    AppNamePrefix): roles, stacks, buckets... A prefix that also starts the deploy role's or the bootstrap stack's
+    name would let an application template rewrite the roles that deploy it. (The application's permissions
+    boundary policy is named with the prefix on purpose; the execution role has no rights on policies.)
+    """
+    prefix = naming.app_name_prefix(target.stack_name, target.function_name)
+    tooling = fleet.tooling
+    own_names = {
+        "deploy role": target.deploy_role_arn.rsplit("/", 1)[1],
+        "CloudFormation execution role": target.execution_role_arn.rsplit("/", 1)[1],
+        "orchestrator role": tooling.orchestrator_role_name,
+        "bootstrap stack": naming.TENANT_STACK,
+        "tooling stack": naming.TOOLING_STACK,
+        "artifact bucket": target.artifact_bucket,
+        "tooling artifact bucket": tooling.artifact_bucket,
+        "KMS key alias": target.kms_key_alias.removeprefix("alias/"),
+        "tooling KMS key alias": tooling.kms_key_alias.removeprefix("alias/"),
+        **{f"{field.removesuffix('_table')} table": value for field, value in tooling if field.endswith("_table")},
+    }
+    clashes = naming.app_prefix_clashes(prefix, own_names)
+    if clashes:
+        raise FleetConfigError(
+            f"{where}: tenant {target.name!r}: the application name prefix {prefix!r} (shared by stack_name "
+            f"{target.stack_name!r} and function_name {target.function_name!r}) also starts tenant-release's own "
+            f"{', '.join(clashes)}; the CloudFormation execution role may manage everything named {prefix}*, so it "
+            "could change them. Give the application a prefix of its own, e.g. stack_name and function_name "
+            "'tenant-app-{name}' in the fleet defaults"
+        )

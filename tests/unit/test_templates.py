@@ -272,7 +272,8 @@ def test_deploy_role_manages_only_application_stacks_and_passes_only_the_executi
 
 
 def test_execution_role_manages_only_application_functions_roles_and_logs() -> None:
-    statements = _role_statements(BOOTSTRAP_TEMPLATE, "ExecutionRole")
+    # What it may do; the Deny on the project's own resources is checked in test_least_privilege.py.
+    statements = [s for s in _role_statements(BOOTSTRAP_TEMPLATE, "ExecutionRole") if s.get("Sid") != "NeverManageTenantRelease"]
     for statement in _statements_with_action(statements, "lambda:"):
         assert statement["Resource"] == APP_FUNCTIONS
     iam = _statements_with_action(statements, "iam:")
@@ -416,10 +417,15 @@ def test_deploy_role_requires_the_external_id_when_one_is_set() -> None:
     assert template["Conditions"]["HasExternalId"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ExternalId"}, ""]}]}
 
 
-def test_execution_role_trusts_only_cloudformation() -> None:
+def test_execution_role_trusts_only_cloudformation_acting_for_its_own_account() -> None:
     trust = _template(BOOTSTRAP_TEMPLATE)["Resources"]["ExecutionRole"]["Properties"]["AssumeRolePolicyDocument"]
     assert _statements(trust) == [
-        {"Effect": "Allow", "Principal": {"Service": "cloudformation.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "cloudformation.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
+        }
     ]
 
 
@@ -635,12 +641,12 @@ def test_tenant_bootstrap_stack_creates_in_moto(aws: boto3.Session, external_id:
 
     execution = iam.get_role(RoleName="tenant-release-cfn-execution")["Role"]
     assert execution["Arn"] == outputs["ExecutionRoleArn"]
-    assert [s["Principal"] for s in execution["AssumeRolePolicyDocument"]["Statement"]] == [
-        {"Service": "cloudformation.amazonaws.com"}
-    ]
+    account_id = aws.client("sts").get_caller_identity()["Account"]
+    (trust,) = execution["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "cloudformation.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": account_id}}  # the account it serves, rendered
 
     # The ARN the release passes to the application stack is the policy this stack created.
-    account_id = aws.client("sts").get_caller_identity()["Account"]
     boundary_arn = naming.app_permissions_boundary_arn(account_id=account_id, region=REGION, prefix="tenant-app-")
     assert outputs["AppPermissionsBoundaryArn"] == boundary_arn
     iam.get_policy(PolicyArn=boundary_arn)
