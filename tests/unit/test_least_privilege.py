@@ -22,6 +22,8 @@ from tenant_release.aws.bootstrap import (
 from tenant_release.config import load_fleet
 from tenant_release.errors import FleetConfigError, TenantReleaseError
 
+from tests.conftest import ORCHESTRATOR_PRINCIPAL
+
 # --- the orchestrator role trusts one explicit principal --------------------------------------------------
 
 
@@ -47,6 +49,18 @@ def test_bootstrap_takes_the_principal_from_the_environment(
     role = boto3.client("iam").get_role(RoleName="tenant-release-orchestrator")["Role"]
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"AWS": principal}
+
+
+def test_make_run_and_docker_compose_pass_the_identity_the_emulation_runs_as(moto: None, tmp_path: Path) -> None:
+    import local_stack  # scripts/, on sys.path through tests/conftest.py
+    import yaml
+
+    run_env = local_stack.environment(local_stack.Stack(state_dir=tmp_path))
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yaml").read_text(encoding="utf-8"))
+    compose_env = compose["services"]["tenant-release-bootstrap"]["environment"]
+    caller = boto3.client("sts").get_caller_identity()["Arn"].replace(":sts:", ":iam:")  # moto's, for the fake keys
+    assert run_env[ORCHESTRATOR_PRINCIPAL_ENV] == compose_env[ORCHESTRATOR_PRINCIPAL_ENV] == ORCHESTRATOR_PRINCIPAL == caller
+    check_orchestrator_principal(caller)
 
 
 @pytest.mark.parametrize(
