@@ -39,7 +39,7 @@ from tenant_release.errors import (
 from tenant_release.models import Artifact, DeployProgress, Outcome, PlannedTarget, TenantResult
 from tenant_release.tags import parse_release_tag
 
-from tests.conftest import bootstrap, emulated_aws
+from tests.conftest import ORCHESTRATOR_PRINCIPAL, bootstrap, emulated_aws
 from tests.faults import Faults
 
 FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet.yaml"
@@ -677,7 +677,7 @@ def test_a_stack_that_is_not_settled_is_never_reported_unchanged(world: World, s
 def test_bootstrap_again_touches_no_account_and_a_new_tenant_only_its_own(
     world: World, sessions: AwsSessions, faults: Faults, tmp_path: Path
 ) -> None:
-    again = bootstrap_fleet(sessions, world.loaded, sleep=_no_sleep, concurrency=4)
+    again = bootstrap_fleet(sessions, world.loaded, tooling_principal_arn=ORCHESTRATOR_PRINCIPAL, sleep=_no_sleep, concurrency=4)
 
     assert {r.action for r in again} == {"UNCHANGED"}
     writes = [(acct, name) for _, acct, name in faults.calls if name in {"create_stack", "update_stack"}]
@@ -686,7 +686,9 @@ def test_bootstrap_again_touches_no_account_and_a_new_tenant_only_its_own(
     grown = FLEET.read_text() + ('  - name: newco\n    account_id: "999999999999"\n    region: us-east-1\n    groups: [qa]\n')
     path = tmp_path / "grown.yaml"
     path.write_text(grown)
-    results = bootstrap_fleet(sessions, load_fleet(path), sleep=_no_sleep, concurrency=4)
+    results = bootstrap_fleet(
+        sessions, load_fleet(path), tooling_principal_arn=ORCHESTRATOR_PRINCIPAL, sleep=_no_sleep, concurrency=4
+    )
 
     assert {(r.account_id, r.action) for r in results if r.action != "UNCHANGED"} == {("999999999999", "CREATED")}
     writes = [(acct, name) for _, acct, name in faults.calls if name in {"create_stack", "update_stack"}]
