@@ -91,9 +91,11 @@ class TargetDeployment:
     record_history: bool = True  # dev is deployed like a tenant but is not a tenant of the history
 
     def client(self, service: str) -> Any:
-        return self.sessions.tenant_client(
+        """The tenant's client for `service`; a throttled call is sent again on its own (see `RetryPolicy.around`)."""
+        client = self.sessions.tenant_client(
             self.target, service, session_name=self.run.session_name, source_identity=self.run.source_identity
         )
+        return self.retry.around(client, log=log.warning)
 
     def parameters(self) -> dict[str, str]:
         """The target's own parameters and what the release sets, under the names the application's template uses."""
@@ -198,7 +200,7 @@ class TargetDeployment:
         key_arn = call(
             "resolve tenant key", artifacts.resolve_kms_key_arn, self.client("kms"), target.kms_key_alias, log=log.warning
         )
-        s3 = self.sessions.tooling_client("s3", target.region)
+        s3 = self.retry.around(self.sessions.tooling_client("s3", target.region), log=log.warning)
         for key, sha in artifacts.artifact_files(artifact):
             call(
                 "copy artifact",
