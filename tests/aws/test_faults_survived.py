@@ -9,26 +9,20 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import pytest
+from tenant_release.aws import ledger
 from tenant_release.aws.session import AwsSessions
+from tenant_release.aws.stacks import stack_tag
 from tenant_release.classify import RetryPolicy
+from tenant_release.errors import PermanentAwsError, StackFailedError
 from tenant_release.models import Outcome
 
-from tests.aws.test_deploy_aws import (  # noqa: F401  (its module-scoped moto world and fixtures serve here too)
-    ACME,
-    GLOBEX,
-    INITECH,
-    UMBRELLA,
-    World,
-    clean_slate,
-    count,
-    deploy,
-    faults,
-    recorder,
-    sessions,
-    with_status,
-    world,
-)
+from tests.aws import test_deploy_aws as base
+from tests.aws.test_deploy_aws import ACME, GLOBEX, HISTORY, INITECH, UMBRELLA, World, count, deploy, recorder
 from tests.faults import Faults
+
+# The moto world of test_deploy_aws (bootstrapped accounts, two builds), built once for this module too.
+world, clean_slate, faults, sessions = base.world, base.clean_slate, base.faults, base.sessions
 
 TENANTS = {"acme": ACME, "globex": GLOBEX, "initech": INITECH, "umbrella": UMBRELLA}
 
@@ -63,7 +57,9 @@ def test_throttling_storm(world: World, sessions: AwsSessions, faults: Faults) -
     sleeps: list[float] = []
 
     results = {
-        tenant: deploy(world.deployment(sessions, tenant, version="1.5.0", run_id="run-2", retry=RetryPolicy(sleep=sleeps.append)))
+        tenant: deploy(
+            world.deployment(sessions, tenant, version="1.5.0", run_id="run-2", retry=RetryPolicy(sleep=sleeps.append))
+        )
         for tenant in TENANTS
     }
 
@@ -79,3 +75,217 @@ def test_throttling_storm(world: World, sessions: AwsSessions, faults: Faults) -
         assert reached["cloudformation", account, "execute_change_set"] == 1, tenant
         assert reached["cloudformation", account, "update_stack"] == 0, tenant
         assert stack_updates(world, tenant) == 1, tenant
+
+
+def test_access_denied_on_one_tenants_role_or_key(world: World, sessions: AwsSessions, faults: Faults) -> None:
+    """A denied assume-role, a copy the tenant's key policy refuses, a key the deploy role may not describe:
+    each fails its own tenant only, naming the role or key and the statement of the policy to fix."""
+    tooling, orchestrator = world.loaded.fleet.tooling.account_id, "tenant-release-orchestrator"
+    caller = f"arn:aws:sts::{tooling}:assumed-role/{orchestrator}/tr-v1.4.0-run-1"
+    globex_role = world.loaded.target("globex").deploy_role_arn
+    acme_key = world.key_arn(ACME, "eu-central-1", "alias/tenant-release-tenant")
+    faults.add(
+        service="sts",
+        operation="assume_role",
+        code="AccessDenied",
+        message=f"User: {caller} is not authorized to perform: sts:AssumeRole on resource: {globex_role}",
+        when=lambda kwargs: kwargs["RoleArn"] == globex_role,
+    )
+    faults.add(
+        service="s3",
+        operation="copy_object",
+        code="AccessDenied",
+        message=f"User: {caller} is not authorized to perform: kms:GenerateDataKey on resource: {acme_key} "
+        "because no resource-based policy allows the kms:GenerateDataKey action",
+        when=lambda kwargs: kwargs.get("SSEKMSKeyId") == acme_key,
+    )
+    faults.add(
+        service="kms",
+        operation="describe_key",
+        account=UMBRELLA,
+        code="AccessDeniedException",
+        message=f"User: arn:aws:sts::{UMBRELLA}:assumed-role/tenant-release-deploy/x is not authorized to perform: "
+        "kms:DescribeKey",
+    )
+    sleeps: list[float] = []
+    outcomes: dict[str, str] = {}
+    for tenant in TENANTS:
+        try:
+            outcomes[tenant] = deploy(world.deployment(sessions, tenant, retry=RetryPolicy(sleep=sleeps.append))).status
+        except PermanentAwsError as exc:
+            outcomes[tenant] = str(exc)
+
+    assert outcomes.pop("initech") == Outcome.SUCCEEDED
+    assert sleeps == []  # a denial is not retried
+    denied_role = outcomes.pop("globex")
+    assert denied_role.startswith(f"cannot assume {globex_role} for tenant 'globex': AccessDenied")
+    for fix in (
+        "trust policy of " + globex_role,
+        "OrchestratorAssumesRole",
+        "OrchestratorSetsSessionIdentity",
+        "include/templates/tenant-bootstrap.yaml",
+        "account 222222222222",
+        "tenant-release bootstrap",
+    ):
+        assert fix in denied_role
+    denied_copy = outcomes.pop("acme")
+    assert "kms:GenerateDataKey" in denied_copy and f"the key policy of the tenant's key {acme_key}" in denied_copy
+    assert (
+        "OrchestratorEncryptsReleaseCopies" in denied_copy
+        and "ArtifactKey in include/templates/tenant-bootstrap.yaml" in denied_copy
+    )
+    assert "acme-ext-0001" not in denied_copy
+    denied_key = outcomes.pop("umbrella")
+    assert denied_key.startswith("KMS key alias/tenant-release-tenant not found or not usable: AccessDeniedException")
+    assert "UseTenantKey of DeployRole in include/templates/tenant-bootstrap.yaml" in denied_key
+    for tenant, account in {"globex": GLOBEX, "acme": ACME, "umbrella": UMBRELLA}.items():
+        assert count(faults, account, "create_change_set") == 0, tenant
+        recorded = ledger.get(world.history(), HISTORY, tenant=tenant, release="v1.4.0")
+        assert recorded is not None and recorded.status == Outcome.FAILED and "Fix:" in recorded.reason
+    assert stack_tag(world.stack(INITECH, "eu-west-1", "tenant-app-initech"), "ReleaseVersion") == "1.4.0"
+
+
+def moto_stack(world: World, tenant: str) -> Any:
+    from moto.cloudformation.models import cloudformation_backends
+
+    target = world.loaded.target(tenant)
+    return cloudformation_backends[target.account_id][target.region].get_stack(target.stack_name)
+
+
+def rolls_back(world: World, tenant: str, status: str, *failed: tuple[str, str, str]):
+    """A `rewrite` for ExecuteChangeSet: once moto has run the change set, leave the stack as a failed operation does.
+
+    moto never fails a stack operation, so its own stack is set to what CloudFormation leaves: the final status, the
+    failed resources' events (logical id, resource type, reason) and, after an update's rollback, the template,
+    parameters and tags the stack had before (as they are now, when this is called).
+    """
+    from moto.cloudformation.models import Event
+
+    operation = "CREATE" if status == "ROLLBACK_COMPLETE" else "UPDATE"
+    before = moto_stack(world, tenant) if operation == "UPDATE" else None
+    kept = (before.template, dict(before.parameters), dict(before.tags)) if before is not None else None
+
+    def rewrite(response: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        stack = moto_stack(world, tenant)
+        for logical_id, resource_type, reason in failed:
+            stack.events.append(
+                Event(
+                    stack_id=stack.stack_id,
+                    stack_name=stack.name,
+                    logical_resource_id=logical_id,
+                    physical_resource_id=logical_id,
+                    resource_type=resource_type,
+                    resource_status=f"{operation}_FAILED",
+                    resource_status_reason=reason,
+                    resource_properties=None,
+                )
+            )
+        stack._add_stack_event(status)
+        stack.status = status
+        if kept is not None:
+            stack.template, stack.parameters, stack.tags = kept[0], dict(kept[1]), dict(kept[2])
+            stack._parse_template()
+        return response
+
+    return rewrite
+
+
+MEMORY_REFUSED = ("Function", "AWS::Lambda::Function", 'Resource handler returned message: "Memory size 3000 is not valid"')
+
+
+def tags_of(world: World, tenant: str) -> dict[str, str]:
+    target = world.loaded.target(tenant)
+    return {tag["Key"]: tag["Value"] for tag in world.stack(target.account_id, target.region, target.stack_name)["Tags"]}
+
+
+def test_stack_ending_update_rollback_complete(world: World, sessions: AwsSessions, faults: Faults) -> None:
+    """An update that rolled back fails the tenant with the first failed resource's reason; the next release updates it."""
+    assert deploy(world.deployment(sessions, "umbrella", run_id="run-1")).status == Outcome.SUCCEEDED
+    rolled_back = rolls_back(
+        world,
+        "umbrella",
+        "UPDATE_ROLLBACK_COMPLETE",
+        MEMORY_REFUSED,
+        ("LogGroup", "AWS::Logs::LogGroup", "Resource update cancelled"),
+    )
+    faults.add(service="cloudformation", operation="execute_change_set", account=UMBRELLA, times=1, rewrite=rolled_back)
+
+    with pytest.raises(StackFailedError) as caught:
+        deploy(world.deployment(sessions, "umbrella", version="1.5.0", run_id="run-2"))
+
+    message = str(caught.value)
+    assert message.startswith(
+        "stack tenant-app-umbrella ended UPDATE_ROLLBACK_COMPLETE: Function (AWS::Lambda::Function) UPDATE_FAILED: "
+        'Resource handler returned message: "Memory size 3000 is not valid". Fix: the stack rolled back'
+    )
+    recorded = ledger.get(world.history(), HISTORY, tenant="umbrella", release="v1.5.0")
+    assert (recorded.status, recorded.stack_status) == (Outcome.FAILED, "UPDATE_ROLLBACK_COMPLETE")
+    assert "Memory size 3000 is not valid" in recorded.reason
+
+    again = deploy(world.deployment(sessions, "umbrella", version="1.5.0", run_id="run-3"))
+
+    assert (again.status, again.version_before, again.version_after) == (Outcome.SUCCEEDED, "1.4.0", "1.5.0")
+    assert count(faults, UMBRELLA, "execute_change_set") == 3  # the create, the update that failed, this one
+    assert tags_of(world, "umbrella")["ReleaseVersion"] == "1.5.0"
+
+
+def test_stack_left_update_rollback_failed(world: World, sessions: AwsSessions, faults: Faults) -> None:
+    """A rollback that failed is left for a person: the exact command and console step, and no change set after."""
+    assert deploy(world.deployment(sessions, "initech", run_id="run-1")).status == Outcome.SUCCEEDED
+    rollback_failed = rolls_back(world, "initech", "UPDATE_ROLLBACK_FAILED", MEMORY_REFUSED)
+    faults.add(service="cloudformation", operation="execute_change_set", account=INITECH, times=1, rewrite=rollback_failed)
+    command = "`aws cloudformation continue-update-rollback --stack-name tenant-app-initech --region eu-west-1`"
+    console = "Stacks > tenant-app-initech > Stack actions > Continue update rollback"
+
+    with pytest.raises(StackFailedError) as caught:
+        deploy(world.deployment(sessions, "initech", version="1.5.0", run_id="run-2"))
+    assert str(caught.value).startswith(
+        "stack tenant-app-initech ended UPDATE_ROLLBACK_FAILED: Function (AWS::Lambda::Function) UPDATE_FAILED: "
+    )
+    assert command in str(caught.value) and console in str(caught.value)
+
+    started = len(faults.calls)
+    sleeps: list[float] = []
+    with pytest.raises(PermanentAwsError) as refused:
+        deploy(world.deployment(sessions, "initech", version="1.5.0", run_id="run-3", retry=RetryPolicy(sleep=sleeps.append)))
+
+    message = str(refused.value)
+    assert message.startswith(
+        "stack tenant-app-initech is in UPDATE_ROLLBACK_FAILED after: Function (AWS::Lambda::Function) UPDATE_FAILED: "
+        'Resource handler returned message: "Memory size 3000 is not valid". It cannot be deployed until it is repaired.'
+    )
+    assert command in message and console in message and "--resources-to-skip" in message
+    after = {name for _, account, name in faults.calls[started:] if account == INITECH}
+    assert not after & {"create_change_set", "execute_change_set", "update_stack", "delete_stack"}, after
+    assert sleeps == []
+    recorded = ledger.get(world.history(), HISTORY, tenant="initech", release="v1.5.0")
+    assert (recorded.run_id, recorded.status) == ("run-3", Outcome.FAILED) and command in recorded.reason
+
+
+def test_stack_left_rollback_complete_by_a_failed_first_create(world: World, sessions: AwsSessions, faults: Faults) -> None:
+    """A first create that rolled back fails with its reason; the next release deletes the empty stack and creates it."""
+    deleted: list[dict[str, Any]] = []
+    change_sets: list[dict[str, Any]] = []
+    faults.add(service="cloudformation", operation="delete_stack", account=GLOBEX, when=recorder(deleted))
+    faults.add(service="cloudformation", operation="create_change_set", account=GLOBEX, when=recorder(change_sets))
+    failed_create = rolls_back(world, "globex", "ROLLBACK_COMPLETE", MEMORY_REFUSED)
+    faults.add(service="cloudformation", operation="execute_change_set", account=GLOBEX, times=1, rewrite=failed_create)
+
+    with pytest.raises(StackFailedError) as caught:
+        deploy(world.deployment(sessions, "globex", run_id="run-1"))
+
+    assert str(caught.value).startswith(
+        "stack tenant-app-globex ended ROLLBACK_COMPLETE: Function (AWS::Lambda::Function) CREATE_FAILED: "
+        'Resource handler returned message: "Memory size 3000 is not valid". Fix: a stack whose first create rolled back '
+        "holds nothing and can only be deleted: the next release deletes it"
+    )
+    recorded = ledger.get(world.history(), HISTORY, tenant="globex", release="v1.4.0")
+    assert (recorded.status, recorded.stack_status) == (Outcome.FAILED, "ROLLBACK_COMPLETE")
+
+    result = deploy(world.deployment(sessions, "globex", run_id="run-2"))
+
+    assert [kwargs["StackName"] for kwargs in deleted] == ["tenant-app-globex"]
+    assert [kwargs["ChangeSetType"] for kwargs in change_sets] == ["CREATE", "CREATE"]
+    assert (result.status, result.version_before, result.version_after) == (Outcome.SUCCEEDED, None, "1.4.0")
+    stack = world.stack(GLOBEX, "us-east-1", "tenant-app-globex")
+    assert stack["StackStatus"] == "CREATE_COMPLETE" and stack_tag(stack, "ReleaseVersion") == "1.4.0"

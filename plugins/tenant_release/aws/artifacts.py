@@ -154,8 +154,22 @@ def copy_into_tenant(
         hint = ""
         if code in {"NoSuchBucket", "404"}:
             hint = f" Fix: the tenant bucket {target_bucket} is missing; deploy the tenant bootstrap stack."
+        elif code.startswith("KMS.") or (classify.is_access_denied(exc) and "kms:" in classify.error_message(exc)):
+            hint = (
+                f" Fix: the key policy of the tenant's key {kms_key_arn} must let the tooling orchestrator role use it "
+                "through S3: statement OrchestratorEncryptsReleaseCopies (kms:GenerateDataKey, kms:Encrypt, kms:ViaService "
+                "s3.<region>) of ArtifactKey in include/templates/tenant-bootstrap.yaml; redeploy the tenant bootstrap "
+                "stack (`tenant-release bootstrap`). The orchestrator's own policy must allow the same "
+                "(EncryptCopiesUnderTenantKeys in include/templates/tooling.yaml)."
+            )
         elif classify.is_access_denied(exc):
-            hint = " Fix: the tenant's deploy role needs read on the tooling release prefix and kms:Decrypt on its key."
+            hint = (
+                f" Fix: the policy of the tenant bucket {target_bucket} must let the tooling orchestrator role write "
+                "release copies: statement OrchestratorStagesReleases (s3:PutObject, s3:GetObject) of ArtifactBucketPolicy "
+                "in include/templates/tenant-bootstrap.yaml (redeploy it with `tenant-release bootstrap`); the "
+                "orchestrator's own policy must allow reading the source and writing the copy (PublishReleaseArtifacts, "
+                "CopyReleasesIntoTenantBuckets, UseArtifactKey in include/templates/tooling.yaml)."
+            )
         raise PermanentAwsError(
             f"copying s3://{source_bucket}/{source_key} to s3://{target_bucket}/{target_key} failed: "
             f"{classify.describe(exc)}.{hint}"
@@ -188,7 +202,13 @@ def resolve_kms_key_arn(kms: Any, alias: str) -> str:
     except ClientError as exc:
         if classify.is_retriable(exc):
             raise
-        raise PermanentAwsError(
-            f"KMS key {alias} not found or not usable: {classify.describe(exc)}. "
-            "Fix: deploy the bootstrap stack that creates it, or set kms_key_alias in the fleet file."
-        ) from None
+        if classify.is_access_denied(exc):
+            fix = (
+                f"the tenant's deploy role must be allowed kms:DescribeKey on the key behind {alias}: statement "
+                "UseTenantKey of DeployRole in include/templates/tenant-bootstrap.yaml (with the key policy's "
+                "TenantAccountAdministersKey, which lets the account's IAM policies grant it); redeploy the tenant "
+                "bootstrap stack (`tenant-release bootstrap`)"
+            )
+        else:
+            fix = "deploy the bootstrap stack that creates it, or set kms_key_alias in the fleet file"
+        raise PermanentAwsError(f"KMS key {alias} not found or not usable: {classify.describe(exc)}. Fix: {fix}.") from None
