@@ -116,7 +116,8 @@ def start_deploy(
         reasons = failure_reasons(cloudformation, stack_name)
         why = f" after: {'; '.join(reasons)}" if reasons else ""
         raise PermanentAwsError(
-            f"stack {stack_name} is in {status}{why}. It cannot be deployed until it is repaired. Fix: {_fix(fix, cloudformation, stack_name)}"
+            f"stack {stack_name} is in {status}{why}. It cannot be deployed until it is repaired. "
+            f"Fix: {_fix(fix, cloudformation, stack_name)}"
         )
     if status == FAILED_CREATE_STATE:
         # A stack whose creation rolled back holds no resources and can only be deleted: delete it and create anew.
