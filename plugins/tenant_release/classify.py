@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tenant_release.errors import PermanentAwsError, RecoverableAwsError, TenantReleaseError
+from tenant_release.errors import PermanentAwsError, RecoverableAwsError, StackBusyError, TenantReleaseError
 
 T = TypeVar("T")
 
@@ -154,7 +154,8 @@ class RetryPolicy:
             try:
                 return func(*args, **kwargs)
             except Exception as exc:
-                if not retriable(exc) or attempt == self.attempts:
+                # A stack busy with someone else's operation is waited for by the caller at the stack's pace.
+                if not retriable(exc) or isinstance(exc, StackBusyError) or attempt == self.attempts:
                     raise
                 pause = self.delay(attempt)
                 if log:

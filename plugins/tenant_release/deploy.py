@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from tenant_release import classify, health, naming
 from tenant_release.aws import artifacts, ledger, stacks
 from tenant_release.aws.session import AwsSessions
-from tenant_release.errors import PermanentAwsError, StackFailedError, TenantReleaseError, VerificationError
+from tenant_release.errors import PermanentAwsError, StackBusyError, StackFailedError, TenantReleaseError, VerificationError
 from tenant_release.models import (
     Application,
     Artifact,
@@ -119,6 +119,18 @@ class TargetDeployment:
         earlier = self.earlier_attempt()
         cloudformation = call("assume role", self.client, "cloudformation", log=log.warning)
         current = call("read stack", stacks.describe_stack, cloudformation, target.stack_name, log=log.warning)
+        digest = self.digest()
+        change_set_name = naming.change_set_name(version=artifact.version, deploy_digest=digest)
+        # Before anything is recorded or copied: someone else's stack operation raises StackBusyError, to wait for.
+        call(
+            "read stack",
+            stacks.operation_under_way,
+            cloudformation,
+            stack_name=target.stack_name,
+            stack=current,
+            change_set_name=change_set_name,
+            log=log.warning,
+        )
         if earlier is not None:
             progress.started_at = earlier.started_at
             progress.version_before, progress.digest_before = earlier.version_before, earlier.digest_before
@@ -130,7 +142,6 @@ class TargetDeployment:
             progress.version_before = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
             progress.digest_before = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
         self.record(self.result(progress, status=Outcome.IN_PROGRESS))
-        digest = self.digest()
         progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.template_key)
         if (
             current is not None
@@ -156,7 +167,7 @@ class TargetDeployment:
                 },
                 execution_role_arn=target.execution_role_arn,
                 capabilities=[str(c) for c in self.run.application.capabilities],
-                change_set_name=naming.change_set_name(version=artifact.version, deploy_digest=digest),
+                change_set_name=change_set_name,
                 deploy_digest=digest,
                 stack=first_read.pop() if first_read else stacks.NOT_READ,
                 wait=wait_for_change_set,
@@ -328,8 +339,19 @@ class TargetDeployment:
         pause = sleep or time.sleep
         progress = DeployProgress(started_at=utc_now())
         try:
-            progress = self.begin(progress)
             waited = 0.0
+            while True:
+                try:
+                    progress = self.begin(progress)
+                    break
+                except StackBusyError as busy:
+                    if waited >= timeout:
+                        raise StackBusyError(
+                            f"{busy}; still {busy.stack_status} after {timeout:.0f}s", stack_status=busy.stack_status
+                        ) from None
+                    log.info("%s", busy)
+                    pause(poll_interval)
+                    waited += poll_interval
             while not (polled := self.poll()).settled:
                 if waited >= timeout:
                     raise PermanentAwsError(f"stack {self.target.stack_name} still {polled.status} after {timeout:.0f}s")

@@ -32,7 +32,6 @@ from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment
 from tenant_release.errors import (
     ChecksumMismatchError,
-    RecoverableAwsError,
 )
 from tenant_release.models import Artifact, DeployProgress, Outcome, PlannedTarget, TenantResult
 from tenant_release.tags import parse_release_tag
@@ -311,23 +310,6 @@ def test_throttled_copy_is_retried_with_backoff(world: World, sessions: AwsSessi
     assert throttle.hits == 2
     assert count(faults, "tooling", "copy_object") == 4  # code: 2 throttled + 1, template: 1
     assert len(sleeps) == 2 and 0 < sleeps[0] <= 1.0 and 0 < sleeps[1] <= 2.0
-
-
-def test_busy_stack_is_waited_for_then_reported_as_recoverable(world: World, sessions: AwsSessions, faults: Faults) -> None:
-    assert deploy(world.deployment(sessions, "acme", run_id="run-1")).status == Outcome.SUCCEEDED
-    faults.add(service="cloudformation", operation="describe_stacks", account=ACME, rewrite=with_status("UPDATE_IN_PROGRESS"))
-    change_sets = count(faults, ACME, "create_change_set")
-    sleeps: list[float] = []
-
-    with pytest.raises(RecoverableAwsError, match="tenant-app-acme is busy"):
-        deploy(
-            world.deployment(
-                sessions, "acme", version="1.5.0", run_id="run-2", retry=RetryPolicy(attempts=3, sleep=sleeps.append)
-            )
-        )
-
-    assert len(sleeps) == 2  # retried within the attempt before giving the task's own retry a chance
-    assert count(faults, ACME, "create_change_set") == change_sets
 
 
 def test_copy_that_does_not_hash_to_the_build_is_not_deployed(world: World, sessions: AwsSessions, faults: Faults) -> None:

@@ -18,7 +18,7 @@ from tenant_release.errors import PermanentAwsError, StackFailedError
 from tenant_release.models import Outcome
 
 from tests.aws import test_deploy_aws as base
-from tests.aws.test_deploy_aws import ACME, GLOBEX, HISTORY, INITECH, UMBRELLA, World, count, deploy, recorder
+from tests.aws.test_deploy_aws import ACME, GLOBEX, HISTORY, INITECH, UMBRELLA, World, count, deploy, recorder, with_status
 from tests.faults import Faults
 
 # The moto world of test_deploy_aws (bootstrapped accounts, two builds), built once for this module too.
@@ -289,3 +289,35 @@ def test_stack_left_rollback_complete_by_a_failed_first_create(world: World, ses
     assert (result.status, result.version_before, result.version_after) == (Outcome.SUCCEEDED, None, "1.4.0")
     stack = world.stack(GLOBEX, "us-east-1", "tenant-app-globex")
     assert stack["StackStatus"] == "CREATE_COMPLETE" and stack_tag(stack, "ReleaseVersion") == "1.4.0"
+
+
+def test_stack_already_update_in_progress_by_someone_else(world: World, sessions: AwsSessions, faults: Faults) -> None:
+    """Someone else's update holds the stack: the deploy waits for it to settle, then deploys; it never competes."""
+    assert deploy(world.deployment(sessions, "acme", run_id="run-1")).status == Outcome.SUCCEEDED
+    busy_reads: list[int] = []  # indexes into faults.calls of the reads that found the other update under way
+    faults.add(
+        service="cloudformation",
+        operation="describe_stacks",
+        account=ACME,
+        times=4,
+        when=lambda kwargs: not busy_reads.append(len(faults.calls) - 1),
+        rewrite=with_status("UPDATE_IN_PROGRESS"),
+    )
+    started = len(faults.calls)
+    waits: list[float] = []
+    retries: list[float] = []
+    deployment = world.deployment(sessions, "acme", version="1.5.0", run_id="run-2", retry=RetryPolicy(sleep=retries.append))
+
+    result = deployment.run_to_completion(poll_interval=30.0, sleep=waits.append)
+
+    assert (result.status, result.version_before, result.version_after) == (Outcome.SUCCEEDED, "1.4.0", "1.5.0")
+    assert len(busy_reads) == 4 and waits == [30.0] * 4 and retries == []  # waited at the stack's pace, not retried
+    stack_changes = [
+        index
+        for index, (_, account, name) in enumerate(faults.calls)
+        if index >= started and account == ACME and name in {"create_change_set", "execute_change_set", "update_stack"}
+    ]
+    assert len(stack_changes) == 2 and min(stack_changes) > max(busy_reads)  # one change set, after the other update
+    copies = [index for index, (_, _, name) in enumerate(faults.calls) if index >= started and name == "copy_object"]
+    assert min(copies) > max(busy_reads)  # nothing copied or recorded while it waited
+    assert stack_updates(world, "acme") == 1

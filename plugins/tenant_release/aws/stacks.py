@@ -11,7 +11,7 @@ from typing import Any, cast
 from botocore.exceptions import ClientError
 
 from tenant_release import classify, naming
-from tenant_release.errors import PermanentAwsError, RecoverableAwsError, StackFailedError
+from tenant_release.errors import PermanentAwsError, RecoverableAwsError, StackBusyError, StackFailedError
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,9 @@ def start_deploy(
         stack = describe_stack(cloudformation, stack_name)
     stack = cast("dict[str, Any] | None", stack)
     status = stack["StackStatus"] if stack else None
-    if status and status.endswith("_IN_PROGRESS") and status != "REVIEW_IN_PROGRESS":
-        existing = _describe_change_set(cloudformation, stack_name, change_set_name)
-        if existing and existing.get("ExecutionStatus") in {"EXECUTE_IN_PROGRESS", "EXECUTE_COMPLETE"}:
-            return StackDeployStart(unchanged=False, change_set_name=change_set_name, change_set_type=None)
-        raise RecoverableAwsError(f"stack {stack_name} is busy ({status}); waiting for it to finish")
+    attached = operation_under_way(cloudformation, stack_name=stack_name, stack=stack, change_set_name=change_set_name)
+    if attached is not None:
+        return attached
     if status in NEEDS_A_PERSON_STATES:
         # Never a change set on it: CloudFormation would refuse it, and the stack needs a person first.
         fix = _FIX_FOR_STATE.get(status, "inspect the stack events, repair the stack, then re-run this tenant")
@@ -179,6 +177,24 @@ def start_deploy(
         )
         return _execute_created(cloudformation, stack_name, change_set_name, change_set_type, created)
     return _execute_created(cloudformation, stack_name, change_set_name, change_set_type, existing)
+
+
+def operation_under_way(
+    cloudformation: Any, *, stack_name: str, stack: dict[str, Any] | None, change_set_name: str
+) -> StackDeployStart | None:
+    """None when the stack is at rest. Mid-operation: this deploy's own change set executing (a retry attaches to
+    it), or someone else's operation, which `StackBusyError` says to wait for: never a competing update."""
+    status = stack["StackStatus"] if stack else None
+    if not status or not status.endswith("_IN_PROGRESS") or status == "REVIEW_IN_PROGRESS":
+        return None
+    existing = _describe_change_set(cloudformation, stack_name, change_set_name)
+    if existing and existing.get("ExecutionStatus") in {"EXECUTE_IN_PROGRESS", "EXECUTE_COMPLETE"}:
+        return StackDeployStart(unchanged=False, change_set_name=change_set_name, change_set_type=None)
+    raise StackBusyError(
+        f"stack {stack_name} is busy with an operation this release did not start ({status}); the deploy waits for it "
+        "to settle, then deploys",
+        stack_status=status,
+    )
 
 
 def execute_when_ready(
