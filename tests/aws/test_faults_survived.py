@@ -7,6 +7,8 @@ the real moto clients. The moto world (bootstrapped accounts and two builds) is 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,8 +16,9 @@ from tenant_release.aws import ledger
 from tenant_release.aws.session import AwsSessions
 from tenant_release.aws.stacks import stack_tag
 from tenant_release.classify import RetryPolicy
+from tenant_release.deploy import TargetDeployment
 from tenant_release.errors import PermanentAwsError, StackFailedError
-from tenant_release.models import Outcome
+from tenant_release.models import DeployProgress, Outcome, TenantResult
 
 from tests.aws import test_deploy_aws as base
 from tests.aws.test_deploy_aws import ACME, GLOBEX, HISTORY, INITECH, UMBRELLA, World, count, deploy, recorder, with_status
@@ -291,7 +294,50 @@ def test_stack_left_rollback_complete_by_a_failed_first_create(world: World, ses
     assert stack["StackStatus"] == "CREATE_COMPLETE" and stack_tag(stack, "ReleaseVersion") == "1.4.0"
 
 
-def test_stack_already_update_in_progress_by_someone_else(world: World, sessions: AwsSessions, faults: Faults) -> None:
+def in_the_triggerer(deployment: TargetDeployment, waits: list[float]) -> TenantResult:
+    """The deploy as `TenantDeployTrigger` runs it: its `_begin` waits (asleep in the event loop) for a busy stack."""
+    import asyncio
+
+    from tenant_release.airflow.triggers import TenantDeployTrigger
+
+    trigger = TenantDeployTrigger(
+        tenant=deployment.target.name,
+        target_digest="-",
+        config_path=None,
+        release_tag=deployment.run.release.tag,
+        run_id=deployment.run.run_id,
+        artifact=deployment.run.artifact.model_dump(mode="json"),
+        progress={},
+        poll_interval=30.0,
+        deadline=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    )
+
+    waiting_to_begin = [True]
+
+    async def asleep(seconds: float) -> None:
+        if waiting_to_begin[0]:
+            waits.append(30.0 if 24.0 <= seconds <= 36.0 else seconds)  # jittered around the poll interval
+
+    async def deploy_in_the_triggerer() -> tuple[DeployProgress, str]:
+        progress = await trigger._begin(deployment, DeployProgress(started_at="2026-12-03T00:00:00+00:00"))
+        waiting_to_begin[0] = False
+        progress = await trigger._execute_when_ready(deployment, progress)
+        return progress, await trigger._settle(deployment, progress)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(asyncio, "sleep", asleep)
+        progress, status = asyncio.run(deploy_in_the_triggerer())
+    return deployment.finish(progress, stack_status=status)
+
+
+def in_a_thread(deployment: TargetDeployment, waits: list[float]) -> TenantResult:
+    return deployment.run_to_completion(poll_interval=30.0, sleep=waits.append)
+
+
+@pytest.mark.parametrize("waiting", [in_a_thread, in_the_triggerer], ids=lambda f: f.__name__)
+def test_stack_already_update_in_progress_by_someone_else(
+    world: World, sessions: AwsSessions, faults: Faults, waiting: Callable[[TargetDeployment, list[float]], TenantResult]
+) -> None:
     """Someone else's update holds the stack: the deploy waits for it to settle, then deploys; it never competes."""
     assert deploy(world.deployment(sessions, "acme", run_id="run-1")).status == Outcome.SUCCEEDED
     busy_reads: list[int] = []  # indexes into faults.calls of the reads that found the other update under way
@@ -308,7 +354,7 @@ def test_stack_already_update_in_progress_by_someone_else(world: World, sessions
     retries: list[float] = []
     deployment = world.deployment(sessions, "acme", version="1.5.0", run_id="run-2", retry=RetryPolicy(sleep=retries.append))
 
-    result = deployment.run_to_completion(poll_interval=30.0, sleep=waits.append)
+    result = waiting(deployment, waits)
 
     assert (result.status, result.version_before, result.version_after) == (Outcome.SUCCEEDED, "1.4.0", "1.5.0")
     assert len(busy_reads) == 4 and waits == [30.0] * 4 and retries == []  # waited at the stack's pace, not retried
