@@ -367,3 +367,51 @@ def test_stack_already_update_in_progress_by_someone_else(
     copies = [index for index, (_, _, name) in enumerate(faults.calls) if index >= started and name == "copy_object"]
     assert min(copies) > max(busy_reads)  # nothing copied or recorded while it waited
     assert stack_updates(world, "acme") == 1
+
+
+def test_credentials_expiring_during_a_long_wait(world: World, faults: Faults, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half-hour tenant sessions, a stack update that takes fifty minutes: the session is re-assumed before it
+    expires, every call is signed with live credentials, and the deploy completes.
+
+    One clock moves for botocore (when to refresh) and moto (when what it issues expires); the wait moves it.
+    test_session_refresh shows the refresh itself; this shows a deploy living through it.
+    """
+    import botocore.credentials
+    import moto.sts.models
+    from tenant_release.aws import session as session_module
+
+    now = [datetime.now(UTC)]
+    monkeypatch.setattr(botocore.credentials, "_local_now", lambda: now[0])
+    monkeypatch.setattr(moto.sts.models, "utcnow", lambda: now[0].replace(tzinfo=None))
+    monkeypatch.setattr(session_module, "ASSUME_DURATION_SECONDS", 1800)
+    signed: list[tuple[datetime, datetime]] = []  # (when, until when its credentials were valid) of each tenant call
+
+    def hook(service: str, account: str, client: Any) -> Any:
+        if account == UMBRELLA:
+            credentials = client._request_signer._credentials
+            credentials._time_fetcher = lambda: now[0]  # bound when botocore made them; the clock is ours
+            client.meta.events.register("before-send", lambda **_: signed.append((now[0], credentials._expiry_time)))
+        return faults.hook(service, account, client)
+
+    sessions = AwsSessions(world.base_session, client_hook=hook)
+    executed: list[dict[str, Any]] = []
+    faults.add(service="cloudformation", operation="execute_change_set", account=UMBRELLA, when=recorder(executed))
+    faults.add(
+        service="cloudformation",
+        operation="describe_stacks",
+        account=UMBRELLA,
+        times=10,
+        when=lambda kwargs: bool(executed),
+        rewrite=with_status("CREATE_IN_PROGRESS"),
+    )
+
+    def wait(seconds: float) -> None:
+        now[0] += timedelta(seconds=seconds)
+
+    result = world.deployment(sessions, "umbrella").run_to_completion(poll_interval=300.0, sleep=wait)
+
+    assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "1.4.0")
+    assert now[0] - signed[0][0] >= timedelta(minutes=50)  # the deploy outlived the first session by far
+    assert all(when < valid_until for when, valid_until in signed), "a call was signed with expired credentials"
+    assumed = [call for call in faults.calls if call == ("sts", "tooling", "assume_role")]
+    assert len(assumed) >= 3  # the first session, and a new one at least every quarter of an hour after that
