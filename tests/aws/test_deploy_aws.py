@@ -7,7 +7,6 @@ deny, roll back or corrupt a copy, so `tests.faults` injects those around the re
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import random
@@ -30,9 +29,6 @@ from tenant_release.changes import find_changes
 from tenant_release.classify import RetryPolicy
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment
-from tenant_release.errors import (
-    ChecksumMismatchError,
-)
 from tenant_release.models import Artifact, DeployProgress, Outcome, PlannedTarget, TenantResult
 from tenant_release.tags import parse_release_tag
 
@@ -310,32 +306,6 @@ def test_throttled_copy_is_retried_with_backoff(world: World, sessions: AwsSessi
     assert throttle.hits == 2
     assert count(faults, "tooling", "copy_object") == 4  # code: 2 throttled + 1, template: 1
     assert len(sleeps) == 2 and 0 < sleeps[0] <= 1.0 and 0 < sleeps[1] <= 2.0
-
-
-def test_copy_that_does_not_hash_to_the_build_is_not_deployed(world: World, sessions: AwsSessions, faults: Faults) -> None:
-    wrong = base64.b64encode(hashlib.sha256(b"tampered").digest()).decode()
-    faults.add(
-        service="s3",
-        operation="copy_object",
-        account="tooling",
-        when=lambda kwargs: kwargs["Bucket"].startswith(f"tenant-release-{ACME}-"),
-        rewrite=lambda response, kwargs: {
-            **response,
-            "CopyObjectResult": {**response["CopyObjectResult"], "ChecksumSHA256": wrong},
-        },
-    )
-    artifact = world.artifacts["1.4.0"]
-    sleeps: list[float] = []
-
-    with pytest.raises(ChecksumMismatchError) as caught:
-        deploy(world.deployment(sessions, "acme", retry=RetryPolicy(sleep=sleeps.append)))
-
-    (code,) = artifact.objects
-    assert f"s3://tenant-release-{ACME}-eu-central-1/{code.key}" in str(caught.value)
-    assert code.sha256 in str(caught.value) and "not deployed" in str(caught.value)
-    assert sleeps == []
-    assert count(faults, ACME, "create_change_set") == 0
-    assert world.stack(ACME, "eu-central-1", "tenant-app-acme") is None
 
 
 # --- history -------------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ the real moto clients. The moto world (bootstrapped accounts and two builds) is 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,11 +19,23 @@ from tenant_release.aws.session import AwsSessions
 from tenant_release.aws.stacks import stack_tag
 from tenant_release.classify import RetryPolicy
 from tenant_release.deploy import TargetDeployment
-from tenant_release.errors import PermanentAwsError, StackFailedError
+from tenant_release.errors import ChecksumMismatchError, PermanentAwsError, StackFailedError
 from tenant_release.models import DeployProgress, Outcome, TenantResult
 
 from tests.aws import test_deploy_aws as base
-from tests.aws.test_deploy_aws import ACME, GLOBEX, HISTORY, INITECH, UMBRELLA, World, count, deploy, recorder, with_status
+from tests.aws.test_deploy_aws import (
+    ACME,
+    GLOBEX,
+    HISTORY,
+    INITECH,
+    TOOLING,
+    UMBRELLA,
+    World,
+    count,
+    deploy,
+    recorder,
+    with_status,
+)
 from tests.faults import Faults
 
 # The moto world of test_deploy_aws (bootstrapped accounts, two builds), built once for this module too.
@@ -415,3 +429,54 @@ def test_credentials_expiring_during_a_long_wait(world: World, faults: Faults, m
     assert all(when < valid_until for when, valid_until in signed), "a call was signed with expired credentials"
     assumed = [call for call in faults.calls if call == ("sts", "tooling", "assume_role")]
     assert len(assumed) >= 3  # the first session, and a new one at least every quarter of an hour after that
+
+
+def test_corrupted_artifact(world: World, sessions: AwsSessions, faults: Faults) -> None:
+    """A copy that does not hash to the build, because the copy differs or the source changed after the build: not
+    deployed, the tenant fails naming the object and both hashes."""
+    artifact = world.artifacts["1.5.0"]
+    (code,) = artifact.objects
+    wrong = hashlib.sha256(b"tampered").hexdigest()
+    faults.add(
+        service="s3",
+        operation="copy_object",
+        when=lambda kwargs: kwargs["Bucket"].startswith(f"tenant-release-{ACME}-"),
+        rewrite=lambda response, kwargs: {
+            **response,
+            "CopyObjectResult": {
+                **response["CopyObjectResult"],
+                "ChecksumSHA256": base64.b64encode(bytes.fromhex(wrong)).decode(),
+            },
+        },
+    )
+    tooling_s3 = world.inspect("s3", TOOLING, "us-east-1")
+    built = tooling_s3.get_object(Bucket=artifact.bucket, Key=code.key)
+    changed = b"not what was built"
+    sleeps: list[float] = []
+    failures: dict[str, str] = {}
+    try:
+        # Someone overwrites the built object in the tooling bucket, keeping its metadata (which names the build's hash).
+        tooling_s3.put_object(Bucket=artifact.bucket, Key=code.key, Body=changed, Metadata=built["Metadata"])
+        for tenant in ("acme", "globex"):
+            with pytest.raises(ChecksumMismatchError) as caught:
+                deploy(world.deployment(sessions, tenant, version="1.5.0", retry=RetryPolicy(sleep=sleeps.append)))
+            failures[tenant] = str(caught.value)
+    finally:
+        tooling_s3.put_object(Bucket=artifact.bucket, Key=code.key, Body=built["Body"].read(), Metadata=built["Metadata"])
+
+    copy_differs, source_changed = failures["acme"], failures["globex"]
+    assert copy_differs.startswith(
+        f"the copy at s3://tenant-release-{ACME}-eu-central-1/{code.key} hashes to {wrong}, not to the built artifact's "
+        f"{code.sha256}: the source s3://{artifact.bucket}/{code.key} no longer holds what was built"
+    )
+    assert source_changed.startswith(
+        f"the copy at s3://tenant-release-{GLOBEX}-us-east-1/{code.key} hashes to {hashlib.sha256(changed).hexdigest()}, "
+        f"not to the built artifact's {code.sha256}"
+    )
+    for tenant, account in (("acme", ACME), ("globex", GLOBEX)):
+        assert "it was not deployed. Fix:" in failures[tenant] and "rebuild: true" in failures[tenant]
+        assert count(faults, account, "create_change_set") == 0
+        recorded = ledger.get(world.history(), HISTORY, tenant=tenant, release="v1.5.0")
+        assert recorded.status == Outcome.FAILED and code.sha256 in recorded.reason
+    assert sleeps == []  # a corrupted copy is not retried
+    assert deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-2")).status == Outcome.SUCCEEDED

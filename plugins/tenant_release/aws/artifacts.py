@@ -179,13 +179,24 @@ def copy_into_tenant(
         copied = head_object(s3, bucket=target_bucket, key=target_key) or {}
     if not _matches(copied, sha256):
         raise ChecksumMismatchError(
-            f"the copy at s3://{target_bucket}/{target_key} does not hash to the built artifact {sha256}; it was not deployed"
+            f"the copy at s3://{target_bucket}/{target_key} hashes to {_copied_sha256(copied)}, not to the built "
+            f"artifact's {sha256}: the source s3://{source_bucket}/{source_key} no longer holds what was built, or the "
+            "copy was corrupted; it was not deployed. Fix: find out what changed the source object, restore its built "
+            "version (the bucket keeps versions), or delete it and run the release again with `rebuild: true`"
         )
     if copied.get("SSEKMSKeyId") not in (None, kms_key_arn):
         raise PermanentAwsError(
             f"the copy at s3://{target_bucket}/{target_key} is encrypted under {copied['SSEKMSKeyId']}, not the tenant's "
             f"key {kms_key_arn}; it was not deployed"
         )
+
+
+def _copied_sha256(head: dict[str, Any]) -> str:
+    """The copy's SHA-256 in hex, as S3 computed it (else as its metadata claims), for the mismatch message."""
+    checksum = head.get("ChecksumSHA256")
+    if checksum and "-" not in checksum:
+        return base64.b64decode(checksum).hex()
+    return head.get("Metadata", {}).get("sha256") or "an unknown SHA-256"
 
 
 def _matches(head: dict[str, Any], sha256: str) -> bool:
