@@ -11,6 +11,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ from tests.aws.test_deploy_aws import (
     recorder,
     with_status,
 )
+from tests.conftest import use_fleet
 from tests.faults import Faults
 
 # The moto world of test_deploy_aws (bootstrapped accounts, two builds), built once for this module too.
@@ -480,3 +482,55 @@ def test_corrupted_artifact(world: World, sessions: AwsSessions, faults: Faults)
         assert recorded.status == Outcome.FAILED and code.sha256 in recorded.reason
     assert sleeps == []  # a corrupted copy is not retried
     assert deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-2")).status == Outcome.SUCCEEDED
+
+
+def test_queued_release_dispatch_interrupted_between_trigger_and_mark(
+    world: World, faults: Faults, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduled run triggers the release, then dies before marking the queue entry: neither its retry nor the
+    next window's run ships the release a second time.
+
+    The steps are the scheduled DAG's own (`queue_steps`); `runs` stands for Airflow's dag_run table, which holds
+    one run per run id (the DAG's TriggerDagRunOperator skips when the id exists). tests/dags/test_scheduled_release
+    runs the same crash under dag.test().
+    """
+    from airflow.sdk.exceptions import AirflowSkipException
+    from botocore.exceptions import ClientError
+    from tenant_release.airflow import queue_steps, runtime
+    from tenant_release.aws import release_queue
+
+    use_fleet("fleet_schedule.yaml", tmp_path, monkeypatch)  # its tooling account is this world's
+    monkeypatch.setattr(runtime, "_session_factory", lambda: AwsSessions(world.base_session, client_hook=faults.hook))
+    queue = world.history()  # the tooling account's DynamoDB
+    table = world.loaded.fleet.tooling.queue_table
+    release_queue.enqueue(queue, table, release_tag="v2.0.0", tenants=(), queued_by="alice", approved_by=None)
+    runs: dict[str, dict[str, Any]] = {}
+
+    def trigger(taken: dict[str, Any]) -> None:
+        runs.setdefault(taken["trigger_run_id"], taken["conf"])
+
+    tuesday = datetime(2027, 3, 2, 2, 30, tzinfo=UTC)
+    first = queue_steps.take_queued_release(run_id="scheduled__2027-03-02T02:00:00+00:00", now=tuesday)
+    trigger(first)
+    crash = faults.add(service="dynamodb", operation="update_item", code="InternalServerError", message="worker lost")
+    with pytest.raises(ClientError):
+        queue_steps.mark_dispatched(first)  # the worker dies here: the entry is still QUEUED
+    assert release_queue.get(queue, table, "v2.0.0").status == release_queue.QueueStatus.QUEUED
+    faults.faults.remove(crash)
+
+    retried = queue_steps.mark_dispatched(first)  # the task's retry
+    with pytest.raises(AirflowSkipException, match="nothing queued"):  # the next window's run: nothing left to ship
+        queue_steps.take_queued_release(run_id="scheduled__2027-03-09T02:00:00+00:00", now=tuesday + timedelta(days=7))
+    assert (retried["status"], retried["run_id"]) == ("DISPATCHED", first["trigger_run_id"])
+
+    # The same crash, and no retry: the next window's run takes the entry again, with the same run id.
+    release_queue.enqueue(queue, table, release_tag="v2.1.0", tenants=(), queued_by="alice", approved_by=None)
+    dying = queue_steps.take_queued_release(run_id="scheduled__2027-03-16T02:00:00+00:00", now=tuesday + timedelta(days=14))
+    trigger(dying)
+    again = queue_steps.take_queued_release(run_id="scheduled__2027-03-23T02:00:00+00:00", now=tuesday + timedelta(days=21))
+    assert again["trigger_run_id"] == dying["trigger_run_id"]
+    trigger(again)  # Airflow finds the run already there: nothing new is created
+    assert queue_steps.mark_dispatched(again)["run_id"] == dying["trigger_run_id"]
+
+    assert sorted(runs) == sorted({first["trigger_run_id"], dying["trigger_run_id"]})  # each release once
+    assert [conf["release_tag"] for conf in runs.values()] == ["v2.0.0", "v2.1.0"]
