@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -65,9 +66,16 @@ def test_throttling_storm(world: World, sessions: AwsSessions, faults: Faults) -
         assert deploy(world.deployment(sessions, tenant, run_id="run-1")).status == Outcome.SUCCEEDED
     throttled: list[int] = []  # indexes into faults.calls of the calls answered with a throttle
 
-    def every_third_call() -> Any:
-        seen = iter(range(1, 1_000_000))
-        return lambda kwargs: next(seen) % 3 == 0 and not throttled.append(len(faults.calls) - 1)
+    def every_third_call() -> Callable[[dict[str, Any]], bool]:
+        seen = itertools.count(1)  # calls of one service, any account, any operation
+
+        def when(kwargs: dict[str, Any]) -> bool:
+            if next(seen) % 3:
+                return False
+            throttled.append(len(faults.calls) - 1)  # the injector logs a call before it decides
+            return True
+
+        return when
 
     codes = {"cloudformation": "Throttling", "sts": "RequestLimitExceeded", "s3": "SlowDown", "kms": "ThrottlingException"}
     for service, code in codes.items():
