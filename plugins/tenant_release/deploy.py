@@ -15,9 +15,16 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tenant_release import classify, health, naming
-from tenant_release.aws import artifacts, ledger, stacks
+from tenant_release.aws import artifacts, leases, ledger, stacks
 from tenant_release.aws.session import AwsSessions
-from tenant_release.errors import PermanentAwsError, StackFailedError, TenantReleaseError, VerificationError
+from tenant_release.errors import (
+    PermanentAwsError,
+    RollbackRefusedError,
+    StackFailedError,
+    TenantBusyError,
+    TenantReleaseError,
+    VerificationError,
+)
 from tenant_release.models import (
     Application,
     Artifact,
@@ -29,6 +36,7 @@ from tenant_release.models import (
     ToolingAccount,
     VerifyMode,
 )
+from tenant_release.tags import is_newer
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,7 @@ class ReleaseRun:
     artifact: Artifact
     tooling: ToolingAccount
     application: Application = field(default_factory=Application)  # unset: the bundled sample
+    allow_rollback: str = ""  # why this run may deploy over a newer version; empty: it may not
 
     @property
     def session_name(self) -> str:
@@ -89,6 +98,11 @@ class TargetDeployment:
     target: Target
     retry: classify.RetryPolicy = field(default_factory=classify.RetryPolicy)
     record_history: bool = True  # dev is deployed like a tenant but is not a tenant of the history
+    # Refuse to deploy over a newer version (tenants). Dev takes whatever is released, a hotfix of an older line too.
+    guard_rollback: bool = True
+    # How long the tenant's lease lasts before another run may take it: the stack timeout and a margin. A deploy
+    # that waits longer renews it while it polls (`renew_lease`).
+    lease_seconds: float = 2 * 3600 + 900
 
     def client(self, service: str) -> Any:
         return self.sessions.tenant_client(
@@ -114,6 +128,9 @@ class TargetDeployment:
         """
         progress = progress.model_copy(deep=True)
         artifact, target, call = self.run.artifact, self.target, self.retry.call
+        busy = self.take_lease()
+        if busy is not None:  # never a competing stack update: the caller may wait for the lease (see the trigger)
+            raise TenantBusyError(f"{self.busy_reason(busy)}; nothing was started")
         earlier = self.earlier_attempt()
         cloudformation = call("assume role", self.client, "cloudformation", log=log.warning)
         current = call("read stack", stacks.describe_stack, cloudformation, target.stack_name, log=log.warning)
@@ -127,6 +144,7 @@ class TargetDeployment:
                 before = None
             progress.version_before = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
             progress.digest_before = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
+        self.check_rollback(progress)
         self.record(self.result(progress, status=Outcome.IN_PROGRESS))
         digest = self.digest()
         progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.template_key)
@@ -166,6 +184,73 @@ class TargetDeployment:
         progress.change_set_type = started.change_set_type
         progress.change_set_pending = started.pending
         return progress
+
+    def check_rollback(self, progress: DeployProgress) -> None:
+        """Refuse to replace a newer version unless the run says why; an allowed rollback is noted."""
+        rollback_from = self.newer_before(progress)
+        if rollback_from is None:
+            return
+        if not self.run.allow_rollback:
+            raise RollbackRefusedError(
+                f"stack {self.target.stack_name} holds {rollback_from}, newer than {self.run.artifact.version}; nothing "
+                "was deployed. To roll back, trigger with allow_rollback set to the reason (it is recorded in the history)."
+            )
+        progress.note(f"rollback from {rollback_from}: {self.run.allow_rollback}")
+
+    def newer_before(self, progress: DeployProgress) -> str | None:
+        """The version the target held before, if it is newer than the release (deploying would roll it back)."""
+        before = progress.version_before
+        return before if self.guard_rollback and is_newer(before, self.run.artifact.version) else None
+
+    # --- the tenant's lease: one run at a time deploys a target ---------------------------------------------------
+
+    def _leases(self) -> Any:
+        return self.sessions.tooling_client("dynamodb", self.run.tooling.region)
+
+    def take_lease(self) -> leases.Lease | None:
+        """Take (or, in this same run, take again) the target's lease. None: held now; else the other run's lease."""
+        return self.retry.call(
+            "take lease",
+            leases.acquire,
+            self._leases(),
+            self.run.tooling.leases_table,
+            tenant=self.target.name,
+            run_id=self.run.run_id,
+            release=self.run.release.tag,
+            seconds=self.lease_seconds,
+            log=log.warning,
+        )
+
+    def renew_lease(self) -> None:
+        kept = self.retry.call(
+            "renew lease",
+            leases.renew,
+            self._leases(),
+            self.run.tooling.leases_table,
+            tenant=self.target.name,
+            run_id=self.run.run_id,
+            seconds=self.lease_seconds,
+            log=log.warning,
+        )
+        if not kept:  # the stack operation is under way already: another run finds it busy and waits for it
+            log.warning("%s: this run's lease expired and was taken by another run", self.target.name)
+
+    def release_lease(self) -> None:
+        try:
+            self.retry.call(
+                "release lease",
+                leases.release,
+                self._leases(),
+                self.run.tooling.leases_table,
+                tenant=self.target.name,
+                run_id=self.run.run_id,
+                log=log.warning,
+            )
+        except Exception as exc:  # the deploy's outcome stands; the lease expires by itself
+            log.warning("%s: could not release the lease (it expires by itself): %s", self.target.name, failure_reason(exc))
+
+    def busy_reason(self, lease: leases.Lease) -> str:
+        return f"tenant {self.target.name} is being deployed by {lease.describe()}"
 
     def execute_when_ready(self, progress: DeployProgress) -> DeployProgress | None:
         """A change set `begin` left being created: None while it still is, else the progress once it executes."""
@@ -292,6 +377,8 @@ class TargetDeployment:
             artifact_uri=progress.artifact_uri,
             sha256=self.run.artifact.sha256,
             source_commit=self.run.artifact.source_commit,
+            # A rollback only when the run allowed one; a refused one deployed nothing.
+            rollback_from=self.newer_before(progress) if self.run.allow_rollback else None,
             **fields,
         )
 
@@ -318,6 +405,10 @@ class TargetDeployment:
     def record(self, result: TenantResult) -> None:
         if self.record_history:
             record_result(self.sessions, self.run.tooling, result)
+        if result.status != Outcome.IN_PROGRESS:
+            # The deploy ended (success, failure, skip): the tenant is free for the next run. Only this run's
+            # lease is deleted, so a run that never took it (skipped, or refused as busy) frees nothing.
+            self.release_lease()
 
     def run_to_completion(self, *, poll_interval: float = 5.0, timeout: float = 3600.0, sleep: Any = None) -> TenantResult:
         """The whole deploy in one call, waiting in this thread (outside Airflow: tests, the benchmark's plain script)."""

@@ -46,3 +46,11 @@ class StackFailedError(PermanentAwsError):
 
 class VerificationError(PermanentAwsError):
     """The deployed application does not report the released version."""
+
+
+class TenantBusyError(TenantReleaseError):
+    """Another run holds the tenant's lease: it is being deployed right now, so this run does not touch it."""
+
+
+class RollbackRefusedError(TenantReleaseError):
+    """The tenant's stack holds a newer version than the release, and the run was not told to roll back."""

@@ -70,6 +70,7 @@ class ToolingAccount(_Strict):
     queue_table: str = "tenant-release-queue"
     orchestrator_role_name: str = "tenant-release-orchestrator"
     release_prefix: str = "releases"
+    leases_table: str = "tenant-release-leases"  # who is deploying each tenant now (see aws/leases.py)
 
     _check_account = field_validator("account_id", mode="before")(_account_id)
     _check_region = field_validator("region")(_region)
@@ -525,6 +526,7 @@ class TenantResult(BaseModel):
     gated: bool = False
     approved_by: str | None = None
     note: str | None = None
+    rollback_from: str | None = None  # the newer version this deploy replaced, when the run was allowed to roll back
 
     def to_xcom(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -570,6 +572,7 @@ class RunPlan(_Strict):
     dev: PlannedTarget | None = None
     freeze_override: str | None = None
     rebuild: bool = False  # build again even if the tag moved since this version was built
+    allow_rollback: str = ""  # the reason to deploy over a newer version; empty: a tenant holding a newer one fails
 
 
 class QueuedPlan(RunPlan):
@@ -587,7 +590,7 @@ class FleetChanges(_Strict):
     unchanged: tuple[str, ...] = ()
 
     def deploy_kwargs(
-        self, *, release_tag: str, config_path: str, artifact: dict[str, Any], targets_id: str
+        self, *, release_tag: str, config_path: str, artifact: dict[str, Any], targets_id: str, allow_rollback: str = ""
     ) -> list[dict[str, Any]]:
         """The mapped deploy task's `expand_kwargs`: one entry per tenant that needs a change.
 
@@ -596,6 +599,8 @@ class FleetChanges(_Strict):
         `targets_id` is new for each list, so that a task instance can tell an entry of this list from an older one.
         """
         shared = {"release_tag": release_tag, "config_path": config_path, "artifact": artifact, "targets_id": targets_id}
+        if allow_rollback:  # only when set: the entries of an ordinary run stay as they were
+            shared["allow_rollback"] = allow_rollback
         return [
             {"tenant": t.tenant, "target_digest": t.target_digest, "has_own_gate": t.has_own_gate, **shared} for t in self.deploy
         ]

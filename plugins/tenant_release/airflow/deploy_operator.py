@@ -52,6 +52,7 @@ class TenantDeployOperator(BaseOperator):
         stack_timeout: timedelta = timedelta(hours=2),
         record_history: bool = True,
         smoke_test: bool = False,
+        allow_rollback: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,6 +68,7 @@ class TenantDeployOperator(BaseOperator):
         self.stack_timeout = stack_timeout
         self.record_history = record_history
         self.smoke_test = smoke_test
+        self.allow_rollback = allow_rollback  # the run's reason to deploy over a newer version (see RunPlan)
 
     # --- entry points -----------------------------------------------------------------------------------------
 
@@ -122,6 +124,7 @@ class TenantDeployOperator(BaseOperator):
                 run_id=context["run_id"],
                 artifact=self.artifact,
                 record_history=self.record_history,
+                allow_rollback=self.allow_rollback,
             )
         except Exception as exc:
             self.log.error("%s FAILED: %s", self.tenant, failure_reason(exc))
@@ -156,6 +159,10 @@ class TenantDeployOperator(BaseOperator):
             progress.note(progress.approval.describe())
         if target.maintenance_window:
             self._wait_for_window(deployment, progress, MaintenanceWindow.parse(target.maintenance_window))
+        waited_for = "its approval" if target.approval == ApprovalPolicy.REQUIRED else "its maintenance window"
+        frozen = runtime.freeze_began(self.config_path, context["params"], waiting_for=waited_for)
+        if frozen is not None:
+            self._skip(deployment, progress, frozen)
         self._defer_deploy(context, progress)
 
     def _defer_deploy(self, context: Context, progress: DeployProgress) -> NoReturn:
@@ -177,6 +184,7 @@ class TenantDeployOperator(BaseOperator):
                 # dev's result feeds the release gate through XCom: it comes back to a worker to return it
                 # (one task instance); a tenant ends in the triggerer.
                 end_in_triggerer=self.record_history,
+                allow_rollback=self.allow_rollback,
             ),
             method_name="execute_complete",
         )

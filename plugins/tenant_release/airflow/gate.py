@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from tenant_release.airflow import runtime
 from tenant_release.airflow.triggers import ApprovalRecordTrigger
@@ -96,6 +96,8 @@ class ReleaseGateOperator(ApprovalOperator):
     # What a rejection means for this run (a subclass gating something other than a deploy says its own).
     rejected_consequence = "no tenant was touched"
     approval_context = "before deploying"
+    # A change freeze that began while the run waited stops it here (not so when a release is only being queued).
+    stops_at_freeze = True
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("subject", "Release gate")
@@ -110,7 +112,7 @@ class ReleaseGateOperator(ApprovalOperator):
         plan = self.read_plan(ti)
         if not plan.gated:
             self.log.info("group %s is not gated; going on without approval", plan.group)
-            return {"gated": False}
+            return self._unless_frozen(context, plan, {"gated": False})
         fleet = runtime.cached_fleet(plan.config_path).fleet
         recorded = runtime.recorded_decision(fleet.tooling, tenant=RELEASE_WIDE, release=plan.release_tag)
         if recorded is not None:  # decided ahead, e.g. when the release was queued for a window
@@ -169,4 +171,19 @@ class ReleaseGateOperator(ApprovalOperator):
                 decision=decision,
                 note=f"approved in Airflow {self.approval_context} (run {context['run_id']})",
             )
-        return {"gated": True, "approved_by": decision.decided_by, "source": decision.source, "note": decision.note}
+        passed = {"gated": True, "approved_by": decision.decided_by, "source": decision.source, "note": decision.note}
+        return self._unless_frozen(context, self.read_plan(context["ti"]), passed)
+
+    def _unless_frozen(self, context: Context, plan: RunPlan, passed: dict[str, Any]) -> dict[str, Any]:
+        """The gate's result, or, when a change freeze began meanwhile (and the run did not override it), stop here.
+
+        The result then says why (`frozen`), so that the summary records every tenant SKIPPED with that reason.
+        """
+        if not self.stops_at_freeze:
+            return passed
+        frozen = runtime.freeze_began(plan.config_path, context["params"], waiting_for="the release gate")
+        if frozen is None:
+            return passed
+        self.log.warning("%s: %s", plan.release_tag, frozen)
+        context["ti"].xcom_push(key="return_value", value={**passed, "frozen": frozen})
+        raise AirflowSkipException(frozen)

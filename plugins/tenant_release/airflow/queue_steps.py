@@ -123,6 +123,7 @@ class QueuedReleaseGateOperator(ReleaseGateOperator):
     """
 
     rejected_consequence = "nothing was queued"
+    stops_at_freeze = False  # a freeze does not block queueing: the release waits for the first window after it
     approval_context = "when queued"
 
     def read_plan(self, ti: Any) -> QueuedPlan:

@@ -75,6 +75,7 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int) -> dict[
         dev=planned_target(dev, loaded.fleet.application),
         freeze_override=freeze_note,
         rebuild=bool(params.get("rebuild")),
+        allow_rollback=str(params.get("allow_rollback") or "").strip(),
     ).model_dump(mode="json")
 
 
@@ -132,11 +133,12 @@ def fleet_changes(plan_: dict[str, Any], artifact: dict[str, Any], run_id: str) 
             artifact=Artifact.model_validate(artifact),
             tooling=loaded.fleet.tooling,
             application=loaded.fleet.application,
+            allow_rollback=plan.allow_rollback,
         )
         sessions = runtime.aws_sessions()
         concurrency = int(runtime.setting("fleet_changes_concurrency", 16))
-        changes, unchanged = find_changes(sessions, run, planned, concurrency=concurrency)
-        record_unchanged(sessions, run, unchanged)
+        changes, settled = find_changes(sessions, run, planned, concurrency=concurrency)
+        record_unchanged(sessions, run, settled)  # UNCHANGED, and FAILED for a refused rollback
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
     log.info(
@@ -154,7 +156,11 @@ def deploy_kwargs(
 ) -> list[dict[str, Any]]:
     plan = RunPlan.model_validate(plan_)
     return FleetChanges.model_validate(changes_).deploy_kwargs(
-        release_tag=plan.release_tag, config_path=plan.config_path, artifact=artifact, targets_id=targets_id
+        release_tag=plan.release_tag,
+        config_path=plan.config_path,
+        artifact=artifact,
+        targets_id=targets_id,
+        allow_rollback=plan.allow_rollback,
     )
 
 
@@ -212,6 +218,8 @@ def _stopped_before_tenants(
         return "the dev deploy or its smoke test failed"
     if gate is None:
         return "the release gate was rejected or timed out"
+    if gate.get("frozen"):
+        return f"the {gate['frozen']}"
     return None
 
 
@@ -255,6 +263,8 @@ def _unreported(
         status, reason = Outcome.SKIPPED, "not started: the dev deploy or its smoke test failed (see the deploy_dev log)"
     elif gate is None:
         status, reason = Outcome.SKIPPED, "not started: the release gate was rejected or timed out (see approve_release)"
+    elif gate.get("frozen"):
+        status, reason = Outcome.SKIPPED, gate["frozen"]
     else:
         status, reason = Outcome.FAILED, "the tenant's task ended without reporting a result (worker lost?); see its log"
     if previous is not None and previous.run_id == run_id:  # started, then lost: keep what it knew
