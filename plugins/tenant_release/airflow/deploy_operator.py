@@ -159,9 +159,13 @@ class TenantDeployOperator(BaseOperator):
             progress.note(progress.approval.describe())
         if target.maintenance_window:
             self._wait_for_window(deployment, progress, MaintenanceWindow.parse(target.maintenance_window))
-        waited_for = "its approval" if target.approval == ApprovalPolicy.REQUIRED else "its maintenance window"
-        frozen = runtime.freeze_began(self.config_path, context["params"], waiting_for=waited_for)
-        if frozen is not None:
+        waits = [
+            *(["its approval"] if target.approval == ApprovalPolicy.REQUIRED else []),
+            *(["its maintenance window"] if target.maintenance_window else []),
+        ]
+        # A freeze may have begun while it waited: check again right before its deploy starts.
+        frozen = waits and runtime.freeze_began(self.config_path, context["params"], waiting_for=" and ".join(waits))
+        if frozen:
             self._skip(deployment, progress, frozen)
         self._defer_deploy(context, progress)
 
