@@ -209,8 +209,13 @@ def test_orchestrator_role_reaches_only_deploy_roles_its_own_data_and_release_co
     # Another account's key is usable only if its key policy names this role, and here only through S3.
     assert set(tenant_keys["Action"]) == {"kms:GenerateDataKey", "kms:Encrypt"}
     assert tenant_keys["Condition"] == {"StringLike": {"kms:ViaService": {"Fn::Sub": "s3.*.${AWS::URLSuffix}"}}}
-    (dynamodb,) = _statements_with_action(statements, "dynamodb:")
-    assert "dynamodb:DeleteItem" not in dynamodb["Action"]
+    dynamodb = _by_sid(statements, "RecordDeploymentsApprovalsAndQueue")
+    assert "dynamodb:DeleteItem" not in dynamodb["Action"]  # the audit tables
+    # Only a lease, which lives while a deploy does, may be deleted; and that table is all this statement reaches.
+    leases = _by_sid(statements, "LeaseTenantsWhileDeploying")
+    assert _statements_with_action(statements, "dynamodb:") == [dynamodb, leases]
+    assert leases["Resource"] == {"Fn::GetAtt": ["LeasesTable", "Arn"]}
+    assert set(leases["Action"]) == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
     assert {"Fn::Sub": "${HistoryTable.Arn}/index/by-run"} in dynamodb["Resource"]
     assert {"Fn::GetAtt": ["QueueTable", "Arn"]} in dynamodb["Resource"]
 
