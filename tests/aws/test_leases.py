@@ -14,7 +14,7 @@ from tenant_release.airflow import runtime
 from tenant_release.airflow.triggers import TenantDeployTrigger
 from tenant_release.aws import leases, ledger
 from tenant_release.aws.session import AwsSessions
-from tenant_release.errors import TenantBusyError
+from tenant_release.errors import PermanentAwsError, TenantBusyError
 from tenant_release.models import DeployProgress, Outcome
 
 from tests.aws.test_deploy_aws import FLEET, GLOBEX, HISTORY, World, build, count, deploy
@@ -75,17 +75,24 @@ def test_a_lease_is_reentrant_for_its_run_refused_to_another_and_free_again_once
     assert (held.run_id, held.release) == ("run-a", "v1.4.0")
     assert leases.acquire(dynamodb, LEASES, run_id="run-b", tenant="globex", release="v1.5.0", seconds=600) is None
 
-    # Another run cannot renew or end run-a's lease; it frees nothing.
+    # run-a's long deploy pushes its own lease out; another run cannot renew or end it.
+    assert leases.renew(dynamodb, LEASES, tenant="acme", run_id="run-a", seconds=600, now=1_000_000.0 + 300)
+    assert leases.holder(dynamodb, LEASES, tenant="acme").expires_at == 1_000_000 + 900
     assert not leases.renew(dynamodb, LEASES, tenant="acme", run_id="run-b", seconds=600)
     assert not leases.release(dynamodb, LEASES, tenant="acme", run_id="run-b")
     assert leases.holder(dynamodb, LEASES, tenant="acme").run_id == "run-a"
 
     # run-a died without releasing: after its expiry run-b takes the tenant, and run-a cannot end run-b's lease.
-    later = {**take, "release": "v1.5.0", "now": 1_000_000.0 + 601}
+    later = {**take, "release": "v1.5.0", "now": 1_000_000.0 + 901}
     assert leases.acquire(dynamodb, LEASES, run_id="run-b", **later) is None
     assert not leases.release(dynamodb, LEASES, tenant="acme", run_id="run-a")
     assert leases.release(dynamodb, LEASES, tenant="acme", run_id="run-b")
     assert leases.holder(dynamodb, LEASES, tenant="acme") is None
+
+
+def test_a_missing_leases_table_names_the_fix(dynamodb: Any) -> None:
+    with pytest.raises(PermanentAwsError, match=r"leases table 'nope' does not exist .* run `tenant-release bootstrap`"):
+        leases.acquire(dynamodb, "nope", tenant="acme", run_id="run-a", release="v1.4.0", seconds=60)
 
 
 def test_a_second_run_on_a_tenant_being_deployed_starts_nothing_and_names_the_run_holding_it(

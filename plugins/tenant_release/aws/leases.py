@@ -17,6 +17,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from tenant_release.classify import error_code
+from tenant_release.errors import PermanentAwsError
+
 CONDITION_FAILED = "ConditionalCheckFailedException"
 
 
@@ -39,7 +42,7 @@ def _now(now: float | None) -> float:
 
 
 def _is_condition_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == CONDITION_FAILED
+    return error_code(exc) == CONDITION_FAILED
 
 
 def holder(dynamodb: Any, table: str, *, tenant: str) -> Lease | None:
@@ -77,6 +80,11 @@ def acquire(
             )
             return None
         except ClientError as exc:
+            if error_code(exc) == "ResourceNotFoundException":  # an install from before leases: say the fix
+                raise PermanentAwsError(
+                    f"the leases table {table!r} does not exist in the tooling account; run `tenant-release bootstrap` "
+                    "to create it (or set tooling.leases_table in the fleet file to the table's name)"
+                ) from None
             if not _is_condition_failure(exc):
                 raise
         other = holder(dynamodb, table, tenant=tenant)
