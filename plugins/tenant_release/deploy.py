@@ -204,48 +204,31 @@ class TargetDeployment:
 
     # --- the tenant's lease: one run at a time deploys a target ---------------------------------------------------
 
-    def _leases(self) -> Any:
-        return self.sessions.tooling_client("dynamodb", self.run.tooling.region)
+    def _lease(self, what: str, step: Any, **more: Any) -> Any:
+        """One call on this target's lease, as this run, retried like every AWS call."""
+        return self.retry.call(
+            what,
+            step,
+            self.sessions.tooling_client("dynamodb", self.run.tooling.region),
+            self.run.tooling.leases_table,
+            tenant=self.target.name,
+            run_id=self.run.run_id,
+            log=log.warning,
+            **more,
+        )
 
     def take_lease(self) -> leases.Lease | None:
         """Take (or, in this same run, take again) the target's lease. None: held now; else the other run's lease."""
-        return self.retry.call(
-            "take lease",
-            leases.acquire,
-            self._leases(),
-            self.run.tooling.leases_table,
-            tenant=self.target.name,
-            run_id=self.run.run_id,
-            release=self.run.release.tag,
-            seconds=self.lease_seconds,
-            log=log.warning,
-        )
+        return self._lease("take lease", leases.acquire, release=self.run.release.tag, seconds=self.lease_seconds)
 
     def renew_lease(self) -> None:
-        kept = self.retry.call(
-            "renew lease",
-            leases.renew,
-            self._leases(),
-            self.run.tooling.leases_table,
-            tenant=self.target.name,
-            run_id=self.run.run_id,
-            seconds=self.lease_seconds,
-            log=log.warning,
-        )
-        if not kept:  # the stack operation is under way already: another run finds it busy and waits for it
+        if not self._lease("renew lease", leases.renew, seconds=self.lease_seconds):
+            # The stack operation is under way already: another run finds the stack busy and waits for it.
             log.warning("%s: this run's lease expired and was taken by another run", self.target.name)
 
     def release_lease(self) -> None:
         try:
-            self.retry.call(
-                "release lease",
-                leases.release,
-                self._leases(),
-                self.run.tooling.leases_table,
-                tenant=self.target.name,
-                run_id=self.run.run_id,
-                log=log.warning,
-            )
+            self._lease("release lease", leases.release)
         except Exception as exc:  # the deploy's outcome stands; the lease expires by itself
             log.warning("%s: could not release the lease (it expires by itself): %s", self.target.name, failure_reason(exc))
 

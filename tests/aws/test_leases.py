@@ -1,4 +1,9 @@
-"""Two runs never deploy one tenant at once: the per-tenant lease, on moto (the deploy layer and the deploy trigger)."""
+"""Two runs never deploy one tenant at once: the per-tenant lease, on moto (the deploy layer and the deploy trigger).
+
+The moto world, its clean-up and the fault-injecting sessions are test_deploy_aws's fixtures, imported by name.
+"""
+
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
 from airflow.triggers.base import TaskSuccessEvent
 from tenant_release.airflow import runtime
@@ -17,31 +21,10 @@ from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import PermanentAwsError, TenantBusyError
 from tenant_release.models import DeployProgress, Outcome
 
-from tests.aws.test_deploy_aws import FLEET, GLOBEX, HISTORY, World, build, count, deploy
-from tests.conftest import bootstrap, emulated_aws
+from tests.aws.test_deploy_aws import GLOBEX, HISTORY, World, clean_slate, count, deploy, faults, sessions, world  # noqa: F401 (clean_slate: autouse)
 from tests.faults import Faults
 
 LEASES = "tenant-release-leases"
-
-
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    with pytest.MonkeyPatch.context() as env, emulated_aws(env):
-        loaded = bootstrap(FLEET)
-        base_session = boto3.Session()
-        sessions = AwsSessions(base_session)
-        artifacts = {version: build(sessions, loaded, version) for version in ("1.4.0", "1.5.0")}
-        yield World(loaded=loaded, artifacts=artifacts, base_session=base_session)
-
-
-@pytest.fixture
-def faults() -> Faults:
-    return Faults()
-
-
-@pytest.fixture
-def sessions(world: World, faults: Faults) -> AwsSessions:
-    return AwsSessions(world.base_session, client_hook=faults.hook)
 
 
 @pytest.fixture
@@ -50,16 +33,10 @@ def dynamodb(world: World) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def free_every_tenant(world: World, dynamodb: Any) -> Iterator[None]:
+def free_every_tenant(dynamodb: Any) -> Iterator[None]:
     yield
     for item in dynamodb.scan(TableName=LEASES)["Items"]:
         dynamodb.delete_item(TableName=LEASES, Key={"tenant": item["tenant"]})
-    for item in dynamodb.scan(TableName=HISTORY)["Items"]:
-        dynamodb.delete_item(TableName=HISTORY, Key={"tenant": item["tenant"], "release": item["release"]})
-    for target in world.loaded.tenants():
-        cloudformation = world.inspect("cloudformation", target.account_id, target.region)
-        if world.stack(target.account_id, target.region, target.stack_name) is not None:
-            cloudformation.delete_stack(StackName=target.stack_name)
 
 
 def test_the_tooling_stack_creates_the_leases_table(dynamodb: Any) -> None:
