@@ -83,3 +83,17 @@ def test_release_runs_may_overlap_and_the_trigger_form_takes_a_rollback_reason(r
     assert params["allow_rollback"] == ""  # the default refuses rollbacks
     params["allow_rollback"] = "INC-12: 2.0.0 double-charges"
     params.validate()
+
+
+def test_a_freeze_that_begins_while_a_tenant_waits_for_its_approval_stops_its_deploy(gated, release_dag, clock):  # noqa: F811
+    # The clock, an hour a read: the plan on 12-19 22:30, the (ungated) release gate 23:30, wayne after its
+    # sign-off 00:30 on 12-20, inside the freeze. clark needs no sign-off of its own and was deployed.
+    clock(datetime(2027, 12, 19, 22, 30, tzinfo=UTC), timedelta(hours=1))
+    approve("v-2.0.0-regulated", "wayne", by="wayne-cto")
+    run = release_dag.test(run_conf=conf("v-2.0.0-regulated", tenants=["wayne", "clark"]))
+
+    assert str(run.state) == "success"  # a skipped tenant is not a failure
+    wayne = history()[("wayne", "v-2.0.0-regulated")]
+    assert (wayne.status.value, wayne.reason) == ("SKIPPED", f"{FROZEN} its approval; not deployed")
+    assert deployed_version("222222222222", "us-east-1", "wayne") is None
+    assert deployed_version(CLARK, "us-east-1", "clark") == "2.0.0"

@@ -112,7 +112,7 @@ class ReleaseGateOperator(ApprovalOperator):
         plan = self.read_plan(ti)
         if not plan.gated:
             self.log.info("group %s is not gated; going on without approval", plan.group)
-            return self._unless_frozen(context, plan, {"gated": False})
+            return self._unless_frozen(context, plan, {"gated": False}, waited_for="the build and the dev deploy")
         fleet = runtime.cached_fleet(plan.config_path).fleet
         recorded = runtime.recorded_decision(fleet.tooling, tenant=RELEASE_WIDE, release=plan.release_tag)
         if recorded is not None:  # decided ahead, e.g. when the release was queued for a window
@@ -172,16 +172,16 @@ class ReleaseGateOperator(ApprovalOperator):
                 note=f"approved in Airflow {self.approval_context} (run {context['run_id']})",
             )
         passed = {"gated": True, "approved_by": decision.decided_by, "source": decision.source, "note": decision.note}
-        return self._unless_frozen(context, self.read_plan(context["ti"]), passed)
+        return self._unless_frozen(context, self.read_plan(context["ti"]), passed, waited_for="the release gate")
 
-    def _unless_frozen(self, context: Context, plan: RunPlan, passed: dict[str, Any]) -> dict[str, Any]:
+    def _unless_frozen(self, context: Context, plan: RunPlan, passed: dict[str, Any], *, waited_for: str) -> dict[str, Any]:
         """The gate's result, or, when a change freeze began meanwhile (and the run did not override it), stop here.
 
         The result then says why (`frozen`), so that the summary records every tenant SKIPPED with that reason.
         """
         if not self.stops_at_freeze:
             return passed
-        frozen = runtime.freeze_began(plan.config_path, context["params"], waiting_for="the release gate")
+        frozen = runtime.freeze_began(plan.config_path, context["params"], waiting_for=waited_for)
         if frozen is None:
             return passed
         self.log.warning("%s: %s", plan.release_tag, frozen)
