@@ -41,6 +41,7 @@ def find_changes(
     planned: list[tuple[PlannedTarget, Target]],
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
+    try_number: int | None = None,
 ) -> tuple[FleetChanges, list[TenantResult]]:
     """Split the planned tenants into those to deploy and the others, with the results to record for those.
 
@@ -49,7 +50,14 @@ def find_changes(
 
     def judge(entry: tuple[PlannedTarget, Target]) -> _Verdict:
         plan_entry, target = entry
-        deployment = TargetDeployment(sessions=sessions, run=run, target=target, retry=classify.RetryPolicy(attempts=3))
+        deployment = TargetDeployment(
+            sessions=sessions,
+            run=run,
+            target=target,
+            retry=classify.RetryPolicy(attempts=3),
+            try_number=try_number,
+            writer="fleet_changes",
+        )
         started = utc_now()
         try:
             cloudformation = deployment.retry.call(

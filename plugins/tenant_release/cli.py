@@ -7,11 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tenant_release import report
 from tenant_release.config import CONFIG_ENV_VAR, LoadedFleet, config_path, load_fleet
 from tenant_release.errors import TenantReleaseError
-from tenant_release.models import Release
+from tenant_release.models import Release, Target, ToolingAccount
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 
@@ -28,7 +29,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     _out(f"  {len(fleet.tenants)} tenants; groups: {', '.join(sorted(fleet.groups()))}; default group: {fleet.default_group}")
     _out(f"  gated groups: {', '.join(fleet.gated_groups) or 'none'}")
     _out(f"  application: {_describe_application(loaded)}")
+    _out(f"  template parameters: {_check_template(loaded, [loaded.target(fleet.dev.name), *loaded.tenants()])}")
     return 0
+
+
+def _check_template(loaded: LoadedFleet, targets: list[Target], release: Release | None = None) -> str:
+    """Every target's parameters against the template, when it can be read without AWS (else: at build)."""
+    from tenant_release.build import check_template_locally
+
+    version = release.version if release else "0.0.0"
+    return check_template_locally(loaded.fleet.application, loaded.path, targets, version=version, release=release)
 
 
 def _describe_application(loaded: LoadedFleet) -> str:
@@ -52,8 +62,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     loaded = load_fleet(args.config)
     release = parse_release_tag(args.tag)
     plan = plan_release(loaded, release, only_tenants=args.tenants)
+    checked = _check_template(loaded, [loaded.target(loaded.fleet.dev.name), *plan.targets], release)
     _out(f"{release.tag}: version {release.version} to group {plan.group}" + (" (gated: needs approval)" if plan.gated else ""))
     _out(f"  source: {_source_for(loaded, release)}")
+    _out(f"  template parameters: {checked}")
     rows = [("TENANT", "ACCOUNT", "REGION", "STACK", "APPROVAL", "WINDOW")]
     rows += [
         (t.name, t.account_id, t.region, t.stack_name, t.approval.value, t.maintenance_window or "any time") for t in plan.targets
@@ -117,13 +129,35 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     loaded = load_fleet(args.config)
     tooling = loaded.fleet.tooling
+    if args.attempts:  # the positional argument names a tenant; --release narrows to one release
+        tenant = loaded.target(args.tag).name
+        release = parse_release_tag(args.release).tag if args.release else None
+        dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
+        return _print_attempts(dynamodb, tooling, tenant=tenant, release=release)
+    tag = parse_release_tag(args.tag).tag
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
     names = [t.name for t in loaded.fleet.tenants]
-    found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=args.tag)
+    found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=tag)
     if not found:
-        _out(f"no history for {args.tag}")
+        _out(f"no history for {tag}")
         return 1
     _out(report.render_table([found[n] for n in names if n in found]))
+    return 0
+
+
+def _print_attempts(dynamodb: Any, tooling: ToolingAccount, *, tenant: str, release: str | None) -> int:
+    """Every recorded outcome of one tenant, oldest first: the audit trail behind its history items."""
+    from tenant_release.aws import ledger
+
+    found = ledger.attempts(dynamodb, tooling.attempts_table, tenant=tenant, release=release)
+    if not found:
+        _out(f"no attempts recorded for tenant {tenant}" + (f" and release {release}" if release else ""))
+        return 1
+    rows = [("finished", "release", "status", "run", "try", "written by", "reason")]
+    for r in found:
+        tried = "-" if r.try_number is None else str(r.try_number)
+        rows.append((r.finished_at, r.release, r.status.value, r.run_id, tried, r.written_by or "-", r.reason or ""))
+    _table(rows)
     return 0
 
 
@@ -140,6 +174,15 @@ def _whoami() -> str:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name in some containers
         return "unknown"
+
+
+def _who(by: str | None) -> str:
+    """`--by`, checked before any AWS call (it is recorded as who decided), else the login name."""
+    if by is None:
+        return _whoami()
+    if not by.strip() or len(by) > 128 or any(not ch.isprintable() for ch in by):
+        raise TenantReleaseError(f"--by {by!r} must name who decides: 1-128 printable characters, e.g. --by alice")
+    return by.strip()
 
 
 def _cmd_queue_list(args: argparse.Namespace) -> int:
@@ -181,8 +224,9 @@ def _cmd_queue_cancel(args: argparse.Namespace) -> int:
     from tenant_release.aws.session import AwsSessions
 
     tooling = load_fleet(args.config).fleet.tooling
+    tag, who = parse_release_tag(args.tag).tag, _who(args.by)
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
-    entry = release_queue.cancel(dynamodb, tooling.queue_table, args.tag, cancelled_by=args.by or _whoami())
+    entry = release_queue.cancel(dynamodb, tooling.queue_table, tag, cancelled_by=who)
     _out(entry.describe())
     return 0
 
@@ -195,10 +239,10 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     release = parse_release_tag(args.tag)
     # Refuse a record no gate would ever read: an unknown group, or a tenant outside the tag's group.
     plan = plan_release(loaded, release, only_tenants=None if args.tenant == RELEASE_WIDE else [args.tenant])
+    who = _who(args.by)
     tooling = loaded.fleet.tooling
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
     previous = from_dynamodb(dynamodb, tooling.approvals_table, tenant=args.tenant, release=release.tag)
-    who = args.by or _whoami()
     put_decision(
         dynamodb,
         tooling.approvals_table,
@@ -252,6 +296,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if (entry or gate or found) else 1
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 256")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tenant-release", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help=f"fleet file (default: ${CONFIG_ENV_VAR} or {config_path()})")
@@ -270,11 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     boot.add_argument("--bootstrap-role", default="OrganizationAccountAccessRole", help="admin role in tenant accounts")
     boot.add_argument("--orchestrator-principal", default=None, help="ARN allowed to assume the orchestrator role")
-    boot.add_argument("--concurrency", type=int, default=16, help="accounts bootstrapped at once (default 16)")
+    boot.add_argument("--concurrency", type=_positive, default=16, help="accounts bootstrapped at once (default 16)")
     boot.add_argument("--verbose", action="store_true", help="list every stack, not only those created or updated")
     boot.set_defaults(func=_cmd_bootstrap)
     history = sub.add_parser("history", help="print the recorded outcome of a release, per tenant")
-    history.add_argument("tag")
+    history.add_argument("tag", help="the release tag; with --attempts, the tenant")
+    history.add_argument("--attempts", action="store_true", help="list every recorded attempt of the tenant TAG names")
+    history.add_argument("--release", help="with --attempts: only this release's attempts")
     history.set_defaults(func=_cmd_history)
     queue = sub.add_parser("queue", help="releases waiting for the next release window").add_subparsers(
         dest="queue_command", required=True
@@ -304,13 +360,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tenant_release.cli_aws import describe_aws_failure, local_emulation
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    endpoint: str | None = None
     try:
+        if args.func in _LOCAL_EMULATION_COMMANDS:
+            with local_emulation() as endpoint:
+                return args.func(args)
         return args.func(args)
     except TenantReleaseError as exc:
         sys.stderr.write(f"tenant-release: {exc}\n")
         return 2
+    except Exception as exc:
+        # Not reaching AWS, or not being let in, is one line with the fix, not a traceback; anything else is a bug.
+        cause: BaseException | None = exc
+        while cause is not None:
+            line = describe_aws_failure(cause, local_endpoint=endpoint)
+            if line:
+                sys.stderr.write(f"tenant-release: {line}\n")
+                return 3
+            cause = cause.__cause__ or cause.__context__
+        raise
+
+
+# The commands the README shows after `make run`: they use its emulation when the shell points nowhere else.
+_LOCAL_EMULATION_COMMANDS = (_cmd_history, _cmd_status, _cmd_approve, _cmd_queue_list, _cmd_queue_cancel)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ def test_plan_lists_the_tags_tenants(fleet_file: Path, capsys):
     lines = out.splitlines()
     assert lines[0] == "v1.4.0: version 1.4.0 to group prod (gated: needs approval)"
     assert lines[1].startswith("  source: the bundled sample")
-    assert lines[2].split() == ["TENANT", "ACCOUNT", "REGION", "STACK", "APPROVAL", "WINDOW"]
-    assert [line.split()[0] for line in lines[3:]] == ["acme", "globex", "umbrella"]
+    assert lines[2].startswith("  template parameters: the parameters of 4 target(s) fit ")
+    assert lines[3].split() == ["TENANT", "ACCOUNT", "REGION", "STACK", "APPROVAL", "WINDOW"]
+    assert [line.split()[0] for line in lines[4:]] == ["acme", "globex", "umbrella"]
     assert "044444444444" in out  # the leading zero survives
 
 

@@ -211,11 +211,19 @@ def test_orchestrator_role_reaches_only_deploy_roles_its_own_data_and_release_co
     assert tenant_keys["Condition"] == {"StringLike": {"kms:ViaService": {"Fn::Sub": "s3.*.${AWS::URLSuffix}"}}}
     dynamodb = _by_sid(statements, "RecordDeploymentsApprovalsAndQueue")
     assert "dynamodb:DeleteItem" not in dynamodb["Action"]  # the audit tables
-    # Only a lease, which lives while a deploy does, may be deleted; and that table is all this statement reaches.
+    # The attempts behind the history are append-only: added and read, never changed or deleted.
+    attempts = _by_sid(statements, "AppendAttempts")
+    assert set(attempts["Action"]) == {"dynamodb:PutItem", "dynamodb:Query"}
+    assert attempts["Resource"] == {"Fn::GetAtt": ["AttemptsTable", "Arn"]}
+    # Only a lease, which lives while a deploy does, may be deleted; and that table is all its statement reaches.
     leases = _by_sid(statements, "LeaseTenantsWhileDeploying")
-    assert _statements_with_action(statements, "dynamodb:") == [dynamodb, leases]
     assert leases["Resource"] == {"Fn::GetAtt": ["LeasesTable", "Arn"]}
     assert set(leases["Action"]) == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
+    assert [s["Sid"] for s in _statements_with_action(statements, "dynamodb:")] == [
+        "RecordDeploymentsApprovalsAndQueue",
+        "AppendAttempts",
+        "LeaseTenantsWhileDeploying",
+    ]
     assert {"Fn::Sub": "${HistoryTable.Arn}/index/by-run"} in dynamodb["Resource"]
     assert {"Fn::GetAtt": ["QueueTable", "Arn"]} in dynamodb["Resource"]
 

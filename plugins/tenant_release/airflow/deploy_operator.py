@@ -52,6 +52,8 @@ class TenantDeployOperator(BaseOperator):
         stack_timeout: timedelta = timedelta(hours=2),
         record_history: bool = True,
         smoke_test: bool = False,
+        run_started_at: str | None = None,
+        triggered_by: str | None = None,
         allow_rollback: str = "",
         **kwargs: Any,
     ) -> None:
@@ -68,6 +70,9 @@ class TenantDeployOperator(BaseOperator):
         self.stack_timeout = stack_timeout
         self.record_history = record_history
         self.smoke_test = smoke_test
+        # From the plan: orders this run's history writes against other runs' (see aws.ledger), and says who.
+        self.run_started_at = run_started_at
+        self.triggered_by = triggered_by
         self.allow_rollback = allow_rollback  # the run's reason to deploy over a newer version (see RunPlan)
 
     # --- entry points -----------------------------------------------------------------------------------------
@@ -124,6 +129,9 @@ class TenantDeployOperator(BaseOperator):
                 run_id=context["run_id"],
                 artifact=self.artifact,
                 record_history=self.record_history,
+                run_started_at=self.run_started_at,
+                triggered_by=self.triggered_by,
+                try_number=_try_number(context),
                 allow_rollback=self.allow_rollback,
             )
         except Exception as exc:
@@ -185,6 +193,9 @@ class TenantDeployOperator(BaseOperator):
                 deadline=(datetime.now(UTC) + self.stack_timeout).isoformat(),
                 record_history=self.record_history,
                 smoke_test=self.smoke_test,
+                run_started_at=self.run_started_at,
+                triggered_by=self.triggered_by,
+                try_number=_try_number(context),
                 # dev's result feeds the release gate through XCom: it comes back to a worker to return it
                 # (one task instance); a tenant ends in the triggerer.
                 end_in_triggerer=self.record_history,
@@ -256,6 +267,11 @@ class TenantDeployOperator(BaseOperator):
         except Exception as history_exc:  # the deploy's own error is the one to report
             self.log.warning("could not record the failure in the history table: %s", failure_reason(history_exc))
         raise as_task_failure(exc) from None
+
+
+def _try_number(context: Context) -> int | None:
+    ti = context.get("ti")
+    return getattr(ti, "try_number", None)
 
 
 class FleetTenantDeployOperator(TenantDeployOperator):

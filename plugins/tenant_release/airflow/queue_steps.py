@@ -22,6 +22,7 @@ from tenant_release.airflow.gate import ReleaseGateOperator
 from tenant_release.airflow.steps import plan_fields
 from tenant_release.airflow.timetables import ReleaseWindowTimetable
 from tenant_release.aws import release_queue
+from tenant_release.build import check_template_locally
 from tenant_release.config import LoadedFleet, config_path, load_fleet
 from tenant_release.errors import FleetConfigError, TenantReleaseError
 from tenant_release.models import QueuedPlan, ReleaseSchedule, ToolingAccount
@@ -83,6 +84,10 @@ def plan_queued(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
         release = parse_release_tag(params["release_tag"])
         narrowed = bool(params.get("tenants"))
         selected = plan_release(loaded, release, only_tenants=params.get("tenants") or None)
+        targets = [loaded.target(loaded.fleet.dev.name), *selected.targets]
+        check_template_locally(
+            loaded.fleet.application, loaded.path, targets, version=release.version, release=release
+        )  # before AWS
         tooling = loaded.fleet.tooling
         release_queue.check_can_enqueue(_queue_client(tooling), tooling.queue_table, release.tag)
     except TenantReleaseError as exc:

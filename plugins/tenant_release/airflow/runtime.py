@@ -144,6 +144,9 @@ def planned_deployment(
     run_id: str,
     artifact: dict[str, Any],
     record_history: bool,
+    run_started_at: str | None = None,
+    triggered_by: str | None = None,
+    try_number: int | None = None,
     allow_rollback: str = "",
 ) -> TargetDeployment:
     """One target's deploy in one run, as the worker and the triggerer both rebuild it from names (never secrets)."""
@@ -158,9 +161,16 @@ def planned_deployment(
         artifact=Artifact.model_validate(artifact),
         tooling=loaded.fleet.tooling,
         application=loaded.fleet.application,
+        started_at=run_started_at,
+        triggered_by=triggered_by,
         allow_rollback=allow_rollback,
     )
-    # Dev (not recorded in the history) takes any release, an older line's hotfix too: only tenants refuse a rollback.
     return TargetDeployment(
-        sessions=shared_sessions(), run=run, target=target, record_history=record_history, guard_rollback=record_history
+        sessions=shared_sessions(),
+        run=run,
+        target=target,
+        record_history=record_history,
+        try_number=try_number,
+        # Dev (not recorded in the history) takes any release, an older line's hotfix too: only tenants refuse a rollback.
+        guard_rollback=record_history,
     )

@@ -80,6 +80,9 @@ class TenantDeployTrigger(_Serializable):
         "record_history",
         "smoke_test",
         "end_in_triggerer",
+        "run_started_at",
+        "triggered_by",
+        "try_number",
         "allow_rollback",
     )
 
@@ -98,6 +101,9 @@ class TenantDeployTrigger(_Serializable):
         record_history: bool = True,
         smoke_test: bool = False,
         end_in_triggerer: bool = True,
+        run_started_at: str | None = None,
+        triggered_by: str | None = None,
+        try_number: int | None = None,
         allow_rollback: str = "",
     ) -> None:
         super().__init__()
@@ -115,6 +121,9 @@ class TenantDeployTrigger(_Serializable):
         self.record_history = record_history
         self.smoke_test = smoke_test
         self.end_in_triggerer = end_in_triggerer
+        self.run_started_at = run_started_at
+        self.triggered_by = triggered_by
+        self.try_number = try_number
 
     def _deployment(self) -> Any:
         return runtime.planned_deployment(
@@ -125,6 +134,9 @@ class TenantDeployTrigger(_Serializable):
             run_id=self.run_id,
             artifact=self.artifact,
             record_history=self.record_history,
+            run_started_at=self.run_started_at,
+            triggered_by=self.triggered_by,
+            try_number=self.try_number,
             allow_rollback=self.allow_rollback,
         )
 
@@ -325,6 +337,9 @@ class FleetTenantStartTrigger(_Serializable):
             progress=DeployProgress(started_at=utc_now()).model_dump(mode="json"),
             poll_interval=runtime.setting("stack_poll_seconds", 10.0),
             deadline=(datetime.now(UTC) + timedelta(seconds=self.stack_timeout_seconds)).isoformat(),
+            run_started_at=entry.get("run_started_at"),
+            triggered_by=entry.get("triggered_by"),
+            try_number=getattr(self.task_instance, "try_number", None),
             allow_rollback=entry.get("allow_rollback") or "",
         )
         async for event in deploy.run():

@@ -145,6 +145,7 @@ def tooling_parameters(loaded: LoadedFleet, *, tooling_principal_arn: str = "") 
         ),
         "DeployRoleName": fleet.defaults.deploy_role_name,
         "ReleasePrefix": tooling.release_prefix,
+        "AttemptsTableName": tooling.attempts_table,
         "LeasesTableName": tooling.leases_table,
     }
 
