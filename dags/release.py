@@ -25,7 +25,9 @@ PLAN = "{{ ti.xcom_pull(task_ids='plan')"
     dag_id="tenant_release",
     schedule=None,
     catchup=False,
-    max_active_runs=1,
+    # Runs may overlap: each tenant's lease (aws/leases.py) keeps two runs off one tenant, so a run waiting days for
+    # an approval or a maintenance window does not hold back a hotfix to other tenants.
+    max_active_runs=16,
     default_args=DEFAULT_ARGS,
     tags=["tenant-release", "deploy"],
     doc_md=__doc__,
@@ -44,6 +46,16 @@ PLAN = "{{ ti.xcom_pull(task_ids='plan')"
             type="boolean",
             title="Rebuild a moved tag",
             description="A git tag moved since this version was built is refused unless this is set: then it is built again.",
+        ),
+        "allow_rollback": Param(
+            "",
+            type="string",
+            maxLength=500,
+            title="Allow a rollback (reason)",
+            description=(
+                "Empty: a tenant whose stack holds a newer version than this release fails and is not touched. "
+                "A reason here deploys the older version anyway; the history records the rollback and the reason."
+            ),
         ),
     },
 )

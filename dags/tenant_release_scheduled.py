@@ -21,6 +21,8 @@ from tenant_release.airflow.dag_defaults import DEFAULT_ARGS
     dag_id="tenant_release_scheduled",
     schedule=queue_steps.release_window_timetable(),
     catchup=False,
+    # One dispatch at a time: each run only hands a queued release to its own tenant_release run and does not wait
+    # for it, so this never holds back a release (those runs may overlap; leases keep them off each other's tenants).
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["tenant-release", "deploy", "scheduled"],

@@ -1,7 +1,9 @@
 """Finds, in one concurrent pass over the fleet, which planned tenants already hold the release.
 
 A tenant whose stack is settled and tagged with this release's deploy digest (template, code and every
-parameter) is recorded UNCHANGED here, without a change set and without a task instance of its own. Every
+parameter) is recorded UNCHANGED here, without a change set and without a task instance of its own. A tenant
+whose settled stack holds a newer version is recorded FAILED here, unless the run allows a rollback: no task
+instance, no lease, no copy (its deploy checks again under its lease, since another run may ship meanwhile). Every
 other tenant is deployed. A tenant that cannot be read (its role, its stack) is deployed too: its own task
 meets the error and reports it in its own log, so no tenant is ever silently skipped.
 """
@@ -16,6 +18,7 @@ from tenant_release import classify
 from tenant_release.aws import stacks
 from tenant_release.aws.session import AwsSessions
 from tenant_release.deploy import ReleaseRun, TargetDeployment, failure_reason, record_results, utc_now
+from tenant_release.errors import RollbackRefusedError
 from tenant_release.models import DeployProgress, FleetChanges, Outcome, PlannedTarget, Target, TenantResult
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ class _Verdict:
     planned: PlannedTarget
     unchanged: TenantResult | None
     why: str
+    refused: TenantResult | None = None
 
 
 def find_changes(
@@ -39,7 +43,10 @@ def find_changes(
     concurrency: int = DEFAULT_CONCURRENCY,
     try_number: int | None = None,
 ) -> tuple[FleetChanges, list[TenantResult]]:
-    """Split the planned tenants into those to deploy and those already at the release (their UNCHANGED results)."""
+    """Split the planned tenants into those to deploy and the others, with the results to record for those.
+
+    The others are the tenants already at the release (UNCHANGED) and those refused as a rollback (FAILED).
+    """
 
     def judge(entry: tuple[PlannedTarget, Target]) -> _Verdict:
         plan_entry, target = entry
@@ -71,6 +78,12 @@ def find_changes(
         if status not in stacks.SUCCESS_STATES:
             return _Verdict(planned=plan_entry, unchanged=None, why=f"stack is {status}")
         digest = deployment.digest()
+        before = DeployProgress(started_at=started, version_before=stacks.stack_tag(stack, stacks.TAG_RELEASE_VERSION))
+        try:
+            deployment.check_rollback(before)
+        except RollbackRefusedError as exc:
+            refused = deployment.failure(before, exc)
+            return _Verdict(planned=plan_entry, unchanged=None, why=str(exc), refused=refused)
         if stacks.stack_tag(stack, stacks.TAG_DEPLOY_DIGEST) != digest:
             version = stacks.stack_tag(stack, stacks.TAG_RELEASE_VERSION) or "-"
             return _Verdict(planned=plan_entry, unchanged=None, why=f"holds {version}, not this build")
@@ -88,11 +101,13 @@ def find_changes(
         return FleetChanges(deploy=()), []
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(planned))), thread_name_prefix="fleet-changes") as pool:
         verdicts = list(pool.map(judge, planned))
-    deploy = tuple(v.planned for v in verdicts if v.unchanged is None)
+    deploy = tuple(v.planned for v in verdicts if v.unchanged is None and v.refused is None)
     unchanged = [v.unchanged for v in verdicts if v.unchanged is not None]
+    refused = [v.refused for v in verdicts if v.refused is not None]
     for verdict in verdicts:
-        log.info("%-24s %s", verdict.planned.tenant, "UNCHANGED" if verdict.unchanged else f"deploy: {verdict.why}")
-    return FleetChanges(deploy=deploy, unchanged=tuple(r.tenant for r in unchanged)), unchanged
+        said = "UNCHANGED" if verdict.unchanged else f"FAILED: {verdict.why}" if verdict.refused else f"deploy: {verdict.why}"
+        log.info("%-24s %s", verdict.planned.tenant, said)
+    return FleetChanges(deploy=deploy, unchanged=tuple(r.tenant for r in unchanged)), [*unchanged, *refused]
 
 
 def record_unchanged(sessions: AwsSessions, run: ReleaseRun, results: list[TenantResult]) -> None:

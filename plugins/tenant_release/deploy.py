@@ -15,9 +15,17 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tenant_release import classify, health, naming
-from tenant_release.aws import artifacts, ledger, stacks
+from tenant_release.aws import artifacts, leases, ledger, stacks
 from tenant_release.aws.session import AwsSessions
-from tenant_release.errors import PermanentAwsError, StackBusyError, StackFailedError, TenantReleaseError, VerificationError
+from tenant_release.errors import (
+    PermanentAwsError,
+    RollbackRefusedError,
+    StackBusyError,
+    StackFailedError,
+    TenantBusyError,
+    TenantReleaseError,
+    VerificationError,
+)
 from tenant_release.models import (
     Application,
     Artifact,
@@ -29,6 +37,7 @@ from tenant_release.models import (
     ToolingAccount,
     VerifyMode,
 )
+from tenant_release.tags import is_newer
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,7 @@ class ReleaseRun:
     application: Application = field(default_factory=Application)  # unset: the bundled sample
     started_at: str | None = None  # when the run was planned: orders its history writes against other runs'
     triggered_by: str | None = None  # the Airflow user who triggered the run, if known
+    allow_rollback: str = ""  # why this run may deploy over a newer version; empty: it may not
 
     @property
     def session_name(self) -> str:
@@ -108,6 +118,11 @@ class TargetDeployment:
     record_history: bool = True  # dev is deployed like a tenant but is not a tenant of the history
     try_number: int | None = None  # the task instance's try, recorded with each outcome
     writer: str = "deploy"
+    # Refuse to deploy over a newer version (tenants). Dev takes whatever is released, a hotfix of an older line too.
+    guard_rollback: bool = True
+    # How long the tenant's lease lasts before another run may take it: the stack timeout and a margin. A deploy
+    # that waits longer renews it while it polls (`renew_lease`).
+    lease_seconds: float = 2 * 3600 + 900
 
     def client(self, service: str) -> Any:
         """The tenant's client for `service`; a throttled call is sent again on its own (see `RetryPolicy.around`)."""
@@ -135,6 +150,9 @@ class TargetDeployment:
         """
         progress = progress.model_copy(deep=True)
         artifact, target, call = self.run.artifact, self.target, self.retry.call
+        busy = self.take_lease()
+        if busy is not None:  # never a competing stack update: the caller may wait for the lease (see the trigger)
+            raise TenantBusyError(f"{self.busy_reason(busy)}; nothing was started", holder_release=busy.release)
         earlier = self.earlier_attempt()
         cloudformation = call("assume role", self.client, "cloudformation", log=log.warning)
         current = call("read stack", stacks.describe_stack, cloudformation, target.stack_name, log=log.warning)
@@ -160,6 +178,7 @@ class TargetDeployment:
                 before = None
             progress.version_before = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
             progress.digest_before = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
+        self.check_rollback(progress)
         self.record(self.result(progress, status=Outcome.IN_PROGRESS))
         progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.template_key)
         if (
@@ -198,6 +217,56 @@ class TargetDeployment:
         progress.change_set_type = started.change_set_type
         progress.change_set_pending = started.pending
         return progress
+
+    def check_rollback(self, progress: DeployProgress) -> None:
+        """Refuse to replace a newer version unless the run says why; an allowed rollback is noted."""
+        rollback_from = self.newer_before(progress)
+        if rollback_from is None:
+            return
+        if not self.run.allow_rollback:
+            raise RollbackRefusedError(
+                f"stack {self.target.stack_name} holds {rollback_from}, newer than {self.run.artifact.version}; nothing "
+                "was deployed. To roll back, trigger with allow_rollback set to the reason (it is recorded in the history)."
+            )
+        progress.note(f"rollback from {rollback_from}: {self.run.allow_rollback}")
+
+    def newer_before(self, progress: DeployProgress) -> str | None:
+        """The version the target held before, if it is newer than the release (deploying would roll it back)."""
+        before = progress.version_before
+        return before if self.guard_rollback and is_newer(before, self.run.artifact.version) else None
+
+    # --- the tenant's lease: one run at a time deploys a target ---------------------------------------------------
+
+    def _lease(self, what: str, step: Any, **more: Any) -> Any:
+        """One call on this target's lease, as this run, retried like every AWS call."""
+        return self.retry.call(
+            what,
+            step,
+            self.sessions.tooling_client("dynamodb", self.run.tooling.region),
+            self.run.tooling.leases_table,
+            tenant=self.target.name,
+            run_id=self.run.run_id,
+            log=log.warning,
+            **more,
+        )
+
+    def take_lease(self) -> leases.Lease | None:
+        """Take (or, in this same run, take again) the target's lease. None: held now; else the other run's lease."""
+        return self._lease("take lease", leases.acquire, release=self.run.release.tag, seconds=self.lease_seconds)
+
+    def renew_lease(self) -> None:
+        if not self._lease("renew lease", leases.renew, seconds=self.lease_seconds):
+            # The stack operation is under way already: another run finds the stack busy and waits for it.
+            log.warning("%s: this run's lease expired and was taken by another run", self.target.name)
+
+    def release_lease(self) -> None:
+        try:
+            self._lease("release lease", leases.release)
+        except Exception as exc:  # the deploy's outcome stands; the lease expires by itself
+            log.warning("%s: could not release the lease (it expires by itself): %s", self.target.name, failure_reason(exc))
+
+    def busy_reason(self, lease: leases.Lease) -> str:
+        return f"tenant {self.target.name} is being deployed by {lease.describe()}"
 
     def execute_when_ready(self, progress: DeployProgress) -> DeployProgress | None:
         """A change set `begin` left being created: None while it still is, else the progress once it executes."""
@@ -330,8 +399,21 @@ class TargetDeployment:
             try_number=self.try_number,
             written_by=self.writer,
             identity=self.run.identity,
+            # A rollback only when the run allowed one; a refused one deployed nothing.
+            rollback_from=self.newer_before(progress) if self.run.allow_rollback else None,
             **fields,
         )
+
+    def record_failure(self, progress: DeployProgress, exc: BaseException) -> TenantResult:
+        """Record why the deploy failed.
+
+        A run refused because another run of the same release holds the tenant touched nothing: its refusal is kept
+        as an attempt, never as the tenant's latest outcome of that release (the holding run's result is that).
+        """
+        result = self.failure(progress, exc)
+        same_release = isinstance(exc, TenantBusyError) and exc.holder_release == self.run.release.tag
+        self.record(result, attempt_only=same_release)
+        return result
 
     def failure(self, progress: DeployProgress, exc: BaseException) -> TenantResult:
         stack_status = exc.stack_status if isinstance(exc, StackFailedError) else None
@@ -353,9 +435,13 @@ class TargetDeployment:
         )
         return found if found is not None and found.run_id == self.run.run_id else None
 
-    def record(self, result: TenantResult) -> None:
+    def record(self, result: TenantResult, *, attempt_only: bool = False) -> None:
         if self.record_history:
-            record_result(self.sessions, self.run.tooling, result)
+            record_result(self.sessions, self.run.tooling, result, attempt_only=attempt_only)
+        if result.status != Outcome.IN_PROGRESS:
+            # The deploy ended (success, failure, skip): the tenant is free for the next run. Only this run's
+            # lease is deleted, so a run that never took it (skipped, or refused as busy) frees nothing.
+            self.release_lease()
 
     def run_to_completion(self, *, poll_interval: float = 5.0, timeout: float = 3600.0, sleep: Any = None) -> TenantResult:
         """The whole deploy in one call, waiting in this thread (outside Airflow: tests, the benchmark's plain script)."""
@@ -384,7 +470,7 @@ class TargetDeployment:
                 waited += poll_interval
             result = self.finish(progress, stack_status=polled.status)
         except Exception as exc:
-            self.record(self.failure(progress, exc))
+            self.record_failure(progress, exc)
             raise
         self.record(result)
         return result
@@ -398,7 +484,7 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def record_result(sessions: AwsSessions, tooling: ToolingAccount, result: TenantResult) -> bool:
+def record_result(sessions: AwsSessions, tooling: ToolingAccount, result: TenantResult, *, attempt_only: bool = False) -> bool:
     """Make the result the tenant's latest outcome unless a newer one is recorded; keep it as an attempt either way."""
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
     return classify.RetryPolicy().call(
@@ -409,6 +495,7 @@ def record_result(sessions: AwsSessions, tooling: ToolingAccount, result: Tenant
         result,
         attempts_table=tooling.attempts_table,
         key=ledger.attempt_key(result),  # once: a retried write adds no second attempt
+        attempt_only=attempt_only,
         log=log.warning,
     )
 

@@ -54,3 +54,15 @@ class StackBusyError(RecoverableAwsError):
     def __init__(self, message: str, *, stack_status: str) -> None:
         super().__init__(message)
         self.stack_status = stack_status
+
+
+class TenantBusyError(TenantReleaseError):
+    """Another run holds the tenant's lease: it is being deployed right now, so this run does not touch it."""
+
+    def __init__(self, message: str, *, holder_release: str) -> None:
+        super().__init__(message)
+        self.holder_release = holder_release  # the release the holding run deploys
+
+
+class RollbackRefusedError(TenantReleaseError):
+    """The tenant's stack holds a newer version than the release, and the run was not told to roll back."""

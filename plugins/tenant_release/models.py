@@ -79,6 +79,7 @@ class ToolingAccount(_Strict):
     orchestrator_role_name: str = "tenant-release-orchestrator"
     release_prefix: str = "releases"
     attempts_table: str = "tenant-release-attempts"  # every written outcome, the history's audit trail
+    leases_table: str = "tenant-release-leases"  # who is deploying each tenant now (see aws/leases.py)
 
     _check_account = field_validator("account_id", mode="before")(_account_id)
     _check_region = field_validator("region")(_region)
@@ -536,6 +537,7 @@ class TenantResult(BaseModel):
     written_by: str | None = None  # "deploy", "fleet_changes" or "summary"
     identity: str | None = None  # the orchestrator session the run acts as, and who triggered the run if known
     approval: ApprovalDecision | None = None  # a tenant's own answer given in Airflow: a retry of the run reuses it
+    rollback_from: str | None = None  # the newer version this deploy replaced, when the run was allowed to roll back
 
     def to_xcom(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -586,6 +588,7 @@ class RunPlan(_Strict):
     planned_at: str | None = None  # orders this run's history writes against other runs' (see aws.ledger)
     triggered_by: str | None = None  # the Airflow user who triggered the run, if known
     gated_tenants: tuple[str, ...] = ()  # the selected tenants in a gated group: they make the run gated
+    allow_rollback: str = ""  # the reason to deploy over a newer version; empty: a tenant holding a newer one fails
 
 
 class QueuedPlan(RunPlan):
@@ -603,7 +606,7 @@ class FleetChanges(_Strict):
     unchanged: tuple[str, ...] = ()
 
     def deploy_kwargs(
-        self, *, release_tag: str, config_path: str, artifact: dict[str, Any], targets_id: str
+        self, *, release_tag: str, config_path: str, artifact: dict[str, Any], targets_id: str, allow_rollback: str = ""
     ) -> list[dict[str, Any]]:
         """The mapped deploy task's `expand_kwargs`: one entry per tenant that needs a change.
 
@@ -612,6 +615,8 @@ class FleetChanges(_Strict):
         `targets_id` is new for each list, so that a task instance can tell an entry of this list from an older one.
         """
         shared = {"release_tag": release_tag, "config_path": config_path, "artifact": artifact, "targets_id": targets_id}
+        if allow_rollback:  # only when set: the entries of an ordinary run stay as they were
+            shared["allow_rollback"] = allow_rollback
         return [
             {"tenant": t.tenant, "target_digest": t.target_digest, "has_own_gate": t.has_own_gate, **shared} for t in self.deploy
         ]

@@ -29,3 +29,26 @@ def parse_release_tag(tag: str) -> Release:
     if match := _GROUPED.match(cleaned):
         return Release(tag=cleaned, version=match["version"], group=match["group"])
     raise ReleaseTagError(f"release tag {tag!r} is not valid: {TAG_HELP}")
+
+
+_ORDERED_VERSION = re.compile(rf"^{_VERSION}$")
+
+
+def version_key(version: str | None) -> tuple[int, int, int, int, int] | None:
+    """A sortable key of a release version: 1.10.0 > 1.9.0, and 1.5.0-rc.2 < 1.5.0 (a release candidate comes first).
+
+    None for anything that is not a version of ours (a stack tagged by hand, or by another tool): it cannot be ordered.
+    """
+    match = _ORDERED_VERSION.match(version or "")
+    if match is None:
+        return None
+    major, minor, patch = (int(part) for part in match.groups())
+    candidate = (version or "").partition("-rc.")[2]
+    # A final release sorts after each of its candidates: (1, 0) > (0, N).
+    return (major, minor, patch, 0, int(candidate)) if candidate else (major, minor, patch, 1, 0)
+
+
+def is_newer(version: str | None, than: str) -> bool:
+    """True when `version` orders after `than`; False when either cannot be ordered."""
+    mine, theirs = version_key(version), version_key(than)
+    return mine is not None and theirs is not None and mine > theirs

@@ -29,6 +29,9 @@ from tenant_release.changes import find_changes
 from tenant_release.classify import RetryPolicy
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment
+from tenant_release.errors import (
+    RollbackRefusedError,
+)
 from tenant_release.models import Artifact, DeployProgress, Outcome, PlannedTarget, TenantResult
 from tenant_release.tags import parse_release_tag
 
@@ -77,12 +80,14 @@ class World:
         version: str = "1.4.0",
         run_id: str = "run-1",
         retry: RetryPolicy | None = None,
+        allow_rollback: str = "",
     ) -> TargetDeployment:
         run = ReleaseRun(
             release=parse_release_tag(f"v{version}"),
             run_id=run_id,
             artifact=self.artifacts[version],
             tooling=self.loaded.fleet.tooling,
+            allow_rollback=allow_rollback,
         )
         return TargetDeployment(
             sessions=sessions,
@@ -394,9 +399,9 @@ def _planned(world: World, *names: str) -> list[tuple[PlannedTarget, Any]]:
 def test_tenants_already_at_the_release_are_unchanged_without_a_change_set(
     world: World, sessions: AwsSessions, faults: Faults
 ) -> None:
-    deploy(world.deployment(sessions, "globex", run_id="run-1"))
-    deploy(world.deployment(sessions, "acme", version="1.5.0", run_id="run-1"))  # acme holds another build
-    run = world.deployment(sessions, "globex", run_id="run-2").run
+    deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-1"))
+    deploy(world.deployment(sessions, "acme", run_id="run-1"))  # acme holds another (older) build
+    run = world.deployment(sessions, "globex", version="1.5.0", run_id="run-2").run
     before = len(faults.calls)
 
     changes, unchanged = find_changes(sessions, run, _planned(world, "globex", "acme", "initech"), concurrency=4)
@@ -406,8 +411,8 @@ def test_tenants_already_at_the_release_are_unchanged_without_a_change_set(
     (globex,) = unchanged
     assert (globex.status, globex.version_before, globex.version_after, globex.run_id) == (
         Outcome.UNCHANGED,
-        "1.4.0",
-        "1.4.0",
+        "1.5.0",
+        "1.5.0",
         "run-2",
     )
     reads = {name for _, _, name in faults.calls[before:] if name != "close"}  # close: the reader's connections
@@ -487,17 +492,30 @@ def test_bootstrap_again_touches_no_account_and_a_new_tenant_only_its_own(
     assert writes == [("999999999999", "create_stack")]  # the tooling stack and the other accounts are left alone
 
 
-def test_going_back_to_an_earlier_build_deploys_it_again(world: World, sessions: AwsSessions) -> None:
-    """1.4.0 → 1.5.0 → 1.4.0: the first 1.4.0 change set is spent; the third deploy must not mistake it for its own."""
+def test_going_back_to_an_earlier_build_is_refused_unless_the_run_allows_a_rollback(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    """1.4.0 → 1.5.0 → 1.4.0: refused without allow_rollback; with it, the first 1.4.0 change set is spent and the
+    third deploy must not mistake it for its own."""
     deploy(world.deployment(sessions, "globex", run_id="run-1"))
     deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-2"))
 
-    back = deploy(world.deployment(sessions, "globex", run_id="run-3"))
+    with pytest.raises(RollbackRefusedError) as refused:
+        deploy(world.deployment(sessions, "globex", run_id="run-3"))
+    assert "holds 1.5.0, newer than 1.4.0" in str(refused.value) and "allow_rollback" in str(refused.value)
+    assert stack_tag(world.stack(GLOBEX, "us-east-1", "tenant-app-globex"), "ReleaseVersion") == "1.5.0"
+    assert count(faults, GLOBEX, "create_change_set") == 2  # the two forward deploys only
+    failed = ledger.get(world.history(), HISTORY, tenant="globex", release="v1.4.0")
+    assert (failed.status, failed.run_id, failed.rollback_from) == (Outcome.FAILED, "run-3", None)
+
+    back = deploy(world.deployment(sessions, "globex", run_id="run-4", allow_rollback="INC-7: 1.5.0 corrupts orders"))
 
     assert (back.status, back.version_before, back.version_after) == (Outcome.SUCCEEDED, "1.5.0", "1.4.0")
+    recorded = ledger.get(world.history(), HISTORY, tenant="globex", release="v1.4.0")
+    assert recorded.rollback_from == "1.5.0" and "rollback from 1.5.0: INC-7: 1.5.0 corrupts orders" in recorded.note
     assert world.function_config("globex")["Environment"]["Variables"]["RELEASE_VERSION"] == "1.4.0"
     assert stack_tag(world.stack(GLOBEX, "us-east-1", "tenant-app-globex"), "ReleaseVersion") == "1.4.0"
-    again = deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-4"))  # and forth once more
+    again = deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-5"))  # and forth once more
     assert (again.status, again.version_after) == (Outcome.SUCCEEDED, "1.5.0")
 
 

@@ -351,7 +351,9 @@ def in_the_triggerer(deployment: TargetDeployment, waits: list[float]) -> Tenant
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(asyncio, "sleep", asleep)
         progress, status = asyncio.run(deploy_in_the_triggerer())
-    return deployment.finish(progress, stack_status=status)
+    result = deployment.finish(progress, stack_status=status)
+    deployment.record(result)  # as the trigger does: the outcome is written and the tenant's lease freed
+    return result
 
 
 def in_a_thread(deployment: TargetDeployment, waits: list[float]) -> TenantResult:

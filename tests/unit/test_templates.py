@@ -199,15 +199,20 @@ def test_orchestrator_role_reaches_only_deploy_roles_its_own_data_and_release_co
     assert set(tenant_keys["Action"]) == {"kms:GenerateDataKey", "kms:Encrypt"}
     assert tenant_keys["Condition"] == {"StringLike": {"kms:ViaService": {"Fn::Sub": "s3.*.${AWS::URLSuffix}"}}}
     dynamodb = _by_sid(statements, "RecordDeploymentsAndQueue")
-    assert "dynamodb:DeleteItem" not in dynamodb["Action"]
+    assert "dynamodb:DeleteItem" not in dynamodb["Action"]  # the audit tables
     # The attempts behind the history are append-only: added and read, never changed or deleted.
     attempts = _by_sid(statements, "AppendAttempts")
     assert set(attempts["Action"]) == {"dynamodb:PutItem", "dynamodb:Query"}
     assert attempts["Resource"] == {"Fn::GetAtt": ["AttemptsTable", "Arn"]}
+    # Only a lease, which lives while a deploy does, may be deleted; and that table is all its statement reaches.
+    leases = _by_sid(statements, "LeaseTenantsWhileDeploying")
+    assert leases["Resource"] == {"Fn::GetAtt": ["LeasesTable", "Arn"]}
+    assert set(leases["Action"]) == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
     assert [s["Sid"] for s in _statements_with_action(statements, "dynamodb:")] == [
         "RecordDeploymentsAndQueue",
         "AppendAttempts",
         "ReadApprovalRecords",
+        "LeaseTenantsWhileDeploying",
     ]
     assert {"Fn::Sub": "${HistoryTable.Arn}/index/by-run"} in dynamodb["Resource"]
     assert {"Fn::GetAtt": ["QueueTable", "Arn"]} in dynamodb["Resource"]
@@ -642,6 +647,7 @@ def test_the_approver_role_exists_only_when_a_principal_is_named(aws: boto3.Sess
             "ApprovalsTableName": "a2",
             "QueueTableName": "q2",
             "AttemptsTableName": "t2",
+            "LeasesTableName": "l2",
             "OrchestratorRoleName": "o2",
             "KmsKeyAlias": "alias/k2",
         },

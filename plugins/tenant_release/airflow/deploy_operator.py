@@ -54,6 +54,7 @@ class TenantDeployOperator(BaseOperator):
         smoke_test: bool = False,
         run_started_at: str | None = None,
         triggered_by: str | None = None,
+        allow_rollback: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,6 +73,7 @@ class TenantDeployOperator(BaseOperator):
         # From the plan: orders this run's history writes against other runs' (see aws.ledger), and says who.
         self.run_started_at = run_started_at
         self.triggered_by = triggered_by
+        self.allow_rollback = allow_rollback  # the run's reason to deploy over a newer version (see RunPlan)
 
     # --- entry points -----------------------------------------------------------------------------------------
 
@@ -124,6 +126,7 @@ class TenantDeployOperator(BaseOperator):
                 run_started_at=self.run_started_at,
                 triggered_by=self.triggered_by,
                 try_number=_try_number(context),
+                allow_rollback=self.allow_rollback,
             )
         except Exception as exc:
             self.log.error("%s FAILED: %s", self.tenant, failure_reason(exc))
@@ -161,6 +164,14 @@ class TenantDeployOperator(BaseOperator):
             progress.note(progress.approval.describe())
         if target.maintenance_window:
             self._wait_for_window(deployment, progress, MaintenanceWindow.parse(target.maintenance_window))
+        waits = [
+            *(["its approval"] if target.approval == ApprovalPolicy.REQUIRED else []),
+            *(["its maintenance window"] if target.maintenance_window else []),
+        ]
+        # A freeze may have begun while it waited: check again right before its deploy starts.
+        frozen = waits and runtime.freeze_began(self.config_path, context["params"], waiting_for=" and ".join(waits))
+        if frozen:
+            self._skip(deployment, progress, frozen)
         self._defer_deploy(context, progress)
 
     def _defer_deploy(self, context: Context, progress: DeployProgress) -> NoReturn:
@@ -185,6 +196,7 @@ class TenantDeployOperator(BaseOperator):
                 # dev's result feeds the release gate through XCom: it comes back to a worker to return it
                 # (one task instance); a tenant ends in the triggerer.
                 end_in_triggerer=self.record_history,
+                allow_rollback=self.allow_rollback,
             ),
             method_name="execute_complete",
         )
@@ -266,7 +278,7 @@ class TenantDeployOperator(BaseOperator):
         """Log why, record the tenant as FAILED, and fail or retry the task."""
         self.log.error("%s FAILED: %s", self.tenant, failure_reason(exc))
         try:
-            deployment.record(deployment.failure(progress, exc))
+            deployment.record_failure(progress, exc)
         except Exception as history_exc:  # the deploy's own error is the one to report
             self.log.warning("could not record the failure in the history table: %s", failure_reason(history_exc))
         raise as_task_failure(exc) from None

@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from tenant_release.airflow import runtime
 from tenant_release.airflow.triggers import ApprovalRecordTrigger, report_problems, ui_identity
@@ -91,6 +91,8 @@ class ReleaseGateOperator(ApprovalOperator):
 
     # What a rejection means for this run (a subclass gating something other than a deploy says its own).
     rejected_consequence = "no tenant was touched"
+    # A change freeze that began while the run waited stops it here (not so when a release is only being queued).
+    stops_at_freeze = True
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("subject", "Release gate")
@@ -112,7 +114,7 @@ class ReleaseGateOperator(ApprovalOperator):
         plan = self.read_plan(ti)
         if not plan.gated:
             self.log.info("no selected tenant belongs to a gated group; going on without approval")
-            return {"gated": False}
+            return self._unless_frozen(context, plan, {"gated": False}, waited_for="the build and the dev deploy")
         self.log.info("gated because these tenants belong to a gated group: %s", ", ".join(plan.gated_tenants))
         fleet = runtime.cached_fleet(plan.config_path).fleet
         sha256 = self.artifact_sha256(ti)
@@ -169,7 +171,7 @@ class ReleaseGateOperator(ApprovalOperator):
         self.log.info("release %s (identity %s, artifact %s)", decision.describe(), decision.identity, decision.sha256)
         # The run keeps the answer (this XCom; the summary writes it on each tenant's history item). The
         # orchestrator cannot write approval records: the identity that deploys does not approve.
-        return {
+        passed = {
             "gated": True,
             "approved_by": decision.decided_by,
             "source": decision.source,
@@ -177,3 +179,18 @@ class ReleaseGateOperator(ApprovalOperator):
             "identity": decision.identity,
             "sha256": decision.sha256,
         }
+        return self._unless_frozen(context, self.read_plan(context["ti"]), passed, waited_for="the release gate")
+
+    def _unless_frozen(self, context: Context, plan: RunPlan, passed: dict[str, Any], *, waited_for: str) -> dict[str, Any]:
+        """The gate's result, or, when a change freeze began meanwhile (and the run did not override it), stop here.
+
+        The result then says why (`frozen`), so that the summary records every tenant SKIPPED with that reason.
+        """
+        if not self.stops_at_freeze:
+            return passed
+        frozen = runtime.freeze_began(plan.config_path, context["params"], waiting_for=waited_for)
+        if frozen is None:
+            return passed
+        self.log.warning("%s: %s", plan.release_tag, frozen)
+        context["ti"].xcom_push(key="return_value", value={**passed, "frozen": frozen})
+        raise AirflowSkipException(frozen)

@@ -129,6 +129,7 @@ class QueuedReleaseGateOperator(ReleaseGateOperator):
     """
 
     rejected_consequence = "nothing was queued"
+    stops_at_freeze = False  # a freeze does not block queueing: the release waits for the first window after it
 
     def artifact_sha256(self, ti: Any) -> str | None:
         return None  # nothing built yet: the shipping run's gate checks the hash

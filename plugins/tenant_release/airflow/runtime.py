@@ -81,6 +81,22 @@ def cached_fleet(config_path: str | None) -> LoadedFleet:
     return cached
 
 
+def freeze_began(config_path: str | None, params: Any, *, waiting_for: str) -> str | None:
+    """Why a deploy that waited must not start now: a change freeze is in force and the run did not override it.
+
+    The plan refused a run triggered inside a freeze; this is checked again where a run waited (an approval, a
+    maintenance window), since a freeze may have begun meanwhile. None: go on.
+    """
+    from tenant_release.windows import ReleaseCalendar
+
+    if str((params or {}).get("override_freeze") or "").strip():
+        return None
+    freeze = ReleaseCalendar.from_schedule(cached_fleet(config_path).fleet.schedule).freeze_at(utcnow())
+    if freeze is None:
+        return None
+    return f"change freeze {freeze} ({freeze.reason}) began while it waited for {waiting_for}; not deployed"
+
+
 def use_session_factory(factory: Callable[[], AwsSessions]) -> Callable[[], AwsSessions]:
     """Swap how sessions are made (tests wrap clients with fault injectors); returns the previous factory."""
     global _session_factory
@@ -135,6 +151,7 @@ def planned_deployment(
     run_started_at: str | None = None,
     triggered_by: str | None = None,
     try_number: int | None = None,
+    allow_rollback: str = "",
 ) -> TargetDeployment:
     """One target's deploy in one run, as the worker and the triggerer both rebuild it from names (never secrets)."""
     from tenant_release.deploy import ReleaseRun, TargetDeployment
@@ -150,7 +167,14 @@ def planned_deployment(
         application=loaded.fleet.application,
         started_at=run_started_at,
         triggered_by=triggered_by,
+        allow_rollback=allow_rollback,
     )
     return TargetDeployment(
-        sessions=shared_sessions(), run=run, target=target, record_history=record_history, try_number=try_number
+        sessions=shared_sessions(),
+        run=run,
+        target=target,
+        record_history=record_history,
+        try_number=try_number,
+        # Dev (not recorded in the history) takes any release, an older line's hotfix too: only tenants refuse a rollback.
+        guard_rollback=record_history,
     )

@@ -83,6 +83,7 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int, triggere
         rebuild=bool(params.get("rebuild")),
         planned_at=precise_now(),
         triggered_by=triggered_by,
+        allow_rollback=str(params.get("allow_rollback") or "").strip(),
     ).model_dump(mode="json")
 
 
@@ -145,11 +146,12 @@ def fleet_changes(
             application=loaded.fleet.application,
             started_at=plan.planned_at,
             triggered_by=plan.triggered_by,
+            allow_rollback=plan.allow_rollback,
         )
         sessions = runtime.aws_sessions()
         concurrency = int(runtime.setting("fleet_changes_concurrency", 16))
-        changes, unchanged = find_changes(sessions, run, planned, concurrency=concurrency, try_number=try_number)
-        record_unchanged(sessions, run, unchanged)
+        changes, settled = find_changes(sessions, run, planned, concurrency=concurrency, try_number=try_number)
+        record_unchanged(sessions, run, settled)  # UNCHANGED, and FAILED for a refused rollback
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
     log.info(
@@ -167,7 +169,11 @@ def deploy_kwargs(
 ) -> list[dict[str, Any]]:
     plan = RunPlan.model_validate(plan_)
     entries = FleetChanges.model_validate(changes_).deploy_kwargs(
-        release_tag=plan.release_tag, config_path=plan.config_path, artifact=artifact, targets_id=targets_id
+        release_tag=plan.release_tag,
+        config_path=plan.config_path,
+        artifact=artifact,
+        targets_id=targets_id,
+        allow_rollback=plan.allow_rollback,
     )
     # Each tenant's history writes carry the run's planned time and who triggered it (see aws.ledger).
     return [{**entry, "run_started_at": plan.planned_at, "triggered_by": plan.triggered_by} for entry in entries]
@@ -286,6 +292,8 @@ def _stopped_before_tenants(
         return "the dev deploy or its smoke test failed"
     if gate is None:
         return "the release gate was rejected or timed out"
+    if gate.get("frozen"):
+        return f"the {gate['frozen']}"
     return None
 
 
@@ -338,6 +346,8 @@ def _unreported(
         status, reason = Outcome.SKIPPED, "not started: the release gate was rejected or timed out (see approve_release)"
     elif target is None and not started_here:
         status, reason = Outcome.SKIPPED, "not deployed: removed from the fleet file after this run was planned"
+    elif gate.get("frozen"):
+        status, reason = Outcome.SKIPPED, gate["frozen"]
     else:
         status, reason = Outcome.FAILED, "the tenant's task ended without reporting a result (worker lost?); see its log"
     if started_here:  # started, then lost: keep what it knew, as that attempt's outcome (its own late write wins)

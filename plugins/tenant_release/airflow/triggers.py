@@ -24,6 +24,8 @@ T = TypeVar("T")
 # CloudFormation makes a change set in seconds; the trigger looks again every ~2 s, for at most 5 minutes.
 CHANGE_SET_POLL_SECONDS = 2.0
 CHANGE_SET_TIMEOUT_SECONDS = 300.0
+# A deploy that polls its stack pushes its tenant's lease out this often, so the lease outlasts any stack timeout.
+LEASE_RENEW_SECONDS = 600.0
 
 # boto3 blocks; the triggerer's loop must not. One pool per triggerer process for every tenant's AWS calls:
 # asyncio's default pool has cpu+4 threads (6 here), too few for hundreds of tenants waiting on AWS at once.
@@ -81,6 +83,7 @@ class TenantDeployTrigger(_Serializable):
         "run_started_at",
         "triggered_by",
         "try_number",
+        "allow_rollback",
     )
 
     def __init__(
@@ -101,8 +104,11 @@ class TenantDeployTrigger(_Serializable):
         run_started_at: str | None = None,
         triggered_by: str | None = None,
         try_number: int | None = None,
+        allow_rollback: str = "",
     ) -> None:
         super().__init__()
+        self.allow_rollback = allow_rollback
+        self.lease_waited = timedelta(0)  # how long this deploy waited for another run's lease; moves the deadline
         self.tenant = tenant
         self.target_digest = target_digest
         self.config_path = config_path
@@ -131,7 +137,29 @@ class TenantDeployTrigger(_Serializable):
             run_started_at=self.run_started_at,
             triggered_by=self.triggered_by,
             try_number=self.try_number,
+            allow_rollback=self.allow_rollback,
         )
+
+    async def _take_lease(self, deployment: Any) -> None:
+        """Wait here, holding no worker slot, while another run deploys this tenant; give up after `lease_wait_minutes`."""
+        from tenant_release.errors import TenantBusyError
+
+        started = datetime.now(UTC)
+        limit = timedelta(minutes=runtime.setting("lease_wait_minutes", 60.0))
+        poll = runtime.setting("lease_poll_seconds", 30.0)
+        while (busy := await in_thread(deployment.take_lease)) is not None:
+            if not self.lease_waited:
+                self.log.info("%s; waiting for it (up to %s)", deployment.busy_reason(busy), limit)
+            self.lease_waited = datetime.now(UTC) - started
+            if self.lease_waited >= limit:
+                raise TenantBusyError(
+                    f"{deployment.busy_reason(busy)}; this run waited {self.lease_waited.total_seconds() / 60:.0f} min "
+                    "([tenant_release] lease_wait_minutes) and started nothing. Re-run this tenant once that run is done.",
+                    holder_release=busy.release,
+                )
+            await asyncio.sleep(poll * random.uniform(0.8, 1.2))  # noqa: S311 (spreading load, not security)
+        if self.lease_waited:
+            self.log.info("%s: the other run is done after %s; deploying", deployment.target.name, self.lease_waited)
 
     def _pause(self, first: bool) -> float:
         # Jittered: a thousand tenants that started together must not poll CloudFormation in lockstep.
@@ -174,7 +202,8 @@ class TenantDeployTrigger(_Serializable):
     async def _settle(self, deployment: Any, progress: DeployProgress) -> str:
         if progress.unchanged:
             return (await in_thread(deployment.poll)).status
-        deadline = datetime.fromisoformat(self.deadline)
+        deadline = datetime.fromisoformat(self.deadline) + self.lease_waited
+        renewed = datetime.now(UTC)
         self.log.info(
             "change set %s executing on %s; waiting for it to settle", progress.change_set, deployment.target.stack_name
         )
@@ -191,6 +220,9 @@ class TenantDeployTrigger(_Serializable):
             else:
                 if polled.settled:
                     return polled.status
+            if datetime.now(UTC) - renewed >= timedelta(seconds=LEASE_RENEW_SECONDS):
+                await in_thread(deployment.renew_lease)
+                renewed = datetime.now(UTC)
             if datetime.now(UTC) >= deadline:
                 from tenant_release.errors import PermanentAwsError
 
@@ -222,6 +254,7 @@ class TenantDeployTrigger(_Serializable):
                 deployment.target.region,
                 deployment.run.session_name,
             )
+            await self._take_lease(deployment)
             progress = await self._begin(deployment, progress)
             progress = await self._execute_when_ready(deployment, progress)
             status = await self._settle(deployment, progress)
@@ -236,7 +269,7 @@ class TenantDeployTrigger(_Serializable):
             self.log.error("%s FAILED: %s", self.tenant, reason)
             if deployment is not None:
                 try:
-                    await in_thread(deployment.record, deployment.failure(progress, exc))
+                    await in_thread(deployment.record_failure, progress, exc)
                 except Exception as history_exc:  # the deploy's own error is the one to report
                     self.log.warning("could not record the failure in the history table: %s", failure_reason(history_exc))
             permanent = classify.needs_a_person(exc)
@@ -323,6 +356,7 @@ class FleetTenantStartTrigger(_Serializable):
             run_started_at=entry.get("run_started_at"),
             triggered_by=entry.get("triggered_by"),
             try_number=getattr(self.task_instance, "try_number", None),
+            allow_rollback=entry.get("allow_rollback") or "",
         )
         async for event in deploy.run():
             yield event

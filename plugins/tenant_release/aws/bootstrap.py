@@ -157,6 +157,7 @@ def tooling_parameters(loaded: LoadedFleet, *, tooling_principal_arn: str, appro
         "ReleasePrefix": tooling.release_prefix,
         "AttemptsTableName": tooling.attempts_table,
         "ApproverTrustedPrincipalArn": approver_principal_arn,  # empty: no approver role
+        "LeasesTableName": tooling.leases_table,
     }
 
 

@@ -74,6 +74,10 @@ def attempt_key(result: TenantResult) -> str:
     return f"{now}#{result.release}#{uuid.uuid4().hex[:12]}"
 
 
+class _KeptAsAttempt(Exception):
+    """The write is an attempt only (see `record`)."""
+
+
 def record(
     dynamodb: Any,
     table: str,
@@ -82,8 +86,12 @@ def record(
     attempts_table: str | None = None,
     expected: TenantResult | None = None,
     key: str | None = None,
+    attempt_only: bool = False,
 ) -> bool:
     """Make `result` the tenant's latest item unless a newer one is there; append it to the attempts either way.
+
+    `attempt_only`: an outcome that says nothing about the tenant's state (a run that touched nothing because
+    another run was deploying it) is kept as an attempt and never becomes the latest result.
 
     `expected`: the item this write replaces, as the caller read it (a read-modify-write such as the summary's
     annotations); then the write happens only if the item is still exactly that one. Returns whether the result
@@ -102,6 +110,8 @@ def record(
             ":s": {"S": expected.status.value},
         }
     try:
+        if attempt_only:
+            raise _KeptAsAttempt
         dynamodb.put_item(
             TableName=table,
             Item=item,
@@ -110,6 +120,8 @@ def record(
             **({"ExpressionAttributeNames": {"#s": "status"}} if expected is not None else {}),
         )
         latest = True
+    except _KeptAsAttempt:
+        latest = False
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
             raise
