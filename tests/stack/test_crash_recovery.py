@@ -9,12 +9,13 @@ triggerer. So the test breaks the release where each can really happen:
 1. SIGKILL the worker process (the task process, `airflow worker -- <ti id>`) of `wayne` as soon as it exists:
    a tenant's deploy on a worker, killed before its deferral was recorded. The supervisor reports the attempt
    failed; Airflow retries it, and the retry deploys wayne once.
-2. While `acme`'s and `globex`'s stacks are `CREATE_IN_PROGRESS` (moto made slow: a stack settles
-   `SETTLE_SECONDS` after its change set executes), SIGKILL the scheduler (with its LocalExecutor workers) and
-   the triggerer, and start both again with `local_stack.py restart`. The dead triggerer's triggers go to the
-   new one once its heartbeat is older than `[triggerer] triggerer_health_check_threshold` (30 s); each trigger
-   starts again from its first step, finds its change set executing on a stack still in progress, and waits for
-   it instead of starting a second one. The same attempt ends the task: no retry.
+2. While `acme`'s and `globex`'s stacks are `CREATE_IN_PROGRESS`, SIGKILL the scheduler (with its
+   LocalExecutor workers) and the triggerer, and start both again with `local_stack.py restart`. The dead
+   triggerer's triggers go to the new one once its heartbeat is stale (`[triggerer]
+   triggerer_health_check_threshold`); each trigger starts again from its first step, finds its change set
+   executing on a stack still in progress, and waits for it instead of starting a second one. The same attempt
+   ends the task: no retry. moto holds the stacks in progress (its settle time, `scripts/moto_compat.py`) until
+   both restarted triggers are waiting on them, then lets them settle: no race with a fixed settle time.
 
 Then: the run and its summary succeed, each tenant's stack went through exactly one stack operation in this
 release (moto's stack events and executed change sets, read from the moto server), and each tenant's history
@@ -45,9 +46,8 @@ from tenant_release.tags import parse_release_tag
 from tests.stack.release import ROOT, SCRIPT, StackRun, clean_environment, isolated_stack, tenant_cloudformation
 
 TAG = "v1.0.0"
-# Long enough that the restarted triggerer (which takes the dead one's triggers only after its 30 s health
-# threshold) still finds the stacks in progress, no longer.
-SETTLE_SECONDS = 50
+HOLD_SECONDS = 3600  # moto's settle time while the test holds the stacks in progress; 0 lets them settle
+ATTACHED = "executing on {stack}; waiting for it to settle"
 # An always-open window: wayne's deploy goes through a worker (its own gate) and never waits.
 FLEET = """\
 tooling: {account_id: "123456789012", region: us-east-1, artifact_bucket: tenant-release-artifacts-123456789012}
@@ -97,7 +97,6 @@ class Crashes:
         self.targets = {t.name: t for t in plan_release(loaded, parse_release_tag(TAG)).targets}
         self.settle_file = settle_file
         self.killed_worker: int | None = None
-        self.statuses_at_crash: dict[str, str] = {}
 
     def __call__(self, run: StackRun) -> None:
         stack = local_stack.Stack(state_dir=run.state_dir, api_port=int(_option(run, "--api-port")))
@@ -114,27 +113,34 @@ class Crashes:
             found = {ti["rendered_map_index"]: ti for ti in instances if ti["task_id"] == local_stack.MAPPED_TASK}
             return found if set(found) == set(self.targets) else None
 
-        # Dev settles at once; the tenants' stacks, from here on, take SETTLE_SECONDS.
+        # Dev settles at once; the tenants' stacks, from here on, stay in progress until let go.
         tis = _until("dev to succeed and the tenants' task instances", tenant_tis, 150)
-        self.settle_file.write_text(str(SETTLE_SECONDS))
+        self.settle_file.write_text(str(HOLD_SECONDS))
 
         # 1. The worker that runs wayne's deploy: kill it the moment it exists.
         pid = _until(f"a worker to run {ON_A_WORKER}'s deploy", lambda: _task_process(tis[ON_A_WORKER]["id"]), 90, 0.05)
         os.kill(pid, signal.SIGKILL)
         self.killed_worker = pid
+        # Its supervisor (a LocalExecutor worker, forked by the scheduler) reports the attempt failed. Killing the
+        # scheduler before that would kill the supervisor too: the attempt would then stay `running` until
+        # Airflow's orphaned-task check (5 minutes) or heartbeat timeout resets it, which is Airflow's business.
+        _until(f"{ON_A_WORKER}'s killed attempt to be failed", lambda: self._state(stack, run_id) == "up_for_retry", 60)
 
         # 2. Scheduler and triggerer, while the other tenants' stacks are being created.
         clients = {name: tenant_cloudformation(moto_url, self.targets[name]) for name in IN_THE_TRIGGERER}
 
-        def in_progress() -> dict[str, str] | None:
-            statuses = {}
+        def waits(name: str) -> int:
+            return _attempt_log(run, run_id, tis[name], 1).count(ATTACHED.format(stack=self.targets[name].stack_name))
+
+        def in_progress() -> bool:
             for name, cloudformation in clients.items():
                 stacks = cloudformation.list_stacks()["StackSummaries"]
-                mine = [s for s in stacks if s["StackName"] == self.targets[name].stack_name]
-                statuses[name] = mine[0]["StackStatus"] if mine else "none"
-            return statuses if all(s in {"CREATE_IN_PROGRESS", "UPDATE_IN_PROGRESS"} for s in statuses.values()) else None
+                mine = [s["StackStatus"] for s in stacks if s["StackName"] == self.targets[name].stack_name]
+                if mine != ["CREATE_IN_PROGRESS"] or waits(name) != 1:
+                    return False
+            return True
 
-        self.statuses_at_crash = _until("the tenants' stacks to be in progress", in_progress, 90)
+        _until("the tenants' stacks to be in progress, the triggerer waiting on them", in_progress, 90)
         command = ["restart", "scheduler", "triggerer", "--signal", "KILL", "--state-dir", str(run.state_dir)]
         restart = subprocess.run(
             [sys.executable, str(SCRIPT), *command],
@@ -147,7 +153,15 @@ class Crashes:
         )
         assert restart.returncode == 0, restart.stdout + restart.stderr
         print(restart.stdout)
-        self.settle_file.write_text("0")  # what is deployed after the crash need not be slow
+
+        # One wait per triggerer in the attempt's logs: the restarted triggerer's trigger waits on the stack too.
+        _until("the restarted triggerer to wait on the stacks", lambda: all(waits(n) == 2 for n in IN_THE_TRIGGERER), 120)
+        self.settle_file.write_text("0")
+
+    @staticmethod
+    def _state(stack: local_stack.Stack, run_id: str) -> str | None:
+        instances = local_stack.task_instances(stack, run_id, local_stack.login(stack))
+        return next(ti["state"] for ti in instances if ti.get("rendered_map_index") == ON_A_WORKER)
 
     @staticmethod
     def _run_id(run: StackRun) -> str | None:
@@ -181,7 +195,7 @@ def test_worker_scheduler_and_triggerer_crashes_mid_release_deploy_each_tenant_o
     with isolated_stack(
         tmp_path / "stack",
         "--timeout",
-        "300",
+        "240",
         config=fleet,
         tag=TAG,
         env={moto_compat.SETTLE_FILE_ENV: str(settle_file)},
@@ -205,9 +219,10 @@ def test_worker_scheduler_and_triggerer_crashes_mid_release_deploy_each_tenant_o
 
         for name in IN_THE_TRIGGERER:
             log = _attempt_log(run, run_id, deploys[name], 1)
-            # Started by both triggerers, the change set executed by the first only: the second attached to it.
+            # Started by both triggerers, the change set executed by the first only: the second waited on it.
             assert log.count(f"deploying {TAG} (sha256") == 2, name
             assert log.count("executing CREATE change set") == 1, name
+            assert log.count(ATTACHED.format(stack=crashes.targets[name].stack_name)) == 2, name
             assert f"{name}: SUCCEEDED" in log, name
         wayne_killed = _attempt_log(run, run_id, deploys[ON_A_WORKER], 1)
         assert "executing CREATE change set" not in wayne_killed
