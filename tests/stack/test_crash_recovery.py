@@ -7,8 +7,11 @@ open now) comes back from its start trigger to a worker, which checks the gate a
 triggerer. So the test breaks the release where each can really happen:
 
 1. SIGKILL the worker process (the task process, `airflow worker -- <ti id>`) of `wayne` as soon as it exists:
-   a tenant's deploy on a worker, killed before its deferral was recorded. The supervisor reports the attempt
-   failed; Airflow retries it, and the retry deploys wayne once.
+   its start trigger has handed wayne's deploy to a worker, which dies before it hands the deploy back to the
+   triggerer (the only stretch of a fleet tenant's deploy a worker holds; the window is under a second, so the
+   process is killed the moment it appears rather than at a log line). Its supervisor reports the attempt failed,
+   Airflow retries it, and the retry deploys wayne once. (Killing the scheduler with the supervisor as well
+   would leave the attempt `running` until Airflow's orphaned-task check, 5 minutes: Airflow's, not ours.)
 2. While `acme`'s and `globex`'s stacks are `CREATE_IN_PROGRESS`, SIGKILL the scheduler (with its
    LocalExecutor workers) and the triggerer, and start both again with `local_stack.py restart`. The dead
    triggerer's triggers go to the new one once its heartbeat is stale (`[triggerer]
@@ -121,9 +124,8 @@ class Crashes:
         pid = _until(f"a worker to run {ON_A_WORKER}'s deploy", lambda: _task_process(tis[ON_A_WORKER]["id"]), 90, 0.05)
         os.kill(pid, signal.SIGKILL)
         self.killed_worker = pid
-        # Its supervisor (a LocalExecutor worker, forked by the scheduler) reports the attempt failed. Killing the
-        # scheduler before that would kill the supervisor too: the attempt would then stay `running` until
-        # Airflow's orphaned-task check (5 minutes) or heartbeat timeout resets it, which is Airflow's business.
+        # Its supervisor (a LocalExecutor worker, forked by the scheduler) reports the attempt failed; wait for
+        # that before killing the scheduler, which would take the supervisor with it (see the docstring).
         _until(f"{ON_A_WORKER}'s killed attempt to be failed", lambda: self._state(stack, run_id) == "up_for_retry", 60)
 
         # 2. Scheduler and triggerer, while the other tenants' stacks are being created.
