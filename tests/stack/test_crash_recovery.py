@@ -96,6 +96,7 @@ class Crashes:
     """What `during` does to the running release, and what it saw (for the assertions after the run)."""
 
     def __init__(self, fleet: Path, settle_file: Path) -> None:
+        self.env = {**clean_environment(fleet), moto_compat.SETTLE_FILE_ENV: str(settle_file)}
         loaded = load_fleet(fleet)
         self.targets = {t.name: t for t in plan_release(loaded, parse_release_tag(TAG)).targets}
         self.settle_file = settle_file
@@ -146,7 +147,7 @@ class Crashes:
         command = ["restart", "scheduler", "triggerer", "--signal", "KILL", "--state-dir", str(run.state_dir)]
         restart = subprocess.run(
             [sys.executable, str(SCRIPT), *command],
-            env=clean_environment(),
+            env=self.env,  # the components come back with their own environment; this is in case it cannot be read
             cwd=ROOT,
             capture_output=True,
             text=True,
