@@ -196,6 +196,11 @@ def environment(stack: Stack) -> dict[str, str]:
         env["AIRFLOW__CELERY__RESULT_BACKEND"] = stack.celery_result_backend
         env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(stack.parallelism)
     env.pop("MOTO_ACCOUNT_ID", None)
+    # This checkout's code: a virtualenv's editable install may point at another checkout (a git worktree sharing
+    # the virtualenv), and its path comes before the plugins folder Airflow adds; PYTHONPATH comes before both.
+    plugins = str(ROOT / "plugins")
+    if env.get("PYTHONPATH", "").split(os.pathsep)[0] != plugins:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [plugins, env.get("PYTHONPATH")]))
     return env
 
 
