@@ -159,8 +159,14 @@ class Harness:
         local_stack.wait_for(self.stack, "the DAG", lambda: local_stack.dag_ready(self.stack, token), 240, 2)
         local_stack.http("PATCH", f"{api}/api/v2/dags/{local_stack.DAG_ID}", {"is_paused": False}, token)
 
-    def approve(self, tag: str) -> None:
-        """The release gate, decided ahead by an approval record (as `tenant-release approve TAG` writes it)."""
+    def approve_once_built(self, tag: str, run_url: str, token: str) -> bool:
+        """The release gate, decided by an approval record (as `tenant-release approve TAG` writes it).
+
+        An approval names the artifact it approves (the build manifest's sha256), so it is recorded once the run's
+        build task has published it; True once recorded.
+        """
+        if local_stack.http("GET", f"{run_url}/taskInstances/build", token=token).get("state") != "success":
+            return False
         result = subprocess.run(
             [str(local_stack.BIN / "tenant-release"), "approve", tag, "--by", "bench"],
             env=self.env,
@@ -170,10 +176,10 @@ class Harness:
         )
         if result.returncode != 0:
             raise SystemExit(f"approve failed: {result.stdout}{result.stderr}")
+        return True
 
     def release(self, tag: str, *, timeout: float) -> dict[str, Any]:
         """Trigger one run and follow it to the end, sampling worker slots and memory; returns its figures."""
-        self.approve(tag)
         api = self.stack.api_url
         token = local_stack.login(self.stack)
         started = time.monotonic()
@@ -188,9 +194,11 @@ class Harness:
             deadline = started + timeout
             state = "running"
             run_url = f"{api}/api/v2/dags/{local_stack.DAG_ID}/dagRuns/{run_id}"
+            approved = False
             while time.monotonic() < deadline:
                 local_stack.ensure_running(self.stack)
                 try:
+                    approved = approved or self.approve_once_built(tag, run_url, token)
                     # The last task's state, not the run's: Airflow 3.3 answers GET dagRuns/{id} by loading every
                     # task instance of the run (its DAG versions), about 0.2 s of the API server's CPU at a
                     # thousand tenants, which polling each second would take from the release being measured.

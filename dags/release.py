@@ -53,7 +53,13 @@ def tenant_release() -> None:
         from airflow.configuration import conf
 
         max_map_length = conf.getint("core", "max_map_length", fallback=1024)
-        return steps.plan(get_current_context()["params"], now=runtime.utcnow(), max_map_length=max_map_length)
+        context = get_current_context()
+        return steps.plan(
+            context["params"],
+            now=runtime.utcnow(),
+            max_map_length=max_map_length,
+            triggered_by=getattr(context.get("dag_run"), "triggering_user_name", None),
+        )
 
     @task
     def build(plan_: dict) -> dict:
@@ -61,7 +67,8 @@ def tenant_release() -> None:
 
     @task
     def fleet_changes(plan_: dict, artifact_: dict) -> dict:
-        return steps.fleet_changes(plan_, artifact_, get_current_context()["run_id"])
+        context = get_current_context()
+        return steps.fleet_changes(plan_, artifact_, context["run_id"], try_number=context["ti"].try_number)
 
     @task(retries=0)
     def tenant_targets(changes_: dict, plan_: dict, artifact_: dict) -> list[dict]:
@@ -79,6 +86,7 @@ def tenant_release() -> None:
             ti.xcom_pull(task_ids="deploy_dev", default=None),
             ti.xcom_pull(task_ids="approve_release", default=None),
             context["run_id"],
+            try_number=ti.try_number,
         )
 
     planned = plan()

@@ -1,8 +1,8 @@
 """tenant_release_queue: queue a release for the next release window (the scheduled DAG ships it).
 
-Checks the tag and tenants as tenant_release does, asks for the release gate now when the group is gated (an
-approval here lets the scheduled run pass its gate without asking again), then records the release in the
-queue. A change freeze does not block queueing: the release waits for the first window after it.
+Checks the tag and tenants as tenant_release does, asks for the release gate now when a tenant is gated (the
+scheduled run's gate still checks that a record approves the artifact it builds, or asks), then records the
+release in the queue. A change freeze does not block queueing: the release waits for the first window after it.
 Thin wiring only: the fleet file is read when a run starts, never at parse time.
 """
 

@@ -77,6 +77,11 @@ class Stack:
         return self.state_dir / "stack.json"
 
     @property
+    def endpoint_file(self) -> Path:
+        # Read by the `tenant-release` CLI (tenant_release.cli_aws): a shell with no AWS settings then uses this stack.
+        return self.state_dir / "aws-endpoint.json"
+
+    @property
     def last_run_file(self) -> Path:
         return self.state_dir / "last_run.json"
 
@@ -414,6 +419,7 @@ def up(stack: Stack, tag: str, timeout: float) -> int:
     )
     wait_for(stack, "moto", lambda: http("GET", f"{stack.moto_url}/moto-api/config") is not None, 60, 0.5)
     http("POST", f"{stack.moto_url}/moto-api/config", {"lambda": {"use_docker": False}})
+    write_endpoint_file(stack)
     timings["moto"] = time.monotonic() - step
 
     say("2/5 bootstrap the tooling and tenant accounts from include/templates (idempotent)")
@@ -453,11 +459,20 @@ def up(stack: Stack, tag: str, timeout: float) -> int:
     record_run(stack, run_id=run_id, tag=tag, state=state, timings=timings, dead_components=dead)
     say()
     say(f"Airflow UI: {stack.api_url}  (login admin / admin; approver / approver can answer approvals)")
-    stop = "make stop"
-    if stack.state_dir != default_state_dir():
-        stop = f"python scripts/local_stack.py down --state-dir {stack.state_dir}"
-    say(f"Stop everything: {stop}      Run again: make run TAG=v1.1.0      Took {timings['total']:.0f}s")
+    say(f"Stop everything: {stop_command(stack)}      Run again: make run TAG=v1.1.0      Took {timings['total']:.0f}s")
     return 0 if state == "success" else 1
+
+
+def write_endpoint_file(stack: Stack) -> None:
+    """Where this stack's AWS emulation listens, for `tenant-release status/history/approve` run from a plain shell."""
+    facts = {"endpoint_url": stack.moto_url, "region": "us-east-1", "stop": stop_command(stack)}
+    stack.endpoint_file.write_text(json.dumps(facts, indent=2))
+
+
+def stop_command(stack: Stack) -> str:
+    if stack.state_dir == default_state_dir():
+        return "make stop"
+    return f"python scripts/local_stack.py down --state-dir {stack.state_dir}"
 
 
 def record_run(stack: Stack, **facts: Any) -> None:
@@ -688,6 +703,7 @@ def down(stack: Stack) -> int:
         except OSError:
             pass
     stack.pids_file.unlink(missing_ok=True)
+    stack.endpoint_file.unlink(missing_ok=True)
     say("stopped" if groups or left else "nothing running")
     return 0
 

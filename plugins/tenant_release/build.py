@@ -18,11 +18,12 @@ import hashlib
 import json
 import logging
 import re
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tenant_release import classify
@@ -31,7 +32,7 @@ from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import BuildError
 from tenant_release.models import Application, Artifact, ArtifactObject, Capability, Release, Target, ToolingAccount
 from tenant_release.packaging import PackagedTemplate, load_template, package_path, package_template
-from tenant_release.source import GitSource, PublishedArchive, build_environment, refuse_moved_tag, run_build
+from tenant_release.source import GitSource, PublishedArchive, SourceError, build_environment, refuse_moved_tag, run_build
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ def build_release(
     retry = classify.RetryPolicy()
     s3 = sessions.tooling_client("s3", tooling.region)
     key_prefix = f"{tooling.release_prefix.strip('/')}/{release.version}"
-    # One manifest per tag: v1.4.0 and v-1.4.0-qa share a version but may name different refs.
-    manifest_key = f"{key_prefix}/build-{release.tag}.json"
+    manifest_key = build_manifest_key(tooling, release)
     recipe = build_recipe(application)
     built = retry.call("read the build manifest", read_manifest, s3, tooling.artifact_bucket, manifest_key, log=log.warning)
     git = git_source(application, fleet_path)
@@ -298,6 +298,12 @@ def _checked_out(
         yield _Checkout(root=revision.checkout, description=f"{revision.url} {revision.ref}", commit=revision.commit)
 
 
+def build_manifest_key(tooling: ToolingAccount, release: Release) -> str:
+    """Where the build of a tag leaves its manifest (`tenant-release approve` reads the sha256 to approve there)."""
+    # One manifest per tag: v1.4.0 and v-1.4.0-qa share a version but may name different refs.
+    return f"{tooling.release_prefix.strip('/')}/{release.version}/build-{release.tag}.json"
+
+
 def read_manifest(s3: Any, bucket: str, key: str) -> Artifact | None:
     body = artifacts.get_object(s3, bucket=bucket, key=key)
     if body is None:
@@ -370,6 +376,74 @@ def check_build(
     )
 
 
+def check_template_locally(
+    application: Application,
+    fleet_path: Path | None,
+    targets: list[Target],
+    *,
+    version: str = "0.0.0",
+    release: Release | None = None,
+) -> str:
+    """`check_parameters` before any AWS call, when the template can be read here: the sample or a folder source,
+    or (given the release) a git repository on this machine, at the commit the release tag names.
+
+    Raises `BuildError` naming every target whose parameters the template would refuse; returns what was checked.
+    A remote repository or a published archive is read only when the release is built, so it is checked then.
+    """
+    source = application.source
+    git = git_source(application, fleet_path)
+    if git is not None and release is not None and not application.stacks and Path(git.url).is_dir():
+        text = _template_at_tag(git, application.template, release)
+        if text is not None:
+            with tempfile.TemporaryDirectory(prefix="tenant-release-check-") as work:
+                path = Path(work) / PurePosixPath(application.template).name
+                path.write_text(text, encoding="utf-8")
+                return _check_against(
+                    load_template(path), application, targets, version, f"{application.template} at {release.tag}"
+                )
+    if source is not None and (source.git or source.archive):
+        kind = "git repository" if source.git else "published archive"
+        return f"checked when the release is built (the {kind} is not read before)"
+    root = application_root(application, fleet_path)
+    if application.stacks:
+        template, what = stacks_root_template(application, root), "the declared stacks"
+    else:
+        path = root / application.template
+        if not path.is_file():
+            if application.build:
+                return f"checked when the release is built ({application.template} does not exist before the build)"
+            raise BuildError(
+                f"the application template {path} does not exist. Fix: set application.template to its path inside {root}"
+            )
+        template, what = load_template(path), str(path)
+    return _check_against(template, application, targets, version, what)
+
+
+def _check_against(template: dict[str, Any], application: Application, targets: list[Target], version: str, what: str) -> str:
+    declared = {name: spec if isinstance(spec, dict) else {} for name, spec in (template.get("Parameters") or {}).items()}
+    # Whether the build packages local code is known only then; a template that takes the bucket expects it.
+    packaged = application.parameters.bucket in declared
+    keys = {name: f"releases/{version}/{name}" for name in application.key_parameters}
+    check_parameters(targets, application, declared=declared, version=version, packaged=packaged, keys=keys)
+    return f"the parameters of {len(targets)} target(s) fit {what}"
+
+
+def _template_at_tag(git: GitSource, template: str, release: Release) -> str | None:
+    """The template as committed at the release's ref of a repository on this machine; None: leave it to the build."""
+    try:
+        _, commit = git.resolve(tag=release.tag, version=release.version)
+        done = subprocess.run(  # noqa: S603 (fixed program; arguments are never run by a shell)
+            ["git", "-C", git.url, "show", f"{commit}:{PurePosixPath(template)}"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (SourceError, OSError, subprocess.TimeoutExpired):
+        return None  # the build says what is wrong with the source, in its own words
+    return done.stdout if done.returncode == 0 else None
+
+
 def check_parameters(
     targets: list[Target],
     application: Application,
@@ -414,7 +488,8 @@ def check_parameters(
             if problem:
                 problems.append(f"tenant {target.name!r}: {problem}")
     if problems:
-        raise BuildError("the fleet file's parameters do not fit the template: " + "; ".join(problems[:20]))
+        more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise BuildError("the fleet file's parameters do not fit the template: " + "; ".join(problems[:20]) + more)
 
 
 def _misfit(name: str, spec: dict[str, Any], value: str | None) -> str | None:

@@ -37,12 +37,20 @@ def find_changes(
     planned: list[tuple[PlannedTarget, Target]],
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
+    try_number: int | None = None,
 ) -> tuple[FleetChanges, list[TenantResult]]:
     """Split the planned tenants into those to deploy and those already at the release (their UNCHANGED results)."""
 
     def judge(entry: tuple[PlannedTarget, Target]) -> _Verdict:
         plan_entry, target = entry
-        deployment = TargetDeployment(sessions=sessions, run=run, target=target, retry=classify.RetryPolicy(attempts=3))
+        deployment = TargetDeployment(
+            sessions=sessions,
+            run=run,
+            target=target,
+            retry=classify.RetryPolicy(attempts=3),
+            try_number=try_number,
+            writer="fleet_changes",
+        )
         started = utc_now()
         try:
             cloudformation = deployment.retry.call(

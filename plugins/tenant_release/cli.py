@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tenant_release import report
 from tenant_release.config import CONFIG_ENV_VAR, LoadedFleet, config_path, load_fleet
 from tenant_release.errors import TenantReleaseError
-from tenant_release.models import Release
+from tenant_release.models import Release, Target, ToolingAccount
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 
@@ -28,7 +30,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     _out(f"  {len(fleet.tenants)} tenants; groups: {', '.join(sorted(fleet.groups()))}; default group: {fleet.default_group}")
     _out(f"  gated groups: {', '.join(fleet.gated_groups) or 'none'}")
     _out(f"  application: {_describe_application(loaded)}")
+    _out(f"  template parameters: {_check_template(loaded, [loaded.target(fleet.dev.name), *loaded.tenants()])}")
     return 0
+
+
+def _check_template(loaded: LoadedFleet, targets: list[Target], release: Release | None = None) -> str:
+    """Every target's parameters against the template, when it can be read without AWS (else: at build)."""
+    from tenant_release.build import check_template_locally
+
+    version = release.version if release else "0.0.0"
+    return check_template_locally(loaded.fleet.application, loaded.path, targets, version=version, release=release)
 
 
 def _describe_application(loaded: LoadedFleet) -> str:
@@ -52,11 +63,24 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     loaded = load_fleet(args.config)
     release = parse_release_tag(args.tag)
     plan = plan_release(loaded, release, only_tenants=args.tenants)
-    _out(f"{release.tag}: version {release.version} to group {plan.group}" + (" (gated: needs approval)" if plan.gated else ""))
+    checked = _check_template(loaded, [loaded.target(loaded.fleet.dev.name), *plan.targets], release)
+    gated = f" (gated: needs approval, for {', '.join(plan.gated_tenants)})" if plan.gated else ""
+    _out(f"{release.tag}: version {release.version} to group {plan.group}{gated}")
     _out(f"  source: {_source_for(loaded, release)}")
-    rows = [("TENANT", "ACCOUNT", "REGION", "STACK", "APPROVAL", "WINDOW")]
+    _out(f"  template parameters: {checked}")
+    gated_groups = set(loaded.fleet.gated_groups)
+    rows = [("TENANT", "ACCOUNT", "REGION", "STACK", "GATE", "APPROVAL", "WINDOW")]
     rows += [
-        (t.name, t.account_id, t.region, t.stack_name, t.approval.value, t.maintenance_window or "any time") for t in plan.targets
+        (
+            t.name,
+            t.account_id,
+            t.region,
+            t.stack_name,
+            ",".join(sorted(gated_groups & set(t.groups))) if t.name in plan.gated_tenants else "-",
+            t.approval.value,
+            t.maintenance_window or "any time",
+        )
+        for t in plan.targets
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -95,6 +119,7 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
             bootstrap_role_name=args.bootstrap_role,
             tooling_principal_arn=args.orchestrator_principal or "",
             concurrency=args.concurrency,
+            approver_principal_arn=args.approver_principal or "",
         )
     except BootstrapError as exc:
         results, failures = exc.results, exc.failures
@@ -117,13 +142,35 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     loaded = load_fleet(args.config)
     tooling = loaded.fleet.tooling
+    if args.attempts:  # the positional argument names a tenant; --release narrows to one release
+        tenant = loaded.target(args.tag).name
+        release = parse_release_tag(args.release).tag if args.release else None
+        dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
+        return _print_attempts(dynamodb, tooling, tenant=tenant, release=release)
+    tag = parse_release_tag(args.tag).tag
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
     names = [t.name for t in loaded.fleet.tenants]
-    found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=args.tag)
+    found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=tag)
     if not found:
-        _out(f"no history for {args.tag}")
+        _out(f"no history for {tag}")
         return 1
     _out(report.render_table([found[n] for n in names if n in found]))
+    return 0
+
+
+def _print_attempts(dynamodb: Any, tooling: ToolingAccount, *, tenant: str, release: str | None) -> int:
+    """Every recorded outcome of one tenant, oldest first: the audit trail behind its history items."""
+    from tenant_release.aws import ledger
+
+    found = ledger.attempts(dynamodb, tooling.attempts_table, tenant=tenant, release=release)
+    if not found:
+        _out(f"no attempts recorded for tenant {tenant}" + (f" and release {release}" if release else ""))
+        return 1
+    rows = [("finished", "release", "status", "run", "try", "written by", "reason")]
+    for r in found:
+        tried = "-" if r.try_number is None else str(r.try_number)
+        rows.append((r.finished_at, r.release, r.status.value, r.run_id, tried, r.written_by or "-", r.reason or ""))
+    _table(rows)
     return 0
 
 
@@ -140,6 +187,15 @@ def _whoami() -> str:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name in some containers
         return "unknown"
+
+
+def _who(by: str | None) -> str:
+    """`--by`, checked before any AWS call (it is recorded as who decided), else the login name."""
+    if by is None:
+        return _whoami()
+    if not by.strip() or len(by) > 128 or any(not ch.isprintable() for ch in by):
+        raise TenantReleaseError(f"--by {by!r} must name who decides: 1-128 printable characters, e.g. --by alice")
+    return by.strip()
 
 
 def _cmd_queue_list(args: argparse.Namespace) -> int:
@@ -181,24 +237,52 @@ def _cmd_queue_cancel(args: argparse.Namespace) -> int:
     from tenant_release.aws.session import AwsSessions
 
     tooling = load_fleet(args.config).fleet.tooling
+    tag, who = parse_release_tag(args.tag).tag, _who(args.by)
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
-    entry = release_queue.cancel(dynamodb, tooling.queue_table, args.tag, cancelled_by=args.by or _whoami())
+    entry = release_queue.cancel(dynamodb, tooling.queue_table, tag, cancelled_by=who)
     _out(entry.describe())
     return 0
 
 
+def _published_sha256(s3: object, loaded: LoadedFleet, release: Release) -> str | None:
+    """The sha256 of the build of this tag the release build published (its manifest), None before it is built."""
+    from tenant_release.build import build_manifest_key, read_manifest
+
+    tooling = loaded.fleet.tooling
+    manifest = read_manifest(s3, tooling.artifact_bucket, build_manifest_key(tooling, release))
+    return manifest.sha256 if manifest else None
+
+
 def _cmd_approve(args: argparse.Namespace) -> int:
-    from tenant_release.aws.approvals import RELEASE_WIDE, from_dynamodb, put_decision
+    from tenant_release.aws.approvals import RELEASE_WIDE, MalformedApproval, from_dynamodb, put_decision
     from tenant_release.aws.session import AwsSessions
+    from tenant_release.build import build_manifest_key
 
     loaded = load_fleet(args.config)
     release = parse_release_tag(args.tag)
     # Refuse a record no gate would ever read: an unknown group, or a tenant outside the tag's group.
     plan = plan_release(loaded, release, only_tenants=None if args.tenant == RELEASE_WIDE else [args.tenant])
+    who = _who(args.by)
     tooling = loaded.fleet.tooling
-    dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
-    previous = from_dynamodb(dynamodb, tooling.approvals_table, tenant=args.tenant, release=release.tag)
-    who = args.by or _whoami()
+    given = (args.sha256 or "").strip().lower() or None
+    if given is not None and not re.fullmatch(r"[0-9a-f]{64}", given):  # checked before any AWS call
+        raise TenantReleaseError(f"--sha256 {args.sha256!r} is not a SHA-256 (64 hex digits); copy it from the approval request")
+    sessions = AwsSessions()
+    published = _published_sha256(sessions.tooling_client("s3", tooling.region), loaded, release)
+    sha256 = given or published
+    if sha256 is None and not args.reject:
+        raise TenantReleaseError(
+            f"no build of {release.tag} is published (s3://{tooling.artifact_bucket}/{build_manifest_key(tooling, release)}), "
+            "so there is no artifact to approve: an approval binds to one artifact. Approve once the run has built it, "
+            f"or name the artifact the approval request shows: tenant-release approve {release.tag} --sha256 <sha256>"
+        )
+    # Who approves as AWS authenticated them: the approvals table trusts only the approver role's callers.
+    identity = sessions.tooling_client("sts", tooling.region).get_caller_identity()["Arn"]
+    dynamodb = sessions.tooling_client("dynamodb", tooling.region)
+    try:
+        previous = from_dynamodb(dynamodb, tooling.approvals_table, tenant=args.tenant, release=release.tag)
+    except MalformedApproval:
+        previous = None  # replaced by this one
     put_decision(
         dynamodb,
         tooling.approvals_table,
@@ -206,14 +290,19 @@ def _cmd_approve(args: argparse.Namespace) -> int:
         release=release.tag,
         approved=not args.reject,
         decided_by=who,
+        sha256=sha256,
+        identity=identity,
         note=args.note,
     )
     what = f"the release gate of {release.tag}" if args.tenant == RELEASE_WIDE else f"{release.tag} for tenant {args.tenant}"
     _out(f"recorded: {'rejected' if args.reject else 'approved'} {what} by {who}" + (f" ({args.note})" if args.note else ""))
+    _out(f"  artifact sha256 {sha256 or '(any: a rejection applies to every build)'}; caller {identity}")
+    if args.sha256 and published and sha256 != published:
+        _out(f"  note: the published build of {release.tag} is {published}; a run of that build will not accept this approval")
     if previous is not None:
         _out(f"  replaces the earlier decision: {previous.describe()}")
     if args.tenant == RELEASE_WIDE and not plan.gated:
-        _out(f"  note: group {plan.group} is not gated, so no release gate asks for this")
+        _out(f"  note: no tenant of group {plan.group} is in a gated group, so no release gate asks for this")
     elif args.tenant != RELEASE_WIDE and plan.targets[0].approval.value != "required":
         _out(f"  note: tenant {args.tenant} does not require its own approval (approval: {plan.targets[0].approval.value})")
     return 0
@@ -229,20 +318,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
     tooling = loaded.fleet.tooling
     sessions = AwsSessions()
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
-    group = release.group or loaded.fleet.default_group
-    gated = " (gated)" if group in loaded.fleet.gated_groups else ""
-    _out(f"{release.tag}: version {release.version} to group {group}{gated}")
+    selected = plan_release(loaded, release)
+    gated = f" (gated by {', '.join(selected.gated_tenants)})" if selected.gated else ""
+    _out(f"{release.tag}: version {release.version} to group {selected.group}{gated}")
     entry = release_queue.get(dynamodb, tooling.queue_table, release.tag)
     _out(f"queue: {entry.describe() if entry else 'not queued'}")
-    gate = find_decision(
+    s3 = sessions.tooling_client("s3", tooling.region)
+    published = _published_sha256(s3, loaded, release)
+    lookup = find_decision(
         dynamodb,
-        sessions.tooling_client("s3", tooling.region),
+        s3,
         table=tooling.approvals_table,
         bucket=tooling.artifact_bucket,
         tenant=RELEASE_WIDE,
         release=release.tag,
+        sha256=published,
     )
+    gate = lookup.decision
     _out(f"release gate: {gate.describe() if gate else 'no decision recorded'}")
+    for problem in lookup.problems:
+        _out(f"  not accepted: {problem}")
     names = [t.name for t in loaded.fleet.tenants]
     found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=release.tag)
     if found:
@@ -250,6 +345,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     else:
         _out("no tenant has started this release")
     return 0 if (entry or gate or found) else 1
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 256")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,11 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     boot.add_argument("--bootstrap-role", default="OrganizationAccountAccessRole", help="admin role in tenant accounts")
     boot.add_argument("--orchestrator-principal", default=None, help="ARN allowed to assume the orchestrator role")
-    boot.add_argument("--concurrency", type=int, default=16, help="accounts bootstrapped at once (default 16)")
+    boot.add_argument(
+        "--approver-principal", default=None, help="ARN allowed to assume the approver role (unset: no approver role)"
+    )
+    boot.add_argument("--concurrency", type=_positive, default=16, help="accounts bootstrapped at once (default 16)")
     boot.add_argument("--verbose", action="store_true", help="list every stack, not only those created or updated")
     boot.set_defaults(func=_cmd_bootstrap)
     history = sub.add_parser("history", help="print the recorded outcome of a release, per tenant")
-    history.add_argument("tag")
+    history.add_argument("tag", help="the release tag; with --attempts, the tenant")
+    history.add_argument("--attempts", action="store_true", help="list every recorded attempt of the tenant TAG names")
+    history.add_argument("--release", help="with --attempts: only this release's attempts")
     history.set_defaults(func=_cmd_history)
     queue = sub.add_parser("queue", help="releases waiting for the next release window").add_subparsers(
         dest="queue_command", required=True
@@ -296,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--reject", action="store_true", help="record a rejection instead")
     approve.add_argument("--by", default=None, help="who decides (default: your login name)")
     approve.add_argument("--note", default="", help="e.g. the change ticket")
+    approve.add_argument(
+        "--sha256", default=None, help="the artifact approved (default: the published build of TAG, from its manifest)"
+    )
     approve.set_defaults(func=_cmd_approve)
     status = sub.add_parser("status", help="where a release stands: queue, release gate, and each tenant (waits included)")
     status.add_argument("tag")
@@ -304,13 +417,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tenant_release.cli_aws import describe_aws_failure, local_emulation
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    endpoint: str | None = None
     try:
+        if args.func in _LOCAL_EMULATION_COMMANDS:
+            with local_emulation() as endpoint:
+                return args.func(args)
         return args.func(args)
     except TenantReleaseError as exc:
         sys.stderr.write(f"tenant-release: {exc}\n")
         return 2
+    except Exception as exc:
+        # Not reaching AWS, or not being let in, is one line with the fix, not a traceback; anything else is a bug.
+        cause: BaseException | None = exc
+        while cause is not None:
+            line = describe_aws_failure(cause, local_endpoint=endpoint)
+            if line:
+                sys.stderr.write(f"tenant-release: {line}\n")
+                return 3
+            cause = cause.__cause__ or cause.__context__
+        raise
+
+
+# The commands the README shows after `make run`: they use its emulation when the shell points nowhere else.
+_LOCAL_EMULATION_COMMANDS = (_cmd_history, _cmd_status, _cmd_approve, _cmd_queue_list, _cmd_queue_cancel)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from tenant_release import naming
 from tenant_release.errors import FleetConfigError
+from tenant_release.fleet_checks import fleet_problems
 from tenant_release.models import Fleet, Target, TargetSpec
 
 CONFIG_ENV_VAR = "TENANT_RELEASE_CONFIG"
@@ -32,7 +33,30 @@ class _UnquotedDigits(str):
 
 
 class _FleetLoader(yaml.SafeLoader):
-    """SafeLoader that marks unquoted numbers, so an unquoted account id is reported as the user wrote it."""
+    """SafeLoader that marks unquoted numbers, so an unquoted account id is reported as the user wrote it.
+
+    It also notes every mapping key written twice: plain YAML keeps the last one silently (a second `tenants:`
+    drops the whole first list).
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key_node.start_mark.line + 1
+            if key_node.value in first:
+                self.duplicates.append(
+                    f"key {key_node.value!r} appears twice in one mapping, at line {first[key_node.value]} and line {line}; "
+                    "YAML keeps only the second. Fix: merge the two or remove one"
+                )
+            else:
+                first[key_node.value] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _construct_int(loader: _FleetLoader, node: yaml.ScalarNode) -> int:
@@ -85,7 +109,7 @@ class LoadedFleet:
 def load_fleet(path: Path | str | None = None) -> LoadedFleet:
     source = Path(path) if path is not None else config_path()
     try:
-        text = source.read_text(encoding="utf-8")
+        data = source.read_bytes()
     except FileNotFoundError:
         raise FleetConfigError(
             f"fleet file {source} does not exist; create it (see config/tenants.yaml in the project) "
@@ -93,18 +117,31 @@ def load_fleet(path: Path | str | None = None) -> LoadedFleet:
         ) from None
     except OSError as exc:
         raise FleetConfigError(f"fleet file {source} cannot be read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise FleetConfigError(
+            f"fleet file {source} is not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} (line {line}) "
+            "cannot be read. Fix: save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
     return parse_fleet(text, source=source)
 
 
 def parse_fleet(text: str, *, source: Path | None = None) -> LoadedFleet:
     where = str(source) if source else "fleet file"
+    loader = _FleetLoader(text)
     try:
-        raw = yaml.load(text, Loader=_FleetLoader)  # noqa: S506 (a SafeLoader subclass)
+        raw = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise FleetConfigError(f"{where} is not valid YAML{position}: {problem}") from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise FleetConfigError(f"{where} is invalid:\n" + "\n".join(f"  - {line}" for line in loader.duplicates))
     if not isinstance(raw, dict):
         raise FleetConfigError(
             f"{where} must be a mapping with the keys tooling, dev, default_group and tenants; got {type(raw).__name__}"
@@ -113,8 +150,9 @@ def parse_fleet(text: str, *, source: Path | None = None) -> LoadedFleet:
         fleet = Fleet.model_validate(raw)
     except ValidationError as exc:
         raise FleetConfigError(f"{where} is invalid:\n{describe_validation_errors(exc, raw)}") from None
-    for spec in (fleet.dev, *fleet.tenants):
-        _check_resolvable(fleet, spec, where)
+    problems = fleet_problems(fleet)
+    if problems:
+        raise FleetConfigError(f"{where} is invalid:\n" + "\n".join(f"  - {line}" for line in problems))
     return LoadedFleet(fleet=fleet, digest=hashlib.sha256(text.encode()).hexdigest(), path=source)
 
 
@@ -168,20 +206,3 @@ def resolve_target(fleet: Fleet, spec: TargetSpec) -> Target:
         outside_window=spec.outside_window or defaults.outside_window,
         wave=spec.wave,
     )
-
-
-def _check_resolvable(fleet: Fleet, spec: TargetSpec, where: str) -> None:
-    try:
-        resolve_target(fleet, spec)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise FleetConfigError(
-            f"{where}: tenant {spec.name!r}: a name pattern uses an unknown placeholder {exc}; "
-            "patterns may use {name}, {account_id} and {region}"
-        ) from None
-    if spec.maintenance_window:
-        from tenant_release.windows import MaintenanceWindow  # windows imports models only
-
-        try:
-            MaintenanceWindow.parse(spec.maintenance_window)
-        except ValueError as exc:
-            raise FleetConfigError(f"{where}: tenant {spec.name!r} field maintenance_window: {exc}") from None

@@ -37,6 +37,17 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def precise_now() -> str:
+    """Now to the microsecond: orders writes of one run that fall in the same second (see aws.ledger)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def run_identity(*, release_tag: str, run_id: str, triggered_by: str | None) -> str:
+    """Who writes a run's history: the orchestrator session it acts as, and who triggered it."""
+    session = naming.session_name(release_tag=release_tag, run_id=run_id)
+    return f"session {session}" + (f", triggered by {triggered_by}" if triggered_by else "")
+
+
 def release_parameters(
     application: Application, target: Target, version: str, *, packaged: bool = True, keys: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -70,10 +81,16 @@ class ReleaseRun:
     artifact: Artifact
     tooling: ToolingAccount
     application: Application = field(default_factory=Application)  # unset: the bundled sample
+    started_at: str | None = None  # when the run was planned: orders its history writes against other runs'
+    triggered_by: str | None = None  # the Airflow user who triggered the run, if known
 
     @property
     def session_name(self) -> str:
         return naming.session_name(release_tag=self.release.tag, run_id=self.run_id)
+
+    @property
+    def identity(self) -> str:
+        return run_identity(release_tag=self.release.tag, run_id=self.run_id, triggered_by=self.triggered_by)
 
     @property
     def source_identity(self) -> str:
@@ -89,6 +106,8 @@ class TargetDeployment:
     target: Target
     retry: classify.RetryPolicy = field(default_factory=classify.RetryPolicy)
     record_history: bool = True  # dev is deployed like a tenant but is not a tenant of the history
+    try_number: int | None = None  # the task instance's try, recorded with each outcome
+    writer: str = "deploy"
 
     def client(self, service: str) -> Any:
         return self.sessions.tenant_client(
@@ -277,6 +296,7 @@ class TargetDeployment:
     def result(self, progress: DeployProgress, *, status: Outcome, **fields: Any) -> TenantResult:
         fields.setdefault("note", "; ".join(progress.notes) or None)
         fields.setdefault("approved_by", progress.approved_by)
+        fields.setdefault("approval", progress.approval)  # with its artifact sha256 and identity: the audit trail
         return TenantResult(
             tenant=self.target.name,
             account_id=self.target.account_id,
@@ -292,6 +312,11 @@ class TargetDeployment:
             artifact_uri=progress.artifact_uri,
             sha256=self.run.artifact.sha256,
             source_commit=self.run.artifact.source_commit,
+            run_started_at=self.run.started_at,
+            attempt_started_at=progress.attempt_started_at,
+            try_number=self.try_number,
+            written_by=self.writer,
+            identity=self.run.identity,
             **fields,
         )
 
@@ -349,11 +374,35 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def record_result(sessions: AwsSessions, tooling: ToolingAccount, result: TenantResult) -> None:
+def record_result(sessions: AwsSessions, tooling: ToolingAccount, result: TenantResult) -> bool:
+    """Make the result the tenant's latest outcome unless a newer one is recorded; keep it as an attempt either way."""
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
-    classify.RetryPolicy().call("record history", ledger.record, dynamodb, tooling.history_table, result, log=log.warning)
+    return classify.RetryPolicy().call(
+        "record history",
+        ledger.record,
+        dynamodb,
+        tooling.history_table,
+        result,
+        attempts_table=tooling.attempts_table,
+        key=ledger.attempt_key(result),  # once: a retried write adds no second attempt
+        log=log.warning,
+    )
 
 
-def record_results(sessions: AwsSessions, tooling: ToolingAccount, results: list[TenantResult]) -> None:
+def record_results(
+    sessions: AwsSessions,
+    tooling: ToolingAccount,
+    results: list[TenantResult],
+    *,
+    expected: dict[str, TenantResult] | None = None,
+) -> list[str]:
+    """`record_result` for many tenants at once; returns those whose newer outcome was kept."""
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
-    classify.RetryPolicy().call("record history", ledger.record_many, dynamodb, tooling.history_table, results, log=log.warning)
+    return ledger.record_many(
+        dynamodb,
+        tooling.history_table,
+        results,
+        attempts_table=tooling.attempts_table,
+        expected=expected,
+        retry=classify.RetryPolicy(),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
@@ -34,8 +35,15 @@ def _account_id(value: Any) -> str:
 
 
 def _region(value: str | None) -> str | None:
-    if value is not None and not REGION_PATTERN.match(value):
+    from tenant_release.regions import known_regions, unknown_region
+
+    if value is None or value in known_regions():
+        return value
+    if not REGION_PATTERN.match(value):
         raise ValueError(f"region {value!r} is not an AWS region name such as eu-central-1")
+    problem = unknown_region(value)  # well-formed but made up or misspelt: every call to it would fail
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -70,6 +78,7 @@ class ToolingAccount(_Strict):
     queue_table: str = "tenant-release-queue"
     orchestrator_role_name: str = "tenant-release-orchestrator"
     release_prefix: str = "releases"
+    attempts_table: str = "tenant-release-attempts"  # every written outcome, the history's audit trail
 
     _check_account = field_validator("account_id", mode="before")(_account_id)
     _check_region = field_validator("region")(_region)
@@ -157,12 +166,7 @@ class TargetSpec(_Strict):
     def _stringify(cls, value: Any) -> Any:
         return _parameters_as_strings(value)
 
-    @field_validator("region")
-    @classmethod
-    def _check_region(cls, value: str | None) -> str | None:
-        if value is not None and not REGION_PATTERN.match(value):
-            raise ValueError(f"region {value!r} is not an AWS region name such as eu-central-1")
-        return value
+    _check_region = field_validator("region")(_region)
 
     @field_validator("deploy_role_name", "execution_role_name")
     @classmethod
@@ -525,6 +529,13 @@ class TenantResult(BaseModel):
     gated: bool = False
     approved_by: str | None = None
     note: str | None = None
+    # Who wrote this outcome, and its place in time (see `aws.ledger.write_order`): newer never yields to older.
+    run_started_at: str | None = None  # when the run was planned
+    attempt_started_at: str | None = None  # when the writing attempt (deploy try, fleet changes, summary) started
+    try_number: int | None = None  # the writing task instance's try
+    written_by: str | None = None  # "deploy", "fleet_changes" or "summary"
+    identity: str | None = None  # the orchestrator session the run acts as, and who triggered the run if known
+    approval: ApprovalDecision | None = None  # a tenant's own answer given in Airflow: a retry of the run reuses it
 
     def to_xcom(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -540,6 +551,8 @@ class ApprovalDecision(_Strict):
     decided_by: str
     source: str  # "ui", "dynamodb", "s3" or "timeout"
     note: str = ""
+    sha256: str | None = None  # the artifact approved (an approval of another artifact does not pass)
+    identity: str | None = None  # who, as Airflow (UI user id) or AWS (caller ARN) authenticated them
 
     def describe(self) -> str:
         if self.source == "timeout":
@@ -570,6 +583,9 @@ class RunPlan(_Strict):
     dev: PlannedTarget | None = None
     freeze_override: str | None = None
     rebuild: bool = False  # build again even if the tag moved since this version was built
+    planned_at: str | None = None  # orders this run's history writes against other runs' (see aws.ledger)
+    triggered_by: str | None = None  # the Airflow user who triggered the run, if known
+    gated_tenants: tuple[str, ...] = ()  # the selected tenants in a gated group: they make the run gated
 
 
 class QueuedPlan(RunPlan):
@@ -619,6 +635,8 @@ class DeployProgress(BaseModel):
     approval: ApprovalDecision | None = None
     approved_by: str | None = None
     window_waits: int = 0
+    # This try's start, to the microsecond (`started_at` is the first try's): orders its history writes.
+    attempt_started_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
 
     def note(self, text: str) -> None:
         if text not in self.notes:

@@ -15,7 +15,13 @@ class ReleasePlan:
     release: Release
     group: str
     targets: tuple[Target, ...]
-    gated: bool
+    # The selected tenants that belong to a gated group: whatever tag or tenant list reached them, they make
+    # the run wait for the release gate.
+    gated_tenants: tuple[str, ...] = ()
+
+    @property
+    def gated(self) -> bool:
+        return bool(self.gated_tenants)
 
     @property
     def tenant_names(self) -> list[str]:
@@ -55,7 +61,9 @@ def plan_release(loaded: LoadedFleet, release: Release, *, only_tenants: Iterabl
         selected = [target for target in in_group if target.name in set(wanted)]
     if not selected:
         raise TargetSelectionError(f"release tag {release.tag!r} selects no tenant; groups: {', '.join(known_groups)}")
-    return ReleasePlan(release=release, group=group, targets=tuple(selected), gated=group in fleet.gated_groups)
+    gated_groups = set(fleet.gated_groups)
+    gated = tuple(target.name for target in selected if gated_groups & set(target.groups))
+    return ReleasePlan(release=release, group=group, targets=tuple(selected), gated_tenants=gated)
 
 
 def _clean_names(names: Iterable[str] | None) -> list[str]:

@@ -31,6 +31,7 @@ TRIGGERS = [
     ApprovalRecordTrigger(
         tenant="*",
         release_tag="v1.4.0",
+        sha256="a" * 64,
         config_path=None,
         ti_id="0190a1b2-0000-7000-8000-000000000000",
         deadline="2026-12-04T10:00:00+00:00",

@@ -13,7 +13,7 @@ from tenant_release.airflow import runtime
 from tenant_release.aws.approvals import approval_key
 
 from tests.conftest import bootstrap, use_fleet
-from tests.dags.test_release_dag import approve, deployed_version, history, task_states
+from tests.dags.test_release_dag import approve, built_sha256, deployed_version, history, task_states
 
 
 @pytest.fixture
@@ -79,19 +79,22 @@ def test_gate_rejected_touches_no_tenant_and_names_who_rejected(gated, release_d
 def test_per_tenant_approval_by_record_rejection_and_timeout(gated, release_dag, clock):
     clock(datetime(2027, 3, 2, 12, tzinfo=UTC))
     # wayne: approved by an external system writing an S3 object; bruce: rejected in DynamoDB;
-    # lois: nobody answers (times out); clark: needs no approval.
+    # lois: only an approval of another build of the tag (times out); clark: needs no approval.
+    sha256 = built_sha256("v-2.0.0-regulated")
     boto3.client("s3", region_name="us-east-1").put_object(
         Bucket="tr-test-artifacts",
         Key=approval_key(tenant="wayne", release="v-2.0.0-regulated"),
-        Body=json.dumps({"decision": "approve", "decided_by": "ticket-4711"}).encode(),
+        Body=json.dumps({"decision": "Approved", "decided_by": "ticket-4711", "sha256": sha256}).encode(),
     )
     approve("v-2.0.0-regulated", "bruce", approved=False, by="bruce-ciso")
+    approve("v-2.0.0-regulated", "lois", by="lois-ops", sha256="0" * 64)
     run = release_dag.test(run_conf=conf("v-2.0.0-regulated"))
 
     assert str(run.state) == "success"  # skipped tenants are not failures
     records = history()
     assert records[("wayne", "v-2.0.0-regulated")].status.value == "SUCCEEDED"
     assert records[("wayne", "v-2.0.0-regulated")].approved_by == "ticket-4711 (s3)"
+    assert records[("wayne", "v-2.0.0-regulated")].approval.sha256 == sha256  # the history keeps what was approved
     assert deployed_version("222222222222", "us-east-1", "wayne") == "2.0.0"
 
     bruce = records[("bruce", "v-2.0.0-regulated")]
@@ -106,6 +109,64 @@ def test_per_tenant_approval_by_record_rejection_and_timeout(gated, release_dag,
     assert deployed_version("444444444444", "us-east-1", "clark") == "2.0.0"
     states = task_states(run)
     assert states[("deploy", "bruce")] == "skipped" and states[("deploy", "lois")] == "skipped"
+
+
+@pytest.fixture
+def canary_fleet(moto: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tests/fixtures/fleet.yaml (acme is in canary and in the gated prod), with a gate that times out in ~2 s."""
+    path = use_fleet("fleet.yaml", tmp_path, monkeypatch)
+    path.write_text(path.read_text().replace("gated_groups: [prod]", "gated_groups: [prod]\napproval_timeout_hours: 0.0005"))
+    bootstrap(path)
+    return path
+
+
+def test_a_canary_tag_reaching_a_prod_tenant_stops_at_the_gate_until_its_artifact_is_approved(canary_fleet, release_dag, capsys):
+    # An approval of v-1.4.0-canary recorded for another build (e.g. before the tag moved): it does not pass.
+    approve("v-1.4.0-canary", by="release-manager", sha256="0" * 64)
+    stopped = release_dag.test(run_conf=conf("v-1.4.0-canary"))
+    assert str(stopped.state) == "failed"
+    assert task_states(stopped)[("approve_release", -1)] == "failed"  # waited, nobody approved this build: timed out
+    assert deployed_version("111111111111", "eu-central-1", "acme") is None
+    sha256 = built_sha256("v-1.4.0-canary")  # the same source builds the same artifact
+    assert (
+        f"approval for v-1.4.0-canary by release-manager via dynamodb approved artifact 000000000000…, this run built "
+        f"{sha256[:12]}…; approve again: tenant-release approve v-1.4.0-canary --sha256 {sha256}"
+    ) in capsys.readouterr().out
+    assert history()[("acme", "v-1.4.0-canary")].status.value == "SKIPPED"
+
+    approve("v-1.4.0-canary", by="release-manager", sha256=sha256)
+    shipped = release_dag.test(run_conf=conf("v-1.4.0-canary"))
+    assert str(shipped.state) == "success"
+    assert deployed_version("111111111111", "eu-central-1", "acme") == "1.4.0"
+    acme = history()[("acme", "v-1.4.0-canary")]
+    assert acme.gated and acme.approved_by == "release-manager (dynamodb, release gate)"
+
+
+def test_the_gate_request_names_the_gated_tenants_and_an_answer_in_airflow_binds_to_the_build(airflow_db):
+    from tenant_release.airflow.gate import ReleaseGateOperator
+    from tenant_release.models import RunPlan
+
+    plan = RunPlan(
+        release_tag="v-1.4.0-canary",
+        version="1.4.0",
+        group="canary",
+        gated=True,
+        config_path="tenants.yaml",
+        tenants=("acme", "ford"),
+        gated_tenants=("acme",),
+    )
+    build = {"sha256": "b" * 64, "bucket": "tr-test-artifacts", "template_key": "releases/1.4.0/t.yaml", "source": "x"}
+
+    class TaskInstance:
+        def xcom_pull(self, task_ids: str):
+            return {"plan": plan.model_dump(mode="json"), "build": build}.get(task_ids)
+
+    gate = ReleaseGateOperator(task_id="approve_release")
+    _, body = gate.describe_request(TaskInstance(), plan)
+    assert "**Gated** because these tenants belong to a gated group: acme\n" in body and "b" * 64 in body
+    answer = {"chosen_options": ["Approve"], "responded_by_user": {"id": "3", "name": "ana"}}
+    result = gate.resume({"ti": TaskInstance(), "run_id": "manual__1"}, answer)
+    assert (result["approved_by"], result["identity"], result["sha256"]) == ("ana", "airflow user 3 (ana)", "b" * 64)
 
 
 def test_tenant_outside_its_window_waits_until_it_opens(gated, release_dag, clock):

@@ -53,7 +53,6 @@ def test_a_tag_of_your_application_reaches_its_group_and_a_moved_tag_is_refused_
     capsys.readouterr()
 
     moved = commit_api(orders_fleet_file, "api 1, changed under the same name", "v1.4.0", force=True)
-    approve("v1.4.0")
     again = dag.test(run_conf={"release_tag": "v1.4.0"})
 
     assert str(again.state) == "failed"

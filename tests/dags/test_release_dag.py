@@ -35,8 +35,36 @@ def faults() -> Iterator[Faults]:
     runtime.use_session_factory(previous)
 
 
-def approve(release: str, tenant: str = "*", *, approved: bool = True, by: str = "release-manager") -> None:
-    """Answer an approval the way an external system does: a record in the tooling account's approvals table."""
+def built_sha256(release: str) -> str:
+    """Build the tag as the run's build task will (the run then reuses it) and return the artifact's sha256.
+
+    An approval binds to one artifact: an approval given ahead of a run must name the build that run ships.
+    """
+    from tenant_release.build import build_release
+    from tenant_release.config import load_fleet
+    from tenant_release.plan import plan_release
+    from tenant_release.tags import parse_release_tag
+
+    loaded = load_fleet()
+    tag = parse_release_tag(release)
+    artifact = build_release(
+        AwsSessions(),
+        tooling=loaded.fleet.tooling,
+        application=loaded.fleet.application,
+        fleet_path=loaded.path,
+        release=tag,
+        targets=list(plan_release(loaded, tag).targets),
+    )
+    return artifact.sha256
+
+
+def approve(
+    release: str, tenant: str = "*", *, approved: bool = True, by: str = "release-manager", sha256: str | None = None
+) -> None:
+    """Answer an approval the way an external system does: a record in the tooling account's approvals table.
+
+    An approval names the artifact it approves (by default the one the run will build); a rejection needs none.
+    """
     from tenant_release.aws.approvals import put_decision
 
     put_decision(
@@ -46,6 +74,7 @@ def approve(release: str, tenant: str = "*", *, approved: bool = True, by: str =
         release=release,
         approved=approved,
         decided_by=by,
+        sha256=sha256 or (built_sha256(release) if approved else None),
     )
 
 
@@ -131,6 +160,9 @@ def test_release_deploys_its_group_and_isolates_a_tenant_whose_role_cannot_be_as
 
 
 def test_group_tag_and_second_release_only_touch_their_tenants(bootstrapped, release_dag, faults):
+    # umbrella is in qa and in the gated prod: a qa tag reaching it is gated too.
+    approve("v-1.4.0-qa")
+    approve("v-1.5.0-qa")
     first = release_dag.test(run_conf={"release_tag": "v-1.4.0-qa"})
     assert str(first.state) == "success"
     assert deployed_version("333333333333", "eu-west-1", "initech") == "1.4.0"

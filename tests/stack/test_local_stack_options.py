@@ -88,3 +88,19 @@ def test_mapped_tasks_are_named_after_their_tenant_before_they_render() -> None:
     assert local_stack.ti_label({"task_id": "deploy", "map_index": 0, "rendered_map_index": "acme"}, []) == "deploy[acme]"
     assert local_stack.ti_label({"task_id": "deploy", "map_index": 5, "rendered_map_index": None}, names) == "deploy[5]"
     assert local_stack.ti_label({"task_id": "plan", "map_index": -1}, names) == "plan"
+
+
+def test_up_tells_the_cli_where_its_emulation_is_and_down_forgets_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from tenant_release.cli_aws import state_file
+
+    stack = local_stack.Stack(state_dir=tmp_path, moto_port=5055)
+    local_stack.write_endpoint_file(stack)
+    monkeypatch.setenv("TENANT_RELEASE_STACK_DIR", str(tmp_path))
+    assert state_file() == stack.endpoint_file  # the file the CLI reads is the one `up` writes
+    facts = json.loads(stack.endpoint_file.read_text())
+    assert facts["endpoint_url"] == "http://127.0.0.1:5055"
+    assert facts["stop"] == f"python scripts/local_stack.py down --state-dir {tmp_path}"  # not the default: not `make stop`
+    local_stack.down(stack)
+    assert not stack.endpoint_file.exists()

@@ -38,11 +38,28 @@ def test_plan_lists_the_tags_tenants(fleet_file: Path, capsys):
     code, out, err = run(capsys, "plan", "v1.4.0")
     assert code == 0 and err == ""
     lines = out.splitlines()
-    assert lines[0] == "v1.4.0: version 1.4.0 to group prod (gated: needs approval)"
+    assert lines[0] == "v1.4.0: version 1.4.0 to group prod (gated: needs approval, for acme, globex, umbrella)"
     assert lines[1].startswith("  source: the bundled sample")
-    assert lines[2].split() == ["TENANT", "ACCOUNT", "REGION", "STACK", "APPROVAL", "WINDOW"]
-    assert [line.split()[0] for line in lines[3:]] == ["acme", "globex", "umbrella"]
+    assert lines[2].startswith("  template parameters: the parameters of 4 target(s) fit ")
+    assert lines[3].split() == ["TENANT", "ACCOUNT", "REGION", "STACK", "GATE", "APPROVAL", "WINDOW"]
+    assert [line.split()[0] for line in lines[4:]] == ["acme", "globex", "umbrella"]
     assert "044444444444" in out  # the leading zero survives
+
+
+def test_plan_says_which_tenants_of_another_groups_tag_are_gated(fleet_file: Path, capsys):
+    # acme is in canary and in the gated prod; initech (qa only) is not gated, umbrella (qa, prod) is.
+    code, out, _ = run(capsys, "plan", "v-1.4.0-canary")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "v-1.4.0-canary: version 1.4.0 to group canary (gated: needs approval, for acme)"
+    assert lines[4].split()[0] == "acme" and lines[4].split()[4] == "prod"
+    code, out, _ = run(capsys, "plan", "v-1.4.0-qa")
+    lines = out.splitlines()
+    assert lines[0] == "v-1.4.0-qa: version 1.4.0 to group qa (gated: needs approval, for umbrella)"
+    gate = {line.split()[0]: line.split()[4] for line in lines[4:]}
+    assert gate == {"initech": "-", "umbrella": "prod"}
+    code, out, _ = run(capsys, "plan", "v-1.4.0-qa", "--tenants", "initech")
+    assert out.splitlines()[0] == "v-1.4.0-qa: version 1.4.0 to group qa"
 
 
 def test_plan_refuses_a_bad_tag_with_exit_code_2_and_the_fix_on_stderr(fleet_file: Path, capsys):
@@ -78,10 +95,50 @@ def approvals(tenant: str, release: str):
     return from_dynamodb(dynamodb, "tenant-release-approvals", tenant=tenant, release=release)
 
 
-def test_approve_writes_the_release_gate_record_and_a_second_answer_replaces_it(bootstrapped, capsys):
+SHA = "5" * 64
+
+
+def publish_manifest(tag: str, version: str, sha256: str) -> None:
+    """What the build leaves beside its objects (build.build_manifest_key): the artifact, with its sha256."""
+    from tenant_release.models import Artifact
+
+    artifact = Artifact(version=version, sha256=sha256, bucket="tr-test-artifacts", template_key="t", objects=(), source="x")
+    boto3.client("s3", region_name="us-east-1").put_object(
+        Bucket="tr-test-artifacts", Key=f"releases/{version}/build-{tag}.json", Body=artifact.model_dump_json().encode()
+    )
+
+
+def test_approve_needs_the_artifact_and_records_it_with_the_callers_identity(bootstrapped, capsys):
+    code, out, err = run(capsys, "approve", "v1.5.0", "--by", "release-manager")
+    assert (code, out) == (2, "")
+    assert "no build of v1.5.0 is published (s3://tr-test-artifacts/releases/1.5.0/build-v1.5.0.json)" in err
+    assert "tenant-release approve v1.5.0 --sha256 <sha256>" in err
+    assert approvals("*", "v1.5.0") is None
+
+    code, out, err = run(capsys, "approve", "v1.5.0", "--sha256", "abc")
+    assert code == 2 and "--sha256 'abc' is not a SHA-256 (64 hex digits)" in err
+
+    publish_manifest("v1.5.0", "1.5.0", SHA)  # the build of v1.5.0 ran: approve learns what it approves
     code, out, _ = run(capsys, "approve", "v1.5.0", "--by", "release-manager", "--note", "CAB-12")
     assert code == 0
-    assert out == "recorded: approved the release gate of v1.5.0 by release-manager (CAB-12)\n"
+    caller = boto3.client("sts", region_name="us-east-1").get_caller_identity()["Arn"]
+    assert out.splitlines() == [
+        "recorded: approved the release gate of v1.5.0 by release-manager (CAB-12)",
+        f"  artifact sha256 {SHA}; caller {caller}",
+    ]
+    record = approvals("*", "v1.5.0")
+    assert (record.approved, record.decided_by, record.sha256, record.identity) == (True, "release-manager", SHA, caller)
+
+    other = "6" * 64
+    code, out, _ = run(capsys, "approve", "v1.5.0", "--sha256", other, "--by", "release-manager")
+    assert approvals("*", "v1.5.0").sha256 == other
+    assert f"note: the published build of v1.5.0 is {SHA}; a run of that build will not accept this approval" in out
+
+
+def test_approve_writes_the_release_gate_record_and_a_second_answer_replaces_it(bootstrapped, capsys):
+    code, out, _ = run(capsys, "approve", "v1.5.0", "--by", "release-manager", "--note", "CAB-12", "--sha256", SHA)
+    assert code == 0
+    assert out.splitlines()[0] == "recorded: approved the release gate of v1.5.0 by release-manager (CAB-12)"
     record = approvals("*", "v1.5.0")
     assert (record.approved, record.decided_by, record.note) == (True, "release-manager", "CAB-12")
 
@@ -93,12 +150,12 @@ def test_approve_writes_the_release_gate_record_and_a_second_answer_replaces_it(
 
 
 def test_approve_for_a_tenant_checks_it_belongs_to_the_tags_group(bootstrapped, capsys):
-    code, out, _ = run(capsys, "approve", "v-1.5.0-qa", "--tenant", "initech", "--by", "initech-ops")
+    code, out, _ = run(capsys, "approve", "v-1.5.0-qa", "--tenant", "initech", "--by", "initech-ops", "--sha256", SHA)
     assert code == 0 and "approved v-1.5.0-qa for tenant initech by initech-ops" in out
     assert "does not require its own approval" in out
     assert approvals("initech", "v-1.5.0-qa").decided_by == "initech-ops"
 
-    code, out, err = run(capsys, "approve", "v1.5.0", "--tenant", "initech")
+    code, out, err = run(capsys, "approve", "v1.5.0", "--tenant", "initech", "--sha256", SHA)
     assert (code, out) == (2, "")
     assert "not in group 'prod'" in err
     assert approvals("initech", "v1.5.0") is None
@@ -113,7 +170,7 @@ def test_status_shows_queue_gate_and_tenants_still_waiting_with_the_reason(boots
     release_queue.enqueue(
         dynamodb, "tenant-release-queue", release_tag="v1.5.0", tenants=(), queued_by="alice", approved_by="bob (ui)"
     )
-    run(capsys, "approve", "v1.5.0", "--by", "bob")
+    run(capsys, "approve", "v1.5.0", "--by", "bob", "--sha256", SHA)
     waiting = "waiting for maintenance window Sun 02:00-05:00 Europe/Berlin, opens 2027-03-07T01:00:00+00:00"
     ledger.record(
         dynamodb,
@@ -134,7 +191,7 @@ def test_status_shows_queue_gate_and_tenants_still_waiting_with_the_reason(boots
     code, out, _ = run(capsys, "status", "v1.5.0")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "v1.5.0: version 1.5.0 to group prod (gated)"
+    assert lines[0] == "v1.5.0: version 1.5.0 to group prod (gated by acme, globex, umbrella)"
     assert lines[1].startswith("queue: v1.5.0 is queued (queued by alice at ")
     assert lines[2] == "release gate: approved by bob via dynamodb"
     (acme,) = [line for line in lines if line.startswith("acme")]

@@ -283,6 +283,18 @@ def test_group_tag_targets_that_group() -> None:
     assert (plan.group, plan.tenant_names, plan.gated) == ("qa", ["initech"], False)
 
 
+def test_a_tenant_in_a_gated_group_is_gated_whatever_tag_or_tenant_list_reaches_it() -> None:
+    shipped = load_fleet(Path(__file__).resolve().parents[2] / "config" / "tenants.yaml")  # the fleet the README shows
+    canary = plan_release(shipped, parse_release_tag("v-1.4.0-canary"))
+    assert (canary.group, canary.tenant_names, canary.gated_tenants, canary.gated) == ("canary", ["acme"], ("acme",), True)
+    early = plan_release(shipped, parse_release_tag("v-1.4.0-early"), only_tenants=["globex"])
+    assert (early.gated_tenants, early.gated) == (("globex",), True)
+    qa = plan_release(shipped, parse_release_tag("v-1.4.0-qa"))
+    assert (qa.tenant_names, qa.gated_tenants) == (["initech", "stark"], ("stark",))
+    assert not plan_release(shipped, parse_release_tag("v-1.4.0-qa"), only_tenants=["initech"]).gated
+    assert not plan_release(shipped, parse_release_tag("v-1.4.0-regulated")).gated
+
+
 def test_named_tenants_narrow_the_group() -> None:
     plan = plan_release(parse_fleet(FLEET), parse_release_tag("v1.4.0"), only_tenants=["globex"])
     assert plan.tenant_names == ["globex"]

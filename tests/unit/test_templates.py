@@ -201,6 +201,7 @@ def test_orchestrator_role_reaches_only_deploy_roles_its_own_data_and_release_co
             {"Fn::GetAtt": ["ArtifactBucket", "Arn"]},
             tenant_copies,
             {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TenantBucketPrefix}*"},
+            {"Fn::Sub": "${ArtifactBucket.Arn}/approvals/*"},  # read only: see the approvals test below
         )
         if statement["Resource"] == tenant_copies:
             assert set(statement["Action"]) == {"s3:PutObject", "s3:GetObject"}  # no delete, no listing of other keys
@@ -209,8 +210,17 @@ def test_orchestrator_role_reaches_only_deploy_roles_its_own_data_and_release_co
     # Another account's key is usable only if its key policy names this role, and here only through S3.
     assert set(tenant_keys["Action"]) == {"kms:GenerateDataKey", "kms:Encrypt"}
     assert tenant_keys["Condition"] == {"StringLike": {"kms:ViaService": {"Fn::Sub": "s3.*.${AWS::URLSuffix}"}}}
-    (dynamodb,) = _statements_with_action(statements, "dynamodb:")
+    dynamodb = _by_sid(statements, "RecordDeploymentsAndQueue")
     assert "dynamodb:DeleteItem" not in dynamodb["Action"]
+    # The attempts behind the history are append-only: added and read, never changed or deleted.
+    attempts = _by_sid(statements, "AppendAttempts")
+    assert set(attempts["Action"]) == {"dynamodb:PutItem", "dynamodb:Query"}
+    assert attempts["Resource"] == {"Fn::GetAtt": ["AttemptsTable", "Arn"]}
+    assert [s["Sid"] for s in _statements_with_action(statements, "dynamodb:")] == [
+        "RecordDeploymentsAndQueue",
+        "AppendAttempts",
+        "ReadApprovalRecords",
+    ]
     assert {"Fn::Sub": "${HistoryTable.Arn}/index/by-run"} in dynamodb["Resource"]
     assert {"Fn::GetAtt": ["QueueTable", "Arn"]} in dynamodb["Resource"]
 
@@ -422,6 +432,60 @@ def test_execution_role_trusts_only_cloudformation() -> None:
     ]
 
 
+APPROVALS_TABLE = {"Fn::GetAtt": ["ApprovalsTable", "Arn"]}
+APPROVAL_OBJECTS = {"Fn::Sub": "${ArtifactBucket.Arn}/approvals/*"}
+WRITES = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem", "s3:PutObject"}
+
+
+def _grants(statements: list[dict[str, Any]], resource: Any) -> set[str]:
+    """The actions the statements allow on `resource` (named exactly, or in a list)."""
+    return {
+        action
+        for s in statements
+        if s["Effect"] == "Allow" and resource in _listed(s["Resource"])
+        for action in _listed(s["Action"])
+    }
+
+
+def test_the_orchestrator_reads_approval_records_but_cannot_write_one() -> None:
+    # moto has no simulate_principal_policy: the rendered policy's statements are what IAM would evaluate.
+    statements = _role_statements(TOOLING_TEMPLATE, "OrchestratorRole")
+    assert _grants(statements, APPROVALS_TABLE) == {"dynamodb:GetItem"}
+    assert _grants(statements, APPROVAL_OBJECTS) == {"s3:GetObject"}
+    # No other statement reaches the approvals table or prefix through a wider resource.
+    for statement in statements:
+        for resource in _listed(statement["Resource"]):
+            text = json.dumps(resource)
+            assert "ApprovalsTable" not in text or resource == APPROVALS_TABLE
+            assert not (WRITES & set(_listed(statement["Action"])) and ("approvals" in text or text.endswith('Arn/*"}')))
+    # A missing approval object must answer 404 (no record), not 403: listing covers the approvals prefix.
+    listing = _by_sid(statements, "ListReleaseArtifacts")
+    assert "approvals/*" in listing["Condition"]["StringLike"]["s3:prefix"]
+
+
+def test_only_the_approver_role_writes_approvals_and_only_for_an_explicit_principal() -> None:
+    template = _template(TOOLING_TEMPLATE)
+    role = template["Resources"]["ApproverRole"]
+    assert role["Condition"] == "HasApproverPrincipal"
+    assert template["Conditions"]["HasApproverPrincipal"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ApproverTrustedPrincipalArn"}, ""]}]
+    }
+    assert template["Parameters"]["ApproverTrustedPrincipalArn"]["Default"] == ""
+    (trust,) = _statements(role["Properties"]["AssumeRolePolicyDocument"])
+    assert trust["Principal"] == {"AWS": {"Ref": "ApproverTrustedPrincipalArn"}}  # never the account root
+    statements = _role_statements(TOOLING_TEMPLATE, "ApproverRole")
+    assert _grants(statements, APPROVALS_TABLE) == {"dynamodb:GetItem", "dynamodb:PutItem"}
+    assert _grants(statements, APPROVAL_OBJECTS) == {"s3:PutObject"}
+    writes = {a for s in statements for a in _listed(s["Action"]) if a in WRITES}
+    assert writes == {"dynamodb:PutItem", "s3:PutObject"}
+    # Besides its records, it reads build manifests (the sha256 it approves) and nothing else: no sts, no deploy.
+    others = [
+        s for s in statements if APPROVALS_TABLE not in _listed(s["Resource"]) and APPROVAL_OBJECTS not in _listed(s["Resource"])
+    ]
+    assert {a for s in others for a in _listed(s["Action"])} == {"s3:GetObject", "kms:Decrypt", "kms:GenerateDataKey"}
+    assert not _statements_with_action(statements, "sts:") and not _statements_with_action(statements, "cloudformation:")
+
+
 def test_orchestrator_role_trusts_the_given_principal_or_its_own_account() -> None:
     trust = _template(TOOLING_TEMPLATE)["Resources"]["OrchestratorRole"]["Properties"]["AssumeRolePolicyDocument"]
     (statement,) = _statements(trust)
@@ -545,6 +609,34 @@ def _key_policy_sids(session: boto3.Session, key_arn: str) -> set[str]:
     # Unpatched moto keeps a CloudFormation key policy as an object; it also keeps AWS::NoValue as null.
     policy = raw if isinstance(raw, dict) else json.loads(raw)
     return {s["Sid"] for s in policy["Statement"] if s}
+
+
+def test_the_approver_role_exists_only_when_a_principal_is_named(aws: boto3.Session) -> None:
+    outputs = _create_stack(aws, "without-approver", TOOLING_TEMPLATE, {"ArtifactBucketName": "tooling-artifacts"})
+    assert "ApproverRoleArn" not in outputs
+    roles = [r["RoleName"] for r in aws.client("iam").list_roles()["Roles"]]
+    assert "tenant-release-approver" not in roles and "tenant-release-orchestrator" in roles
+    principal = "arn:aws:iam::123456789012:role/change-management"
+    outputs = _create_stack(
+        aws,
+        "with-approver",
+        TOOLING_TEMPLATE,
+        {
+            "ArtifactBucketName": "tooling-artifacts-2",
+            "ApproverTrustedPrincipalArn": principal,
+            "HistoryTableName": "h2",
+            "ApprovalsTableName": "a2",
+            "QueueTableName": "q2",
+            "AttemptsTableName": "t2",
+            "OrchestratorRoleName": "o2",
+            "KmsKeyAlias": "alias/k2",
+        },
+    )
+    assert outputs["ApproverRoleArn"].endswith(":role/tenant-release-approver")
+    role = aws.client("iam").get_role(RoleName="tenant-release-approver")["Role"]
+    trust = role["AssumeRolePolicyDocument"]
+    trust = trust if isinstance(trust, dict) else json.loads(trust)
+    assert [s["Principal"] for s in trust["Statement"]] == [{"AWS": principal}]
 
 
 def test_tooling_stack_creates_in_moto(aws: boto3.Session) -> None:

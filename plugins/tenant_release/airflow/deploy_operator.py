@@ -19,11 +19,11 @@ from airflow.triggers.base import StartTriggerArgs
 
 from tenant_release.airflow import runtime
 from tenant_release.airflow.failures import as_task_failure
-from tenant_release.airflow.gate import approval_from_event, remember_ui_answer, request_approval
-from tenant_release.airflow.triggers import FleetTenantStartTrigger, TenantDeployTrigger, WindowOpenTrigger
+from tenant_release.airflow.gate import approval_from_event, request_approval
+from tenant_release.airflow.triggers import FleetTenantStartTrigger, TenantDeployTrigger, WindowOpenTrigger, report_problems
 from tenant_release.aws import ledger
 from tenant_release.deploy import TargetDeployment, failure_reason, utc_now
-from tenant_release.models import ApprovalPolicy, DeployProgress, Outcome, OutsideWindowPolicy
+from tenant_release.models import ApprovalDecision, ApprovalPolicy, DeployProgress, Outcome, OutsideWindowPolicy
 from tenant_release.windows import MaintenanceWindow
 
 
@@ -52,6 +52,8 @@ class TenantDeployOperator(BaseOperator):
         stack_timeout: timedelta = timedelta(hours=2),
         record_history: bool = True,
         smoke_test: bool = False,
+        run_started_at: str | None = None,
+        triggered_by: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,6 +69,9 @@ class TenantDeployOperator(BaseOperator):
         self.stack_timeout = stack_timeout
         self.record_history = record_history
         self.smoke_test = smoke_test
+        # From the plan: orders this run's history writes against other runs' (see aws.ledger), and says who.
+        self.run_started_at = run_started_at
+        self.triggered_by = triggered_by
 
     # --- entry points -----------------------------------------------------------------------------------------
 
@@ -81,17 +86,11 @@ class TenantDeployOperator(BaseOperator):
         progress = DeployProgress.model_validate(event.get("progress") or {"started_at": utc_now()})
         if "error" in event:
             self._fail(self._deployment(context), progress, AirflowException(event["error"]))
-        decision = approval_from_event(event)
+        # A UI answer is kept in `progress`, so in the tenant's history item (the orchestrator writes no
+        # approval record); a retry of this run finds it there (`_earlier_approval`).
+        decision = approval_from_event(event, sha256=str(self.artifact.get("sha256") or "") or None)
         if decision is not None:
             progress.approval = decision
-            if decision.source == "ui":
-                remember_ui_answer(
-                    config_path=self.config_path,
-                    tenant=self.tenant,
-                    release_tag=self.release_tag,
-                    decision=decision,
-                    note="answered in Airflow",
-                )
         if "window_opened" in event:
             progress.window_waits += 1
         return self._pass_gates(context, progress)
@@ -122,6 +121,9 @@ class TenantDeployOperator(BaseOperator):
                 run_id=context["run_id"],
                 artifact=self.artifact,
                 record_history=self.record_history,
+                run_started_at=self.run_started_at,
+                triggered_by=self.triggered_by,
+                try_number=_try_number(context),
             )
         except Exception as exc:
             self.log.error("%s FAILED: %s", self.tenant, failure_reason(exc))
@@ -132,7 +134,9 @@ class TenantDeployOperator(BaseOperator):
         target = deployment.target
         if target.approval == ApprovalPolicy.REQUIRED:
             if progress.approval is None:
-                decision = self._guarded(deployment, progress, self._recorded_decision, deployment)
+                decision = self._guarded(deployment, progress, self._earlier_approval, deployment)
+                if decision is None:
+                    decision = self._guarded(deployment, progress, self._recorded_decision, deployment)
                 if decision is None:
                     self._waiting(deployment, progress, "waiting for the tenant's approval")
                     request_approval(
@@ -140,6 +144,7 @@ class TenantDeployOperator(BaseOperator):
                         context,
                         tenant=target.name,
                         release_tag=self.release_tag,
+                        sha256=deployment.run.artifact.sha256,
                         config_path=self.config_path,
                         subject=f"Deploy {self.release_tag} to tenant {target.name}?",
                         body=(
@@ -174,6 +179,9 @@ class TenantDeployOperator(BaseOperator):
                 deadline=(datetime.now(UTC) + self.stack_timeout).isoformat(),
                 record_history=self.record_history,
                 smoke_test=self.smoke_test,
+                run_started_at=self.run_started_at,
+                triggered_by=self.triggered_by,
+                try_number=_try_number(context),
                 # dev's result feeds the release gate through XCom: it comes back to a worker to return it
                 # (one task instance); a tenant ends in the triggerer.
                 end_in_triggerer=self.record_history,
@@ -195,8 +203,26 @@ class TenantDeployOperator(BaseOperator):
             raise AirflowFailException(f"the deploy of {self.tenant} reported success but recorded no outcome")
         return found.to_xcom()
 
-    def _recorded_decision(self, deployment: TargetDeployment) -> Any:
-        return runtime.recorded_decision(deployment.run.tooling, tenant=deployment.target.name, release=self.release_tag)
+    def _recorded_decision(self, deployment: TargetDeployment) -> ApprovalDecision | None:
+        """A record that decides (a rejection, or an approval of this run's artifact); says why others do not."""
+        found = runtime.recorded_decision(
+            deployment.run.tooling, tenant=deployment.target.name, release=self.release_tag, sha256=deployment.run.artifact.sha256
+        )
+        report_problems(self.log, found.problems)
+        return found.decision
+
+    def _earlier_approval(self, deployment: TargetDeployment) -> ApprovalDecision | None:
+        """An approval an earlier attempt of this same run got for this same artifact (kept in the history item).
+
+        A retry (or a cleared task) of the run is not asked again; another run, or another build, is.
+        """
+        earlier = deployment.earlier_attempt()
+        sha256 = deployment.run.artifact.sha256
+        approval = earlier.approval if earlier is not None else None
+        if approval is None or not approval.approved or earlier.sha256 != sha256 or approval.sha256 != sha256:
+            return None
+        self.log.info("%s: %s in an earlier attempt of this run; not asking again", self.tenant, approval.describe())
+        return approval
 
     def _wait_for_window(self, deployment: TargetDeployment, progress: DeployProgress, window: MaintenanceWindow) -> None:
         now = runtime.utcnow()
@@ -244,6 +270,11 @@ class TenantDeployOperator(BaseOperator):
         except Exception as history_exc:  # the deploy's own error is the one to report
             self.log.warning("could not record the failure in the history table: %s", failure_reason(history_exc))
         raise as_task_failure(exc) from None
+
+
+def _try_number(context: Context) -> int | None:
+    ti = context.get("ti")
+    return getattr(ti, "try_number", None)
 
 
 class FleetTenantDeployOperator(TenantDeployOperator):

@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from tenant_release.airflow import runtime
-from tenant_release.airflow.triggers import ApprovalRecordTrigger
+from tenant_release.airflow.triggers import ApprovalRecordTrigger, report_problems, ui_identity
 from tenant_release.aws.approvals import RELEASE_WIDE
 from tenant_release.models import ApprovalDecision, DeployProgress, RunPlan
 
@@ -23,13 +23,18 @@ def request_approval(
     *,
     tenant: str,
     release_tag: str,
+    sha256: str | None,
     config_path: str | None,
     subject: str,
     body: str,
     timeout_hours: float,
     progress: DeployProgress | None,
 ) -> NoReturn:
-    """Open an approval request in Airflow's UI (a HITL detail) and wait, deferred, for it or for a record."""
+    """Open an approval request in Airflow's UI (a HITL detail) and wait, deferred, for it or for a record.
+
+    A record answers only if it approves `sha256`, the artifact this run deploys (None: nothing is built yet,
+    the queue DAG's gate).
+    """
     from airflow.sdk.execution_time.hitl import upsert_hitl_detail
 
     ti_id = context["task_instance"].id
@@ -42,6 +47,7 @@ def request_approval(
         trigger=ApprovalRecordTrigger(
             tenant=tenant,
             release_tag=release_tag,
+            sha256=sha256,
             config_path=config_path,
             ti_id=str(ti_id),
             deadline=deadline.isoformat(),
@@ -53,8 +59,11 @@ def request_approval(
     raise AssertionError("defer() returns only by raising")  # pragma: no cover
 
 
-def approval_from_event(event: dict[str, Any]) -> ApprovalDecision | None:
-    """Both shapes of an answer: our trigger's, and Airflow's own when someone answers in the UI/REST."""
+def approval_from_event(event: dict[str, Any], *, sha256: str | None) -> ApprovalDecision | None:
+    """Both shapes of an answer: our trigger's, and Airflow's own when someone answers in the UI/REST.
+
+    A UI answer was given to a request that showed this run's artifact, so it approves `sha256`.
+    """
     if "approval" in event:
         return ApprovalDecision.model_validate(event["approval"])
     if "chosen_options" in event:
@@ -64,38 +73,24 @@ def approval_from_event(event: dict[str, Any]) -> ApprovalDecision | None:
             approved=APPROVE in event["chosen_options"] and not timed_out,
             decided_by=user.get("name") or user.get("id") or "nobody",
             source="timeout" if timed_out else "ui",
+            sha256=None if timed_out else sha256,
+            identity=None if timed_out else ui_identity(user),
         )
     return None
-
-
-def remember_ui_answer(*, config_path: str | None, tenant: str, release_tag: str, decision: ApprovalDecision, note: str) -> None:
-    """Keep a UI answer as an approval record too: the audit trail, and a retry or re-run is not asked again."""
-    from tenant_release.aws.approvals import put_decision
-
-    tooling = runtime.cached_fleet(config_path).fleet.tooling
-    put_decision(
-        runtime.shared_sessions().tooling_client("dynamodb", tooling.region),
-        tooling.approvals_table,
-        tenant=tenant,
-        release=release_tag,
-        approved=decision.approved,
-        decided_by=decision.decided_by,
-        note=note,
-    )
 
 
 class ReleaseGateOperator(ApprovalOperator):
     """The production gate: after dev, before any tenant, a person approves or rejects the release.
 
-    Shows the release, the artifact's hash, the dev result and the exact tenant list. Releases to a
-    group that the fleet file does not list in `gated_groups` pass straight on. An answer can come from
-    the UI, the REST API, or a release-wide approval record (`tenant-release approve TAG`). Reject (or no
-    answer within `approval_timeout_hours`) fails the gate, so no tenant is touched.
+    Shows the release, the artifact's hash, the dev result, the exact tenant list and which tenants make it
+    gated. A run is gated when any selected tenant belongs to a group in `gated_groups`, whatever tag or
+    tenant list reached it; otherwise it passes straight on. An answer can come from the UI, the REST API,
+    or a release-wide approval record (`tenant-release approve TAG`) that names this run's artifact sha256.
+    Reject (or no answer within `approval_timeout_hours`) fails the gate, so no tenant is touched.
     """
 
     # What a rejection means for this run (a subclass gating something other than a deploy says its own).
     rejected_consequence = "no tenant was touched"
-    approval_context = "before deploying"
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("subject", "Release gate")
@@ -105,16 +100,26 @@ class ReleaseGateOperator(ApprovalOperator):
     def read_plan(self, ti: Any) -> RunPlan:
         return RunPlan.model_validate(ti.xcom_pull(task_ids="plan"))
 
+    def artifact_sha256(self, ti: Any) -> str | None:
+        """The artifact an approval must name: the build's."""
+        sha = (ti.xcom_pull(task_ids="build") or {}).get("sha256")
+        if not sha:
+            raise AirflowFailException("the build reported no artifact sha256, so no approval can be matched to it")
+        return str(sha)
+
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
         plan = self.read_plan(ti)
         if not plan.gated:
-            self.log.info("group %s is not gated; going on without approval", plan.group)
+            self.log.info("no selected tenant belongs to a gated group; going on without approval")
             return {"gated": False}
+        self.log.info("gated because these tenants belong to a gated group: %s", ", ".join(plan.gated_tenants))
         fleet = runtime.cached_fleet(plan.config_path).fleet
-        recorded = runtime.recorded_decision(fleet.tooling, tenant=RELEASE_WIDE, release=plan.release_tag)
-        if recorded is not None:  # decided ahead, e.g. when the release was queued for a window
-            return self.resume(context, {"approval": recorded.model_dump(mode="json")})
+        sha256 = self.artifact_sha256(ti)
+        found = runtime.recorded_decision(fleet.tooling, tenant=RELEASE_WIDE, release=plan.release_tag, sha256=sha256)
+        report_problems(self.log, found.problems)
+        if found.decision is not None:  # decided ahead, e.g. when the release was queued for a window
+            return self.resume(context, {"approval": found.decision.model_dump(mode="json")})
         subject, body = self.describe_request(ti, plan)
         self.subject, self.body = subject, body
         request_approval(
@@ -122,6 +127,7 @@ class ReleaseGateOperator(ApprovalOperator):
             context,
             tenant=RELEASE_WIDE,
             release_tag=plan.release_tag,
+            sha256=sha256,
             config_path=plan.config_path,
             subject=subject,
             body=body,
@@ -149,24 +155,25 @@ class ReleaseGateOperator(ApprovalOperator):
         )
         if unchanged:
             body += f"\n**Already at this release, not touched** ({len(unchanged)}): {', '.join(unchanged)}\n"
+        body += f"\n**Gated** because these tenants belong to a gated group: {', '.join(plan.gated_tenants)}\n"
         return subject, body
 
     def resume(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         if "error" in event:
             raise AirflowException(f"waiting for the release gate failed: {event['error']}")
-        decision = approval_from_event(event)
+        decision = approval_from_event(event, sha256=self.artifact_sha256(context["ti"]))
         if decision is None:
             raise AirflowFailException(f"the release gate got an answer it does not understand: {event}")
         if not decision.approved:
             raise AirflowFailException(f"release {decision.describe()}; {self.rejected_consequence}")
-        self.log.info("release %s", decision.describe())
-        if decision.source == "ui":
-            plan = self.read_plan(context["ti"])
-            remember_ui_answer(
-                config_path=plan.config_path,
-                tenant=RELEASE_WIDE,
-                release_tag=plan.release_tag,
-                decision=decision,
-                note=f"approved in Airflow {self.approval_context} (run {context['run_id']})",
-            )
-        return {"gated": True, "approved_by": decision.decided_by, "source": decision.source, "note": decision.note}
+        self.log.info("release %s (identity %s, artifact %s)", decision.describe(), decision.identity, decision.sha256)
+        # The run keeps the answer (this XCom; the summary writes it on each tenant's history item). The
+        # orchestrator cannot write approval records: the identity that deploys does not approve.
+        return {
+            "gated": True,
+            "approved_by": decision.decided_by,
+            "source": decision.source,
+            "note": decision.note,
+            "identity": decision.identity,
+            "sha256": decision.sha256,
+        }

@@ -2,8 +2,8 @@
 
 `tenant_release_queue` validates a tag like the release DAG's plan does, asks for the release gate now and
 queues the tag; `tenant_release_scheduled` (on `ReleaseWindowTimetable`) takes the oldest queued release at a
-window and triggers `tenant_release` for it. The release-wide approval record (tenant `*`) written or kept at
-queue time is what lets the triggered run's gate pass at once.
+window and triggers `tenant_release` for it. The triggered run's gate passes at once only if a release-wide
+approval record (tenant `*`) approves the artifact it built; otherwise it asks.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tenant_release.airflow.gate import ReleaseGateOperator
 from tenant_release.airflow.steps import plan_fields
 from tenant_release.airflow.timetables import ReleaseWindowTimetable
 from tenant_release.aws import release_queue
+from tenant_release.build import check_template_locally
 from tenant_release.config import LoadedFleet, config_path, load_fleet
 from tenant_release.errors import FleetConfigError, TenantReleaseError
 from tenant_release.models import QueuedPlan, ReleaseSchedule, ToolingAccount
@@ -83,6 +84,10 @@ def plan_queued(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
         release = parse_release_tag(params["release_tag"])
         narrowed = bool(params.get("tenants"))
         selected = plan_release(loaded, release, only_tenants=params.get("tenants") or None)
+        targets = [loaded.target(loaded.fleet.dev.name), *selected.targets]
+        check_template_locally(
+            loaded.fleet.application, loaded.path, targets, version=release.version, release=release
+        )  # before AWS
         tooling = loaded.fleet.tooling
         release_queue.check_can_enqueue(_queue_client(tooling), tooling.queue_table, release.tag)
     except TenantReleaseError as exc:
@@ -116,14 +121,17 @@ def plan_queued(params: dict[str, Any], *, now: datetime) -> dict[str, Any]:
 class QueuedReleaseGateOperator(ReleaseGateOperator):
     """The release gate, asked when a release is queued rather than when it ships.
 
-    Same semantics as `ReleaseGateOperator` (ungated groups pass, an existing release-wide record decides at
-    once, Reject or timeout fails). An approval given in Airflow is also written as the release-wide approval
-    record (tenant `*`), so the scheduled `tenant_release` run's gate finds it and passes without asking again.
-    Nothing has been built yet, so the request shows the plan and the window, not an artifact or a dev result.
+    Same semantics as `ReleaseGateOperator` (ungated runs pass, an existing release-wide record decides at
+    once, Reject or timeout fails). Nothing has been built yet, so the request shows the plan and the window,
+    not an artifact or a dev result, and a release-wide approval of any artifact answers it. The run that ships
+    asks again at its own gate unless a release-wide record approves the artifact it built (the orchestrator
+    cannot write approval records, so an answer given here in Airflow is kept only in the queue entry).
     """
 
     rejected_consequence = "nothing was queued"
-    approval_context = "when queued"
+
+    def artifact_sha256(self, ti: Any) -> str | None:
+        return None  # nothing built yet: the shipping run's gate checks the hash
 
     def read_plan(self, ti: Any) -> QueuedPlan:
         return QueuedPlan.model_validate(ti.xcom_pull(task_ids="plan"))

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tenant_release.aws.approvals import find_decision
+from tenant_release.aws.approvals import Lookup, find_decision
 from tenant_release.aws.session import AwsSessions
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.errors import FleetConfigError
-from tenant_release.models import Application, ApprovalDecision, Target, ToolingAccount
+from tenant_release.models import Application, Target, ToolingAccount
 
 if TYPE_CHECKING:
     from tenant_release.deploy import TargetDeployment
@@ -88,8 +88,11 @@ def use_session_factory(factory: Callable[[], AwsSessions]) -> Callable[[], AwsS
     return previous
 
 
-def recorded_decision(tooling: ToolingAccount, *, tenant: str, release: str) -> ApprovalDecision | None:
-    """An approval record for this tenant (or `*`: the release gate) and release, from DynamoDB or S3."""
+def recorded_decision(tooling: ToolingAccount, *, tenant: str, release: str, sha256: str | None) -> Lookup:
+    """The approval records for this tenant (or `*`: the release gate) and release, from DynamoDB or S3.
+
+    An approval answers only if it names `sha256` (see `tenant_release.aws.approvals.find_decision`).
+    """
     sessions = aws_sessions()
     return find_decision(
         sessions.tooling_client("dynamodb", tooling.region),
@@ -98,6 +101,7 @@ def recorded_decision(tooling: ToolingAccount, *, tenant: str, release: str) -> 
         bucket=tooling.artifact_bucket,
         tenant=tenant,
         release=release,
+        sha256=sha256,
     )
 
 
@@ -128,6 +132,9 @@ def planned_deployment(
     run_id: str,
     artifact: dict[str, Any],
     record_history: bool,
+    run_started_at: str | None = None,
+    triggered_by: str | None = None,
+    try_number: int | None = None,
 ) -> TargetDeployment:
     """One target's deploy in one run, as the worker and the triggerer both rebuild it from names (never secrets)."""
     from tenant_release.deploy import ReleaseRun, TargetDeployment
@@ -141,5 +148,9 @@ def planned_deployment(
         artifact=Artifact.model_validate(artifact),
         tooling=loaded.fleet.tooling,
         application=loaded.fleet.application,
+        started_at=run_started_at,
+        triggered_by=triggered_by,
     )
-    return TargetDeployment(sessions=shared_sessions(), run=run, target=target, record_history=record_history)
+    return TargetDeployment(
+        sessions=shared_sessions(), run=run, target=target, record_history=record_history, try_number=try_number
+    )

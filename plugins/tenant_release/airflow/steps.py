@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -12,11 +13,11 @@ from tenant_release import report
 from tenant_release.airflow import runtime
 from tenant_release.airflow.failures import as_task_failure
 from tenant_release.aws import ledger
-from tenant_release.build import build_release
+from tenant_release.build import build_release, check_template_locally
 from tenant_release.changes import find_changes, record_unchanged
 from tenant_release.config import LoadedFleet, load_fleet
-from tenant_release.deploy import ReleaseRun, utc_now
-from tenant_release.errors import TenantReleaseError
+from tenant_release.deploy import ReleaseRun, precise_now, record_results, run_identity, utc_now
+from tenant_release.errors import FleetConfigError, TenantReleaseError
 from tenant_release.models import (
     Application,
     ApprovalPolicy,
@@ -36,15 +37,20 @@ from tenant_release.windows import ReleaseCalendar
 log = logging.getLogger(__name__)
 
 
-def plan(params: dict[str, Any], *, now: datetime, max_map_length: int) -> dict[str, Any]:
+def plan(params: dict[str, Any], *, now: datetime, max_map_length: int, triggered_by: str | None = None) -> dict[str, Any]:
     """Read the fleet file (now, not at parse time) and fix the run's targets; fail before any deploy."""
     try:
         loaded = load_fleet()
         release = parse_release_tag(params["release_tag"])
         selected = plan_release(loaded, release, only_tenants=params.get("tenants") or None)
         dev = loaded.target(loaded.fleet.dev.name)
+        # Parameters the template would refuse fail the run here, for every tenant at once, not tenant by tenant later.
+        checked = check_template_locally(
+            loaded.fleet.application, loaded.path, [dev, *selected.targets], version=release.version, release=release
+        )
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
+    log.info("template parameters: %s", checked)
     if len(selected.targets) > max_map_length:
         raise AirflowFailException(
             f"{release.tag} targets {len(selected.targets)} tenants, more than Airflow maps in one task "
@@ -75,6 +81,8 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int) -> dict[
         dev=planned_target(dev, loaded.fleet.application),
         freeze_override=freeze_note,
         rebuild=bool(params.get("rebuild")),
+        planned_at=precise_now(),
+        triggered_by=triggered_by,
     ).model_dump(mode="json")
 
 
@@ -93,6 +101,7 @@ def plan_fields(loaded: LoadedFleet, release: Release, selected: ReleasePlan) ->
         "version": release.version,
         "group": selected.group,
         "gated": selected.gated,
+        "gated_tenants": selected.gated_tenants,
         "config_path": str(loaded.path),
         "tenants": tuple(selected.tenant_names),
     }
@@ -117,7 +126,9 @@ def build(plan_: dict[str, Any]) -> dict[str, Any]:
     return artifact.model_dump(mode="json")
 
 
-def fleet_changes(plan_: dict[str, Any], artifact: dict[str, Any], run_id: str) -> dict[str, Any]:
+def fleet_changes(
+    plan_: dict[str, Any], artifact: dict[str, Any], run_id: str, *, try_number: int | None = None
+) -> dict[str, Any]:
     """Record the tenants already at this release UNCHANGED; return the ones the mapped deploy task deploys."""
     plan = RunPlan.model_validate(plan_)
     try:
@@ -132,10 +143,12 @@ def fleet_changes(plan_: dict[str, Any], artifact: dict[str, Any], run_id: str) 
             artifact=Artifact.model_validate(artifact),
             tooling=loaded.fleet.tooling,
             application=loaded.fleet.application,
+            started_at=plan.planned_at,
+            triggered_by=plan.triggered_by,
         )
         sessions = runtime.aws_sessions()
         concurrency = int(runtime.setting("fleet_changes_concurrency", 16))
-        changes, unchanged = find_changes(sessions, run, planned, concurrency=concurrency)
+        changes, unchanged = find_changes(sessions, run, planned, concurrency=concurrency, try_number=try_number)
         record_unchanged(sessions, run, unchanged)
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
@@ -153,9 +166,11 @@ def deploy_kwargs(
     changes_: dict[str, Any], plan_: dict[str, Any], artifact: dict[str, Any], *, targets_id: str
 ) -> list[dict[str, Any]]:
     plan = RunPlan.model_validate(plan_)
-    return FleetChanges.model_validate(changes_).deploy_kwargs(
+    entries = FleetChanges.model_validate(changes_).deploy_kwargs(
         release_tag=plan.release_tag, config_path=plan.config_path, artifact=artifact, targets_id=targets_id
     )
+    # Each tenant's history writes carry the run's planned time and who triggered it (see aws.ledger).
+    return [{**entry, "run_started_at": plan.planned_at, "triggered_by": plan.triggered_by} for entry in entries]
 
 
 def summarize(
@@ -164,25 +179,57 @@ def summarize(
     dev_result: dict[str, Any] | None,
     gate: dict[str, Any] | None,
     run_id: str,
+    *,
+    try_number: int | None = None,
 ) -> dict[str, Any]:
-    """Collect every planned tenant's outcome from the history, fill in those that never reported, print the table."""
+    """Collect every planned tenant's outcome from the history, fill in those that never reported, print the table.
+
+    Safe to run again (a cleared summary) and late (after a newer run): every write is conditional, so this run's
+    view never replaces a newer outcome, and what this run reports is its own outcome, from its attempts if a
+    newer run's result is the latest. A tenant removed from the fleet file since the plan is reported with what
+    the history knows.
+    """
     plan = RunPlan.model_validate(plan_)
     loaded = load_fleet(plan.config_path)
     tooling = loaded.fleet.tooling
-    dynamodb = runtime.aws_sessions().tooling_client("dynamodb", tooling.region)
+    sessions = runtime.aws_sessions()
+    dynamodb = sessions.tooling_client("dynamodb", tooling.region)
     recorded = ledger.get_many(dynamodb, tooling.history_table, tenants=plan.tenants, release=plan.release_tag)
+    stamp = {
+        "written_by": "summary",
+        "try_number": try_number,
+        "identity": run_identity(release_tag=plan.release_tag, run_id=run_id, triggered_by=plan.triggered_by),
+    }
+    started = precise_now()
     results: list[TenantResult] = []
     changed: list[TenantResult] = []
+    expected: dict[str, TenantResult] = {}
+    own = _own_outcomes(dynamodb, tooling.attempts_table, plan, run_id, recorded)
     for name in plan.tenants:
-        result = recorded.get(name)
+        result = own.get(name) or recorded.get(name)
+        target = _target_or_none(loaded, name)
         unreported = result is None or result.run_id != run_id or result.status == Outcome.IN_PROGRESS
         if unreported:
-            result = _unreported(loaded.target(name), plan, artifact, dev_result, gate, run_id, previous=result)
-        annotated = _annotate(result, plan, gate)
+            result = _unreported(name, target, plan, artifact, dev_result, gate, run_id, previous=result, started=started)
+        elif recorded.get(name) == result:  # this run's outcome is the latest item: only annotate it, if unchanged
+            expected[name] = result
+        annotated = _annotate(result, plan, gate, removed=_removed_note(loaded) if target is None else None)
         if unreported or annotated != result:
-            changed.append(annotated)
+            changed.append(annotated.model_copy(update=stamp))
         results.append(annotated)
-    ledger.record_many(dynamodb, tooling.history_table, changed)
+    refused = set(record_results(sessions, tooling, changed, expected=expected))
+    if refused:
+        log.info(
+            "%d tenant(s) have a newer outcome in the history than this summary's (kept; this run's is in the attempts): %s",
+            len(refused),
+            ", ".join(sorted(refused)),
+        )
+        newer = ledger.get_many(dynamodb, tooling.history_table, tenants=refused, release=plan.release_tag)
+        for index, result in enumerate(results):
+            latest = newer.get(result.tenant)
+            if result.tenant in refused and latest is not None and latest.run_id == run_id:
+                # This run wrote while the summary ran (a tenant finished late): that is the run's true outcome.
+                results[index] = latest
     counts = report.count_by_status(results)
     log.info(
         "release %s summary (%s)\n%s\n%s",
@@ -201,6 +248,33 @@ def summarize(
             "after the tenant) hold the reason; clear the failed task instances to re-run only them."
         )
     return {"counts": counts, "tenants": {r.tenant: r.status.value for r in results}}
+
+
+def _own_outcomes(
+    dynamodb: Any, attempts_table: str, plan: RunPlan, run_id: str, recorded: dict[str, TenantResult]
+) -> dict[str, TenantResult]:
+    """This run's own latest outcome of each tenant whose latest item another run wrote (from the attempts)."""
+    names = [name for name, result in recorded.items() if result.run_id != run_id]
+    if not names:
+        return {}
+
+    def lookup(name: str) -> TenantResult | None:
+        return ledger.run_outcome(dynamodb, attempts_table, tenant=name, release=plan.release_tag, run_id=run_id)
+
+    with ThreadPoolExecutor(max_workers=min(ledger.WRITE_CONCURRENCY, len(names)), thread_name_prefix="attempts") as pool:
+        found = dict(zip(names, pool.map(lookup, names), strict=True))
+    return {name: result for name, result in found.items() if result is not None}
+
+
+def _target_or_none(loaded: LoadedFleet, name: str) -> Target | None:
+    try:
+        return loaded.target(name)
+    except FleetConfigError:  # removed from the fleet file after the plan: reported from the history
+        return None
+
+
+def _removed_note(loaded: LoadedFleet) -> str:
+    return f"removed from the fleet file {loaded.path} after this run was planned"
 
 
 def _stopped_before_tenants(
@@ -228,18 +302,23 @@ def _gate_line(plan: RunPlan, gate: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def _annotate(result: TenantResult, plan: RunPlan, gate: dict[str, Any] | None) -> TenantResult:
+def _annotate(result: TenantResult, plan: RunPlan, gate: dict[str, Any] | None, *, removed: str | None = None) -> TenantResult:
     """Record on each tenant's item whether its release was gated, who approved it, and any freeze override."""
     update: dict[str, Any] = {"gated": bool(plan.gated)}
     if gate and gate.get("gated") and not result.approved_by:
         update["approved_by"] = f"{gate['approved_by']} ({gate['source']}, release gate)"
-    if plan.freeze_override and plan.freeze_override not in (result.note or ""):
-        update["note"] = "; ".join(filter(None, [result.note, plan.freeze_override]))
+    notes = [result.note]
+    for extra in (plan.freeze_override, removed):
+        if extra and extra not in (result.note or "") and extra not in (result.reason or ""):
+            notes.append(extra)
+    if len(notes) > 1:
+        update["note"] = "; ".join(filter(None, notes))
     return result.model_copy(update=update)
 
 
 def _unreported(
-    target: Any,
+    name: str,
+    target: Target | None,
     plan: RunPlan,
     artifact: dict[str, Any] | None,
     dev_result: dict[str, Any] | None,
@@ -247,22 +326,26 @@ def _unreported(
     run_id: str,
     *,
     previous: TenantResult | None,
+    started: str,
 ) -> TenantResult:
     now = utc_now()
+    started_here = previous is not None and previous.run_id == run_id
     if artifact is None:
         status, reason = Outcome.SKIPPED, "not started: the build failed (see the build task's log)"
     elif dev_result is None:
         status, reason = Outcome.SKIPPED, "not started: the dev deploy or its smoke test failed (see the deploy_dev log)"
     elif gate is None:
         status, reason = Outcome.SKIPPED, "not started: the release gate was rejected or timed out (see approve_release)"
+    elif target is None and not started_here:
+        status, reason = Outcome.SKIPPED, "not deployed: removed from the fleet file after this run was planned"
     else:
         status, reason = Outcome.FAILED, "the tenant's task ended without reporting a result (worker lost?); see its log"
-    if previous is not None and previous.run_id == run_id:  # started, then lost: keep what it knew
+    if started_here:  # started, then lost: keep what it knew, as that attempt's outcome (its own late write wins)
         return previous.model_copy(update={"status": status, "reason": reason, "finished_at": now})
     return TenantResult(
-        tenant=target.name,
-        account_id=target.account_id,
-        region=target.region,
+        tenant=name,
+        account_id=target.account_id if target else previous.account_id if previous else "unknown",
+        region=target.region if target else previous.region if previous else "unknown",
         release=plan.release_tag,
         version=plan.version,
         status=status,
@@ -271,4 +354,6 @@ def _unreported(
         finished_at=now,
         sha256=(artifact or {}).get("sha256"),
         reason=reason,
+        run_started_at=plan.planned_at,
+        attempt_started_at=started,
     )

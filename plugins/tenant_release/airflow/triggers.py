@@ -78,6 +78,9 @@ class TenantDeployTrigger(_Serializable):
         "record_history",
         "smoke_test",
         "end_in_triggerer",
+        "run_started_at",
+        "triggered_by",
+        "try_number",
     )
 
     def __init__(
@@ -95,6 +98,9 @@ class TenantDeployTrigger(_Serializable):
         record_history: bool = True,
         smoke_test: bool = False,
         end_in_triggerer: bool = True,
+        run_started_at: str | None = None,
+        triggered_by: str | None = None,
+        try_number: int | None = None,
     ) -> None:
         super().__init__()
         self.tenant = tenant
@@ -109,6 +115,9 @@ class TenantDeployTrigger(_Serializable):
         self.record_history = record_history
         self.smoke_test = smoke_test
         self.end_in_triggerer = end_in_triggerer
+        self.run_started_at = run_started_at
+        self.triggered_by = triggered_by
+        self.try_number = try_number
 
     def _deployment(self) -> Any:
         return runtime.planned_deployment(
@@ -119,6 +128,9 @@ class TenantDeployTrigger(_Serializable):
             run_id=self.run_id,
             artifact=self.artifact,
             record_history=self.record_history,
+            run_started_at=self.run_started_at,
+            triggered_by=self.triggered_by,
+            try_number=self.try_number,
         )
 
     def _pause(self, first: bool) -> float:
@@ -293,26 +305,51 @@ class FleetTenantStartTrigger(_Serializable):
             progress=DeployProgress(started_at=utc_now()).model_dump(mode="json"),
             poll_interval=runtime.setting("stack_poll_seconds", 10.0),
             deadline=(datetime.now(UTC) + timedelta(seconds=self.stack_timeout_seconds)).isoformat(),
+            run_started_at=entry.get("run_started_at"),
+            triggered_by=entry.get("triggered_by"),
+            try_number=getattr(self.task_instance, "try_number", None),
         )
         async for event in deploy.run():
             yield event
+
+
+def ui_identity(user: Any) -> str | None:
+    """The Airflow user who answered, as Airflow authenticated them (id, and name when it differs)."""
+    if not user:
+        return None
+    get = user.get if isinstance(user, dict) else lambda name: getattr(user, name, None)
+    user_id, name = get("id"), get("name")
+    return f"airflow user {user_id}" + (f" ({name})" if name and str(name) != str(user_id) else "")
+
+
+def report_problems(log: Any, problems: tuple[str, ...], seen: set[str] | None = None) -> None:
+    """Log each approval record that could not be accepted, once per distinct record (`seen`)."""
+    for problem in problems:
+        if seen is None or problem not in seen:
+            log.error("approval record not accepted: %s", problem)
+            if seen is not None:
+                seen.add(problem)
 
 
 class ApprovalRecordTrigger(_Serializable):
     """Waits for a person's answer: in the Airflow UI/REST (the task's HITL detail) or as an approval record.
 
     Records are a DynamoDB item or an S3 object in the tooling account (see `tenant_release.aws.approvals`).
-    An answer in the UI resumes the task directly through Airflow; this trigger also notices it, so
-    either path works. No answer before `deadline` counts as a rejection by timeout.
+    A record approves only if it names `sha256`, the run's artifact (None: nothing built yet, the queue DAG's
+    gate); a rejection applies whatever it names. A record that does not answer (another artifact, malformed)
+    is logged as an ERROR once per distinct content and the wait goes on. An answer in the UI resumes the task
+    directly through Airflow; this trigger also notices it, so either path works. No answer before `deadline`
+    counts as a rejection by timeout.
     """
 
-    fields = ("tenant", "release_tag", "config_path", "ti_id", "deadline", "poll_interval", "progress")
+    fields = ("tenant", "release_tag", "sha256", "config_path", "ti_id", "deadline", "poll_interval", "progress")
 
     def __init__(
         self,
         *,
         tenant: str,
         release_tag: str,
+        sha256: str | None,
         config_path: str | None,
         ti_id: str | None,
         deadline: str,
@@ -322,6 +359,7 @@ class ApprovalRecordTrigger(_Serializable):
         super().__init__()
         self.tenant = tenant
         self.release_tag = release_tag
+        self.sha256 = sha256
         self.config_path = config_path
         self.ti_id = ti_id
         self.deadline = deadline
@@ -330,7 +368,7 @@ class ApprovalRecordTrigger(_Serializable):
 
     def _lookup(self) -> Any:
         tooling = runtime.cached_fleet(self.config_path).fleet.tooling
-        return runtime.recorded_decision(tooling, tenant=self.tenant, release=self.release_tag)
+        return runtime.recorded_decision(tooling, tenant=self.tenant, release=self.release_tag, sha256=self.sha256)
 
     async def _ui_answer(self, started: datetime) -> dict[str, Any] | None:
         """An answer given in the UI before this wait began, which Airflow could not hand to the task then.
@@ -357,7 +395,11 @@ class ApprovalRecordTrigger(_Serializable):
             return None  # answered while parked: Airflow resumed the task with this answer already
         user = response.responded_by_user
         decision = ApprovalDecision(
-            approved="Approve" in response.chosen_options, decided_by=(user.name if user else "timeout default"), source="ui"
+            approved="Approve" in response.chosen_options,
+            decided_by=(user.name if user else "timeout default"),
+            source="ui",
+            sha256=self.sha256,  # the request showed this run's artifact
+            identity=ui_identity(user),
         )
         return decision.model_dump(mode="json")
 
@@ -382,18 +424,22 @@ class ApprovalRecordTrigger(_Serializable):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline)
         started = datetime.now(UTC)
+        reported: set[str] = set()
         while True:
             # Wait first: the task checked the records just before deferring,
             # and an event within milliseconds of deferring races the scheduler's handling of the deferral.
             await asyncio.sleep(self.poll_interval)
             try:
-                decision = await in_thread(self._lookup)
+                found = await in_thread(self._lookup)
             except Exception as exc:
                 if not is_retriable(exc):
                     yield TriggerEvent({"error": describe(exc), "progress": self.progress})
                     return
                 self.log.warning("reading approval records: %s; trying again", describe(exc))
                 decision = None
+            else:
+                report_problems(self.log, found.problems, reported)
+                decision = found.decision
             if decision is not None:
                 await self._close_ui_request(decision.approved)
                 yield TriggerEvent({"approval": decision.model_dump(mode="json"), "progress": self.progress})

@@ -58,6 +58,7 @@ def bootstrap_fleet(
     tooling_principal_arn: str = "",
     sleep: Callable[[float], None] = time.sleep,
     concurrency: int = DEFAULT_CONCURRENCY,
+    approver_principal_arn: str = "",
 ) -> list[BootstrapResult]:
     fleet = loaded.fleet
     tooling = fleet.tooling
@@ -66,7 +67,7 @@ def bootstrap_fleet(
         sessions.tooling_client("cloudformation", tooling.region),
         TOOLING_STACK,
         TOOLING_TEMPLATE.read_text(encoding="utf-8"),
-        tooling_parameters(loaded, tooling_principal_arn=tooling_principal_arn),
+        tooling_parameters(loaded, tooling_principal_arn=tooling_principal_arn, approver_principal_arn=approver_principal_arn),
         account_id=tooling.account_id,
         region=tooling.region,
         sleep=sleep,
@@ -128,7 +129,9 @@ def tenant_template_text(loaded: LoadedFleet) -> str:
     return json.dumps(template, indent=1) + "\n"
 
 
-def tooling_parameters(loaded: LoadedFleet, *, tooling_principal_arn: str = "") -> dict[str, str]:
+def tooling_parameters(
+    loaded: LoadedFleet, *, tooling_principal_arn: str = "", approver_principal_arn: str = ""
+) -> dict[str, str]:
     """The tooling stack's parameters: none of them lists or grows with the tenants."""
     fleet = loaded.fleet
     tooling = fleet.tooling
@@ -145,6 +148,8 @@ def tooling_parameters(loaded: LoadedFleet, *, tooling_principal_arn: str = "") 
         ),
         "DeployRoleName": fleet.defaults.deploy_role_name,
         "ReleasePrefix": tooling.release_prefix,
+        "AttemptsTableName": tooling.attempts_table,
+        "ApproverTrustedPrincipalArn": approver_principal_arn,  # empty: no approver role
     }
 
 

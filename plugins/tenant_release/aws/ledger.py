@@ -1,19 +1,62 @@
-"""The deployment history in DynamoDB: one item per tenant and release."""
+"""The deployment history in DynamoDB: the latest result per tenant and release, and every attempt behind it.
+
+`history_table` holds one item per (tenant, release): the latest outcome. It is only ever written with a
+condition, so that an older write never replaces a newer one, whatever order the writes arrive in (the summary
+of an older run, a retried or cleared summary, a lost worker's late write). "Newer" is the `write_order` key:
+
+    <run started> | <run id> | <attempt started> | <phase>
+
+Runs are ordered by when they were planned; within one run, by when the attempt (a deploy try, the fleet-changes
+pass, the summary) started; within one attempt a final outcome comes after its IN_PROGRESS. So the summary of an
+older run never replaces a newer run's outcome, an earlier try's IN_PROGRESS never replaces a final outcome, and
+a cleared re-run of the same run (a new, later attempt) replaces its own run's earlier outcome.
+
+`attempts_table` is the audit trail: every written outcome is appended there (tenant; sort key: when it was
+recorded), whether or not it became the latest, with who wrote it, the run, the try and the reason.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
 
-from tenant_release.errors import RecoverableAwsError
-from tenant_release.models import TenantResult
+from tenant_release.errors import PermanentAwsError
+from tenant_release.models import Outcome, TenantResult
+
+log = logging.getLogger(__name__)
 
 RUN_INDEX = "by-run"
+ORDER = "write_order"  # ledger-only attribute of a history item: see the module docstring
+ATTEMPT_KEY = "recorded"  # the attempts table's sort key: "<recorded at>#<release>#<unique>"
+_LEDGER_ONLY = (ORDER, ATTEMPT_KEY, "latest")
+# Conditional puts cannot be batched: this many run at once (I/O-bound; boto3 clients are thread-safe).
+WRITE_CONCURRENCY = 16
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
+
+
+def _instant(value: str | None) -> str:
+    """An ISO time as a fixed-width UTC string, so that string order is time order ("" before any time)."""
+    if not value:
+        return ""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def write_order(result: TenantResult) -> str:
+    """The result's place in time among every write of its (tenant, release) item; larger is newer."""
+    phase = "0" if result.status == Outcome.IN_PROGRESS else "1"
+    attempt = _instant(result.attempt_started_at or result.started_at)
+    return f"{_instant(result.run_started_at)}|{result.run_id}|{attempt}|{phase}"
 
 
 def _to_item(result: TenantResult) -> dict[str, Any]:
@@ -22,26 +65,132 @@ def _to_item(result: TenantResult) -> dict[str, Any]:
 
 
 def _from_item(item: dict[str, Any]) -> TenantResult:
-    return TenantResult.model_validate({k: _deserializer.deserialize(v) for k, v in item.items()})
+    return TenantResult.model_validate({k: _deserializer.deserialize(v) for k, v in item.items() if k not in _LEDGER_ONLY})
 
 
-def record(dynamodb: Any, table: str, result: TenantResult) -> None:
-    """Write (or overwrite, on a re-run of the same release) the tenant's item."""
-    dynamodb.put_item(TableName=table, Item=_to_item(result))
+def attempt_key(result: TenantResult) -> str:
+    """A new attempt item's sort key. Made once per write, so a retried write does not add a second attempt."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{now}#{result.release}#{uuid.uuid4().hex[:12]}"
 
 
-def record_many(dynamodb: Any, table: str, results: Iterable[TenantResult]) -> None:
-    """Write many items, 25 per BatchWriteItem (its limit), re-sending what DynamoDB left unprocessed."""
-    items = [{"PutRequest": {"Item": _to_item(result)}} for result in results]
-    for start in range(0, len(items), 25):
-        request: dict[str, Any] = {table: items[start : start + 25]}
-        for attempt in range(10):
-            request = dynamodb.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
-            if not request:
-                break
-            time.sleep(min(2.0, 0.05 * 2**attempt))  # throttled: back off before sending the rest again
-        else:
-            raise RecoverableAwsError(f"DynamoDB left {len(request.get(table, []))} history item(s) unwritten in {table}")
+def record(
+    dynamodb: Any,
+    table: str,
+    result: TenantResult,
+    *,
+    attempts_table: str | None = None,
+    expected: TenantResult | None = None,
+    key: str | None = None,
+) -> bool:
+    """Make `result` the tenant's latest item unless a newer one is there; append it to the attempts either way.
+
+    `expected`: the item this write replaces, as the caller read it (a read-modify-write such as the summary's
+    annotations); then the write happens only if the item is still exactly that one. Returns whether the result
+    became the latest; a refusal is not an error (a newer outcome is already recorded).
+    """
+    item = {**_to_item(result), ORDER: {"S": write_order(result)}}
+    if expected is None:
+        condition = f"attribute_not_exists({ORDER}) OR {ORDER} <= :order"
+        values = {":order": item[ORDER]}
+    else:
+        condition = f"(attribute_not_exists({ORDER}) OR {ORDER} = :order) AND run_id = :run AND finished_at = :at AND #s = :s"
+        values = {
+            ":order": {"S": write_order(expected)},
+            ":run": {"S": expected.run_id},
+            ":at": {"S": expected.finished_at},
+            ":s": {"S": expected.status.value},
+        }
+    try:
+        dynamodb.put_item(
+            TableName=table,
+            Item=item,
+            ConditionExpression=condition,
+            ExpressionAttributeValues=values,
+            **({"ExpressionAttributeNames": {"#s": "status"}} if expected is not None else {}),
+        )
+        latest = True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        latest = False
+        log.info(
+            "history of %s %s: kept the newer outcome already recorded; this %s of run %s (written by %s) is kept "
+            "as an attempt only",
+            result.tenant,
+            result.release,
+            result.status.value,
+            result.run_id,
+            result.written_by or "?",
+        )
+    if attempts_table:
+        attempt = {**_to_item(result), ATTEMPT_KEY: {"S": key or attempt_key(result)}, "latest": {"BOOL": latest}}
+        try:
+            dynamodb.put_item(TableName=attempts_table, Item=attempt)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                raise
+            raise PermanentAwsError(
+                f"the attempts table {attempts_table} does not exist, so the history's audit trail cannot be kept "
+                "(the latest result was written). Run `tenant-release bootstrap` to update the tooling stack, which "
+                "declares it (include/templates/tooling.yaml)"
+            ) from None
+    return latest
+
+
+def record_many(
+    dynamodb: Any,
+    table: str,
+    results: Iterable[TenantResult],
+    *,
+    attempts_table: str | None = None,
+    expected: Mapping[str, TenantResult] | None = None,
+    retry: Any = None,
+    concurrency: int = WRITE_CONCURRENCY,
+) -> list[str]:
+    """`record` for many tenants, `concurrency` at a time (a conditional put cannot be batched).
+
+    `expected`: per tenant, the item its write replaces (see `record`). `retry`: a `RetryPolicy` each write goes
+    through on its own. Returns the tenants whose write was refused because a newer outcome is recorded.
+    """
+    pending = list(results)
+    if not pending:
+        return []
+    known = expected or {}
+
+    def write(result: TenantResult) -> bool:
+        kwargs = {"attempts_table": attempts_table, "expected": known.get(result.tenant), "key": attempt_key(result)}
+        if retry is None:
+            return record(dynamodb, table, result, **kwargs)
+        return retry.call("record history", record, dynamodb, table, result, log=log.warning, **kwargs)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending))), thread_name_prefix="history") as pool:
+        written = list(pool.map(write, pending))
+    return [result.tenant for result, latest in zip(pending, written, strict=True) if not latest]
+
+
+def attempts(dynamodb: Any, attempts_table: str, *, tenant: str, release: str | None = None) -> list[TenantResult]:
+    """Every recorded attempt of a tenant (of one release, if given), oldest first."""
+    query: dict[str, Any] = {
+        "TableName": attempts_table,
+        "KeyConditionExpression": "tenant = :tenant",
+        "ExpressionAttributeValues": {":tenant": {"S": tenant}},
+        "ConsistentRead": True,
+    }
+    if release is not None:
+        query["FilterExpression"] = "#release = :release"
+        query["ExpressionAttributeNames"] = {"#release": "release"}
+        query["ExpressionAttributeValues"][":release"] = {"S": release}
+    found: list[TenantResult] = []
+    for page in dynamodb.get_paginator("query").paginate(**query):
+        found.extend(_from_item(item) for item in page.get("Items", []))
+    return found
+
+
+def run_outcome(dynamodb: Any, attempts_table: str, *, tenant: str, release: str, run_id: str) -> TenantResult | None:
+    """The newest outcome one run wrote for a tenant, from the attempts (the latest item may be another run's)."""
+    mine = [r for r in attempts(dynamodb, attempts_table, tenant=tenant, release=release) if r.run_id == run_id]
+    return sorted(mine, key=write_order)[-1] if mine else None  # stable: of equal order, the last recorded
 
 
 def get(dynamodb: Any, table: str, *, tenant: str, release: str) -> TenantResult | None:
