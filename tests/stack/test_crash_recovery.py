@@ -259,4 +259,9 @@ def test_worker_scheduler_and_triggerer_crashes_mid_release_deploy_each_tenant_o
         assert {name: (r.status, r.version, r.run_id) for name, r in history.items()} == dict.fromkeys(
             crashes.targets, (Outcome.SUCCEEDED, "1.0.0", run_id)
         )
+        # The audit trail: whatever each restart wrote on its way (IN_PROGRESS), one final outcome per tenant.
+        trail = {name: ledger.attempts(dynamodb, tooling.attempts_table, tenant=name, release=TAG) for name in crashes.targets}
+        print("attempts:", {name: [a.status.value for a in found] for name, found in trail.items()})
+        finals = {name: [(a.status, a.run_id) for a in found if a.status != Outcome.IN_PROGRESS] for name, found in trail.items()}
+        assert finals == {name: [(Outcome.SUCCEEDED, run_id)] for name in crashes.targets}
         assert all(f"deploy[{name}]: success" in run.output for name in crashes.targets)
