@@ -69,7 +69,10 @@ ON_A_WORKER = "wayne"
 def _until(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = probe()
+        try:
+            found = probe()
+        except OSError:  # the API server busy for a moment (two cores): look again
+            found = None
         if found:
             return found
         time.sleep(interval)
@@ -109,10 +112,7 @@ class Crashes:
         run_id = _until("the release to be triggered", lambda: self._run_id(run), 240, 1)
 
         def tenant_tis() -> dict[str, dict] | None:
-            try:
-                instances = local_stack.task_instances(stack, run_id, local_stack.login(stack))
-            except OSError:
-                return None
+            instances = local_stack.task_instances(stack, run_id, local_stack.login(stack))
             if not any(ti["task_id"] == "deploy_dev" and ti["state"] == "success" for ti in instances):
                 return None
             found = {ti["rendered_map_index"]: ti for ti in instances if ti["task_id"] == local_stack.MAPPED_TASK}
