@@ -148,6 +148,8 @@ def environment(stack: Stack) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
             "TENANT_RELEASE_CONFIG": env.get("TENANT_RELEASE_CONFIG", str(ROOT / "config" / "tenants.yaml")),
+            # The one identity the orchestrator role trusts: moto's caller for the fake keys above.
+            "TENANT_RELEASE_ORCHESTRATOR_PRINCIPAL": "arn:aws:iam::123456789012:user/moto",
             # Airflow: every component reads the same settings from here (no airflow.cfg edits).
             "AIRFLOW_HOME": str(stack.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),

@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import moto_compat  # noqa: E402  (lives in scripts/: the local moto server applies the same fixes)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The one identity the emulated orchestrator role trusts: moto's caller for the fake keys (what `make run` passes).
+ORCHESTRATOR_PRINCIPAL = "arn:aws:iam::123456789012:user/moto"
 
 
 def fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,7 +76,7 @@ def bootstrap(path: Path):
     from tenant_release.config import load_fleet
 
     loaded = load_fleet(path)
-    bootstrap_fleet(AwsSessions(), loaded, sleep=lambda _: None)
+    bootstrap_fleet(AwsSessions(), loaded, tooling_principal_arn=ORCHESTRATOR_PRINCIPAL, sleep=lambda _: None)
     return loaded
 
 

@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 @dataclass
 class Fault:
     service: str
-    operation: str
+    operation: str  # "*": every operation of the service
     account: str | None = None  # "tooling", a tenant account id, or None for any
     code: str | None = None
     message: str = "injected"
@@ -22,7 +22,7 @@ class Fault:
     hits: int = 0
 
     def applies(self, service: str, account: str, operation: str, kwargs: dict[str, Any]) -> bool:
-        if (self.service, self.operation) != (service, operation):
+        if self.service != service or self.operation not in ("*", operation):
             return False
         if self.account is not None and self.account != account:
             return False

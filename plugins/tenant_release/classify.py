@@ -8,11 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tenant_release.errors import PermanentAwsError, RecoverableAwsError, TenantReleaseError
+from tenant_release.errors import PermanentAwsError, RecoverableAwsError, StackBusyError, TenantReleaseError
 
 T = TypeVar("T")
 
-RETRIABLE_CODES = frozenset(
+# Throttling rejects a call before AWS acts on it, so the very same call may be sent again on its own (unlike a
+# timeout or an internal error, after which the call may have taken effect and the step must look again).
+THROTTLING_CODES = frozenset(
     {
         "Throttling",
         "ThrottlingException",
@@ -23,6 +25,11 @@ RETRIABLE_CODES = frozenset(
         "ProvisionedThroughputExceededException",
         "RequestLimitExceeded",
         "SlowDown",
+    }
+)
+
+RETRIABLE_CODES = THROTTLING_CODES | frozenset(
+    {
         "PriorRequestNotComplete",
         "InternalError",
         "InternalFailure",
@@ -86,6 +93,10 @@ def is_retriable(exc: BaseException) -> bool:
     return type(exc).__name__ in {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError"}
 
 
+def is_throttled(exc: BaseException) -> bool:
+    return error_code(exc) in THROTTLING_CODES
+
+
 def needs_a_person(exc: BaseException) -> bool:
     """Retrying cannot help: one of our own errors that says so, or an AWS error with a code we do not retry.
 
@@ -119,14 +130,52 @@ class RetryPolicy:
         return self.rng.uniform(0, min(self.max_delay, self.base_delay * (2 ** (attempt - 1))))
 
     def call(self, step: str, func: Callable[..., T], *args: Any, log: Callable[..., None] | None = None, **kwargs: Any) -> T:
+        return self._call(step, func, args, kwargs, log=log, retriable=is_retriable)
+
+    def around(self, client: Any, *, log: Callable[..., None] | None = None) -> Any:
+        """`client` with each of its calls sent again when throttled, on its own.
+
+        A step of several calls (a change set: read, create, wait, execute) retried as a whole never gets through a
+        storm that throttles every few calls; a throttled call did nothing, so it alone is sent again.
+        """
+        return _ThrottleRetryingClient(client, self, log)
+
+    def _call(
+        self,
+        step: str,
+        func: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        log: Callable[..., None] | None,
+        retriable: Callable[[BaseException], bool],
+    ) -> T:
         for attempt in range(1, self.attempts + 1):
             try:
                 return func(*args, **kwargs)
             except Exception as exc:
-                if not is_retriable(exc) or attempt == self.attempts:
+                # A stack busy with someone else's operation is waited for by the caller at the stack's pace.
+                if not retriable(exc) or isinstance(exc, StackBusyError) or attempt == self.attempts:
                     raise
                 pause = self.delay(attempt)
                 if log:
                     log("%s: %s; retry %d/%d in %.1fs", step, describe(exc), attempt, self.attempts - 1, pause)
                 self.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _ThrottleRetryingClient:
+    """A boto3 client whose method calls go through `RetryPolicy` for throttling only; everything else passes."""
+
+    def __init__(self, client: Any, policy: RetryPolicy, log: Callable[..., None] | None) -> None:
+        self._client, self._policy, self._log = client, policy, log
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr) or name.startswith("_") or name in {"get_paginator", "get_waiter", "can_paginate", "close"}:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._policy._call(name, attr, args, kwargs, log=self._log, retriable=is_throttled)
+
+        return call

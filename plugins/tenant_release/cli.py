@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -107,7 +108,7 @@ def _source_for(loaded: LoadedFleet, release: Release) -> str:
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from tenant_release.aws.bootstrap import BootstrapError, bootstrap_fleet
+    from tenant_release.aws.bootstrap import ORCHESTRATOR_PRINCIPAL_ENV, BootstrapError, bootstrap_fleet
     from tenant_release.aws.session import AwsSessions
 
     loaded = load_fleet(args.config)
@@ -117,7 +118,7 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
             AwsSessions(),
             loaded,
             bootstrap_role_name=args.bootstrap_role,
-            tooling_principal_arn=args.orchestrator_principal or "",
+            tooling_principal_arn=args.orchestrator_principal or os.environ.get(ORCHESTRATOR_PRINCIPAL_ENV, ""),
             concurrency=args.concurrency,
             approver_principal_arn=args.approver_principal or "",
         )
@@ -374,7 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(--bootstrap-role) in every tenant account, e.g. from your organization's management account.",
     )
     boot.add_argument("--bootstrap-role", default="OrganizationAccountAccessRole", help="admin role in tenant accounts")
-    boot.add_argument("--orchestrator-principal", default=None, help="ARN allowed to assume the orchestrator role")
+    boot.add_argument(
+        "--orchestrator-principal",
+        default=None,
+        help="required: ARN of the one IAM role or user (Airflow's workers) that may assume the orchestrator role "
+        "(default: $TENANT_RELEASE_ORCHESTRATOR_PRINCIPAL)",
+    )
     boot.add_argument(
         "--approver-principal", default=None, help="ARN allowed to assume the approver role (unset: no approver role)"
     )

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from tenant_release import classify, health, naming
 from tenant_release.aws import artifacts, ledger, stacks
 from tenant_release.aws.session import AwsSessions
-from tenant_release.errors import PermanentAwsError, StackFailedError, TenantReleaseError, VerificationError
+from tenant_release.errors import PermanentAwsError, StackBusyError, StackFailedError, TenantReleaseError, VerificationError
 from tenant_release.models import (
     Application,
     Artifact,
@@ -110,9 +110,11 @@ class TargetDeployment:
     writer: str = "deploy"
 
     def client(self, service: str) -> Any:
-        return self.sessions.tenant_client(
+        """The tenant's client for `service`; a throttled call is sent again on its own (see `RetryPolicy.around`)."""
+        client = self.sessions.tenant_client(
             self.target, service, session_name=self.run.session_name, source_identity=self.run.source_identity
         )
+        return self.retry.around(client, log=log.warning)
 
     def parameters(self) -> dict[str, str]:
         """The target's own parameters and what the release sets, under the names the application's template uses."""
@@ -136,6 +138,18 @@ class TargetDeployment:
         earlier = self.earlier_attempt()
         cloudformation = call("assume role", self.client, "cloudformation", log=log.warning)
         current = call("read stack", stacks.describe_stack, cloudformation, target.stack_name, log=log.warning)
+        digest = self.digest()
+        change_set_name = naming.change_set_name(version=artifact.version, deploy_digest=digest)
+        # Before anything is recorded or copied: someone else's stack operation raises StackBusyError, to wait for.
+        call(
+            "read stack",
+            stacks.operation_under_way,
+            cloudformation,
+            stack_name=target.stack_name,
+            stack=current,
+            change_set_name=change_set_name,
+            log=log.warning,
+        )
         if earlier is not None:
             progress.started_at = earlier.started_at
             progress.version_before, progress.digest_before = earlier.version_before, earlier.digest_before
@@ -147,7 +161,6 @@ class TargetDeployment:
             progress.version_before = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
             progress.digest_before = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
         self.record(self.result(progress, status=Outcome.IN_PROGRESS))
-        digest = self.digest()
         progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.template_key)
         if (
             current is not None
@@ -173,7 +186,7 @@ class TargetDeployment:
                 },
                 execution_role_arn=target.execution_role_arn,
                 capabilities=[str(c) for c in self.run.application.capabilities],
-                change_set_name=naming.change_set_name(version=artifact.version, deploy_digest=digest),
+                change_set_name=change_set_name,
                 deploy_digest=digest,
                 stack=first_read.pop() if first_read else stacks.NOT_READ,
                 wait=wait_for_change_set,
@@ -217,7 +230,7 @@ class TargetDeployment:
         key_arn = call(
             "resolve tenant key", artifacts.resolve_kms_key_arn, self.client("kms"), target.kms_key_alias, log=log.warning
         )
-        s3 = self.sessions.tooling_client("s3", target.region)
+        s3 = self.retry.around(self.sessions.tooling_client("s3", target.region), log=log.warning)
         for key, sha in artifacts.artifact_files(artifact):
             call(
                 "copy artifact",
@@ -351,8 +364,19 @@ class TargetDeployment:
         pause = sleep or time.sleep
         progress = DeployProgress(started_at=utc_now())
         try:
-            progress = self.begin(progress)
             waited = 0.0
+            while True:
+                try:
+                    progress = self.begin(progress)
+                    break
+                except StackBusyError as busy:
+                    if waited >= timeout:
+                        raise StackBusyError(
+                            f"{busy}; still {busy.stack_status} after {timeout:.0f}s", stack_status=busy.stack_status
+                        ) from None
+                    log.info("%s", busy)
+                    pause(poll_interval)
+                    waited += poll_interval
             while not (polled := self.poll()).settled:
                 if waited >= timeout:
                     raise PermanentAwsError(f"stack {self.target.stack_name} still {polled.status} after {timeout:.0f}s")

@@ -46,3 +46,11 @@ class StackFailedError(PermanentAwsError):
 
 class VerificationError(PermanentAwsError):
     """The deployed application does not report the released version."""
+
+
+class StackBusyError(RecoverableAwsError):
+    """The stack is in the middle of an operation this deploy did not start: wait for it, never compete with it."""
+
+    def __init__(self, message: str, *, stack_status: str) -> None:
+        super().__init__(message)
+        self.stack_status = stack_status

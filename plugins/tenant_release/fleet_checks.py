@@ -11,6 +11,8 @@ import re
 from collections import defaultdict
 from datetime import date
 
+from tenant_release import naming
+from tenant_release.errors import FleetConfigError
 from tenant_release.models import Fleet, Target, TargetSpec
 
 # CloudFormation: a letter first, then letters, digits and hyphens, at most 128.
@@ -39,6 +41,7 @@ def fleet_problems(fleet: Fleet) -> list[str]:
     problems += _schedule_problems(fleet)
     problems += _tooling_problems(fleet)
     buckets: dict[str, dict[str, str]] = defaultdict(dict)  # bucket -> target name -> account
+    prefix_clashes: dict[str, list[tuple[str, str]]] = {}  # prefix -> (target, problem)
     for spec in (fleet.dev, *fleet.tenants):
         who = _who(fleet, spec)
         try:
@@ -50,6 +53,9 @@ def fleet_problems(fleet: Fleet) -> list[str]:
             )
             continue
         problems += [f"{who}: {problem}" for problem in target_name_problems(target)]
+        clash = app_prefix_problem(fleet, target)
+        if clash:  # one line per prefix: the fleet defaults usually give every target the same one
+            prefix_clashes.setdefault(clash[0], []).append((who, clash[1]))
         if spec.maintenance_window:
             from tenant_release.windows import MaintenanceWindow  # windows imports models only
 
@@ -58,6 +64,7 @@ def fleet_problems(fleet: Fleet) -> list[str]:
             except ValueError as exc:
                 problems.append(f"{who} field maintenance_window: {exc}")
         buckets[target.artifact_bucket][spec.name] = target.account_id
+    problems += [f"{', '.join(who for who, _ in found)}: {found[0][1]}" for found in prefix_clashes.values()]
     for bucket, users in buckets.items():
         names = list(users)
         if len(set(users.values())) > 1:  # a shared account is reported above
@@ -229,3 +236,39 @@ def _tooling_problems(fleet: Fleet) -> list[str]:
     if not _KMS_ALIAS.match(tooling.kms_key_alias) or tooling.kms_key_alias.startswith("alias/aws/"):
         problems.append(f"tooling.kms_key_alias {tooling.kms_key_alias!r} must be alias/<name> of your own (not alias/aws/)")
     return problems
+
+
+def app_prefix_problem(fleet: Fleet, target: Target) -> tuple[str, str] | None:
+    """(prefix, problem) when the target's application name prefix would reach tenant-release's own resources.
+
+    The tenant's CloudFormation execution role may manage whatever is named with that prefix (bootstrap parameter
+    AppNamePrefix): roles, stacks, buckets... A prefix that also starts the deploy role's or the bootstrap stack's
+    name would let an application template rewrite the roles that deploy it. (The application's permissions
+    boundary policy is named with the prefix on purpose; the execution role has no rights on policies.)
+    """
+    try:
+        prefix = naming.app_name_prefix(target.stack_name, target.function_name)
+    except FleetConfigError as exc:
+        return f"no prefix: {exc}", str(exc)
+    tooling = fleet.tooling
+    own_names = {
+        "deploy role": target.deploy_role_arn.rsplit("/", 1)[1],
+        "CloudFormation execution role": target.execution_role_arn.rsplit("/", 1)[1],
+        "orchestrator role": tooling.orchestrator_role_name,
+        "bootstrap stack": naming.TENANT_STACK,
+        "tooling stack": naming.TOOLING_STACK,
+        "artifact bucket": target.artifact_bucket,
+        "tooling artifact bucket": tooling.artifact_bucket,
+        "KMS key alias": target.kms_key_alias.removeprefix("alias/"),
+        "tooling KMS key alias": tooling.kms_key_alias.removeprefix("alias/"),
+        **{f"{field.removesuffix('_table')} table": value for field, value in tooling if field.endswith("_table")},
+    }
+    clashes = naming.app_prefix_clashes(prefix, own_names)
+    if not clashes:
+        return None
+    return prefix, (
+        f"the application name prefix {prefix!r} (shared by stack_name and function_name, e.g. {target.stack_name!r} "
+        f"and {target.function_name!r}) also starts tenant-release's own {', '.join(clashes)}; the CloudFormation "
+        f"execution role may manage everything named {prefix}*, so it could change them. Give the application a prefix "
+        "of its own, e.g. stack_name and function_name 'tenant-app-{name}' in the fleet defaults"
+    )

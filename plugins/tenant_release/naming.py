@@ -11,6 +11,8 @@ _SESSION_UNSAFE = re.compile(r"[^\w+=,.@-]")
 _CHANGE_SET_UNSAFE = re.compile(r"[^a-zA-Z0-9-]")
 
 STS_NAME_MAX = 64
+TOOLING_STACK = "tenant-release-tooling"
+TENANT_STACK = "tenant-release-bootstrap"
 SOURCE_IDENTITY_PREFIX = "tenant-release"
 
 
@@ -115,3 +117,12 @@ def app_name_prefix(stack_name: str, function_name: str) -> str:
             "deployment roles to; give them a common prefix such as 'tenant-app-'"
         )
     return prefix
+
+
+def app_prefix_clashes(prefix: str, own_names: dict[str, str]) -> list[str]:
+    """The project's own names (`what: name`) that the application name prefix would let the execution role manage.
+
+    The execution role may manage any role, function, stack, bucket... whose name starts with the prefix, so a
+    prefix such as `tenant-` would cover `tenant-release-deploy` and the `tenant-release-bootstrap` stack.
+    """
+    return [f"{what} {name!r}" for what, name in own_names.items() if name.startswith(prefix)]

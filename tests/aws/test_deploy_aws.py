@@ -7,7 +7,6 @@ deny, roll back or corrupt a copy, so `tests.faults` injects those around the re
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import random
@@ -30,16 +29,10 @@ from tenant_release.changes import find_changes
 from tenant_release.classify import RetryPolicy
 from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment
-from tenant_release.errors import (
-    ChecksumMismatchError,
-    PermanentAwsError,
-    RecoverableAwsError,
-    StackFailedError,
-)
 from tenant_release.models import Artifact, DeployProgress, Outcome, PlannedTarget, TenantResult
 from tenant_release.tags import parse_release_tag
 
-from tests.conftest import bootstrap, emulated_aws
+from tests.conftest import ORCHESTRATOR_PRINCIPAL, bootstrap, emulated_aws
 from tests.faults import Faults
 
 FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet.yaml"
@@ -315,207 +308,6 @@ def test_throttled_copy_is_retried_with_backoff(world: World, sessions: AwsSessi
     assert len(sleeps) == 2 and 0 < sleeps[0] <= 1.0 and 0 < sleeps[1] <= 2.0
 
 
-def test_denied_assume_role_names_the_role_and_the_fix_and_spares_the_others(
-    world: World, sessions: AwsSessions, faults: Faults
-) -> None:
-    denied_role = "arn:aws:iam::222222222222:role/tenant-release-deploy"
-    deny = faults.add(
-        service="sts",
-        operation="assume_role",
-        account="tooling",
-        code="AccessDenied",
-        message=f"User: arn:aws:sts::{TOOLING}:assumed-role/tenant-release-orchestrator/x is not authorized to "
-        f"perform: sts:AssumeRole on resource: {denied_role}",
-        when=lambda kwargs: kwargs["RoleArn"] == denied_role,
-    )
-    sleeps: list[float] = []
-
-    with pytest.raises(PermanentAwsError) as caught:
-        deploy(world.deployment(sessions, "globex", retry=RetryPolicy(sleep=sleeps.append)))
-
-    message = str(caught.value)
-    assert f"cannot assume {denied_role} for tenant 'globex'" in message
-    assert "AccessDenied" in message and "Fix:" in message and "tenant-release bootstrap" in message
-    assert (deny.hits, sleeps) == (1, [])  # a denial is not retried
-    assert world.stack(GLOBEX, "us-east-1", "tenant-app-globex") is None
-    failed = ledger.get(world.history(), HISTORY, tenant="globex", release="v1.4.0")
-    assert failed is not None and failed.status == Outcome.FAILED and denied_role in failed.reason
-
-    for name in ("acme", "umbrella"):
-        assert deploy(world.deployment(sessions, name)).status == Outcome.SUCCEEDED
-    assert stack_tag(world.stack(UMBRELLA, "us-east-1", "tenant-app-umbrella"), "ReleaseVersion") == "1.4.0"
-
-
-def test_rolled_back_update_is_explained_by_the_resource_that_failed_first(world: World, faults: Faults) -> None:
-    events_added: list[int] = []
-    stack_name = "tenant-app-umbrella"
-
-    def failing_events(parsed: dict[str, Any], **_: Any) -> None:
-        # Newest first, as CloudFormation lists them: the Function failed, then the rollback cancelled the rest.
-        stack_arn = f"arn:aws:cloudformation:us-east-1:{UMBRELLA}:stack/{stack_name}/1"
-        common = {"StackId": stack_arn, "StackName": stack_name, "Timestamp": "2026-11-23T10:00:00Z"}
-        parsed["StackEvents"] = [
-            {
-                **common,
-                "EventId": "5",
-                "LogicalResourceId": stack_name,
-                "ResourceType": "AWS::CloudFormation::Stack",
-                "ResourceStatus": "UPDATE_ROLLBACK_COMPLETE",
-            },
-            {
-                **common,
-                "EventId": "4",
-                "LogicalResourceId": "LogGroup",
-                "ResourceType": "AWS::Logs::LogGroup",
-                "ResourceStatus": "UPDATE_FAILED",
-                "ResourceStatusReason": "Resource update cancelled",
-            },
-            {
-                **common,
-                "EventId": "3",
-                "LogicalResourceId": "Function",
-                "ResourceType": "AWS::Lambda::Function",
-                "ResourceStatus": "UPDATE_FAILED",
-                "ResourceStatusReason": 'Resource handler returned message: "Memory size 3000 is not valid"',
-            },
-            {
-                **common,
-                "EventId": "2",
-                "LogicalResourceId": stack_name,
-                "ResourceType": "AWS::CloudFormation::Stack",
-                "ResourceStatus": "UPDATE_IN_PROGRESS",
-                "ResourceStatusReason": "User Initiated",
-            },
-            *parsed.get("StackEvents", []),
-        ]
-        events_added.append(1)
-
-    def hook(service: str, account: str, client: Any) -> Any:
-        # The stack events are read through a paginator, which `Faults` does not wrap: rewrite at botocore level.
-        if (service, account) == ("cloudformation", UMBRELLA):
-            client.meta.events.register("after-call.cloudformation.DescribeStackEvents", failing_events)
-        return faults.hook(service, account, client)
-
-    sessions = AwsSessions(world.base_session, client_hook=hook)
-    assert deploy(world.deployment(sessions, "umbrella", run_id="run-1")).status == Outcome.SUCCEEDED
-    executed: list[dict[str, Any]] = []
-    faults.add(service="cloudformation", operation="execute_change_set", account=UMBRELLA, when=recorder(executed))
-    faults.add(
-        service="cloudformation",
-        operation="describe_stacks",
-        account=UMBRELLA,
-        when=lambda kwargs: bool(executed) and kwargs.get("StackName") == stack_name,
-        rewrite=with_status("UPDATE_ROLLBACK_COMPLETE"),
-    )
-
-    with pytest.raises(StackFailedError) as caught:
-        deploy(world.deployment(sessions, "umbrella", version="1.5.0", run_id="run-2"))
-
-    assert len(executed) == 1 and events_added
-    failure = caught.value
-    assert failure.stack_status == "UPDATE_ROLLBACK_COMPLETE"
-    assert str(failure).startswith(
-        f"stack {stack_name} ended UPDATE_ROLLBACK_COMPLETE: Function (AWS::Lambda::Function) UPDATE_FAILED: "
-        'Resource handler returned message: "Memory size 3000 is not valid"'
-    )
-    recorded = ledger.get(world.history(), HISTORY, tenant="umbrella", release="v1.5.0")
-    assert recorded is not None and recorded.status == Outcome.FAILED
-    assert recorded.stack_status == "UPDATE_ROLLBACK_COMPLETE" and "Memory size 3000 is not valid" in recorded.reason
-
-
-def test_stack_whose_rollback_failed_is_left_for_a_person(world: World, sessions: AwsSessions, faults: Faults) -> None:
-    assert deploy(world.deployment(sessions, "initech", run_id="run-1")).status == Outcome.SUCCEEDED
-    faults.add(
-        service="cloudformation",
-        operation="describe_stacks",
-        account=INITECH,
-        rewrite=with_status("UPDATE_ROLLBACK_FAILED"),
-    )
-    change_sets = count(faults, INITECH, "create_change_set")
-    sleeps: list[float] = []
-
-    with pytest.raises(PermanentAwsError) as caught:
-        deploy(world.deployment(sessions, "initech", version="1.5.0", run_id="run-2", retry=RetryPolicy(sleep=sleeps.append)))
-
-    assert "tenant-app-initech is in UPDATE_ROLLBACK_FAILED" in str(caught.value)
-    assert "continue-update-rollback --stack-name tenant-app-initech" in str(caught.value)
-    assert count(faults, INITECH, "create_change_set") == change_sets
-    assert sleeps == []
-
-
-def test_busy_stack_is_waited_for_then_reported_as_recoverable(world: World, sessions: AwsSessions, faults: Faults) -> None:
-    assert deploy(world.deployment(sessions, "acme", run_id="run-1")).status == Outcome.SUCCEEDED
-    faults.add(service="cloudformation", operation="describe_stacks", account=ACME, rewrite=with_status("UPDATE_IN_PROGRESS"))
-    change_sets = count(faults, ACME, "create_change_set")
-    sleeps: list[float] = []
-
-    with pytest.raises(RecoverableAwsError, match="tenant-app-acme is busy"):
-        deploy(
-            world.deployment(
-                sessions, "acme", version="1.5.0", run_id="run-2", retry=RetryPolicy(attempts=3, sleep=sleeps.append)
-            )
-        )
-
-    assert len(sleeps) == 2  # retried within the attempt before giving the task's own retry a chance
-    assert count(faults, ACME, "create_change_set") == change_sets
-
-
-def test_stack_left_by_a_failed_create_is_deleted_and_created_again(world: World, sessions: AwsSessions, faults: Faults) -> None:
-    executed: list[dict[str, Any]] = []
-    deleted: list[dict[str, Any]] = []
-    change_sets: list[dict[str, Any]] = []
-    faults.add(service="cloudformation", operation="execute_change_set", account=GLOBEX, when=recorder(executed))
-    faults.add(service="cloudformation", operation="delete_stack", account=GLOBEX, when=recorder(deleted))
-    faults.add(service="cloudformation", operation="create_change_set", account=GLOBEX, when=recorder(change_sets))
-    # The first create "fails": from its execution until someone deletes the stack, it reads ROLLBACK_COMPLETE.
-    faults.add(
-        service="cloudformation",
-        operation="describe_stacks",
-        account=GLOBEX,
-        when=lambda kwargs: bool(executed) and not deleted,
-        rewrite=with_status("ROLLBACK_COMPLETE"),
-    )
-
-    with pytest.raises(StackFailedError) as caught:
-        deploy(world.deployment(sessions, "globex", run_id="run-1"))
-    assert caught.value.stack_status == "ROLLBACK_COMPLETE"
-
-    result = deploy(world.deployment(sessions, "globex", run_id="run-2"))
-
-    assert [kwargs["StackName"] for kwargs in deleted] == ["tenant-app-globex"]
-    assert [kwargs["ChangeSetType"] for kwargs in change_sets] == ["CREATE", "CREATE"]
-    assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "1.4.0")
-    assert result.version_before is None  # the failed create never ran a version
-    stack = world.stack(GLOBEX, "us-east-1", "tenant-app-globex")
-    assert stack["StackStatus"] == "CREATE_COMPLETE" and stack_tag(stack, "ReleaseVersion") == "1.4.0"
-
-
-def test_copy_that_does_not_hash_to_the_build_is_not_deployed(world: World, sessions: AwsSessions, faults: Faults) -> None:
-    wrong = base64.b64encode(hashlib.sha256(b"tampered").digest()).decode()
-    faults.add(
-        service="s3",
-        operation="copy_object",
-        account="tooling",
-        when=lambda kwargs: kwargs["Bucket"].startswith(f"tenant-release-{ACME}-"),
-        rewrite=lambda response, kwargs: {
-            **response,
-            "CopyObjectResult": {**response["CopyObjectResult"], "ChecksumSHA256": wrong},
-        },
-    )
-    artifact = world.artifacts["1.4.0"]
-    sleeps: list[float] = []
-
-    with pytest.raises(ChecksumMismatchError) as caught:
-        deploy(world.deployment(sessions, "acme", retry=RetryPolicy(sleep=sleeps.append)))
-
-    (code,) = artifact.objects
-    assert f"s3://tenant-release-{ACME}-eu-central-1/{code.key}" in str(caught.value)
-    assert code.sha256 in str(caught.value) and "not deployed" in str(caught.value)
-    assert sleeps == []
-    assert count(faults, ACME, "create_change_set") == 0
-    assert world.stack(ACME, "eu-central-1", "tenant-app-acme") is None
-
-
 # --- history -------------------------------------------------------------------------------------------------
 
 
@@ -677,7 +469,7 @@ def test_a_stack_that_is_not_settled_is_never_reported_unchanged(world: World, s
 def test_bootstrap_again_touches_no_account_and_a_new_tenant_only_its_own(
     world: World, sessions: AwsSessions, faults: Faults, tmp_path: Path
 ) -> None:
-    again = bootstrap_fleet(sessions, world.loaded, sleep=_no_sleep, concurrency=4)
+    again = bootstrap_fleet(sessions, world.loaded, tooling_principal_arn=ORCHESTRATOR_PRINCIPAL, sleep=_no_sleep, concurrency=4)
 
     assert {r.action for r in again} == {"UNCHANGED"}
     writes = [(acct, name) for _, acct, name in faults.calls if name in {"create_stack", "update_stack"}]
@@ -686,7 +478,9 @@ def test_bootstrap_again_touches_no_account_and_a_new_tenant_only_its_own(
     grown = FLEET.read_text() + ('  - name: newco\n    account_id: "999999999999"\n    region: us-east-1\n    groups: [qa]\n')
     path = tmp_path / "grown.yaml"
     path.write_text(grown)
-    results = bootstrap_fleet(sessions, load_fleet(path), sleep=_no_sleep, concurrency=4)
+    results = bootstrap_fleet(
+        sessions, load_fleet(path), tooling_principal_arn=ORCHESTRATOR_PRINCIPAL, sleep=_no_sleep, concurrency=4
+    )
 
     assert {(r.account_id, r.action) for r in results if r.action != "UNCHANGED"} == {("999999999999", "CREATED")}
     writes = [(acct, name) for _, acct, name in faults.calls if name in {"create_stack", "update_stack"}]

@@ -44,7 +44,7 @@ from tenant_release.models import (
 from tenant_release.source import GitSource, SourceError
 from tenant_release.tags import parse_release_tag
 
-from tests.conftest import bootstrap, emulated_aws
+from tests.conftest import ORCHESTRATOR_PRINCIPAL, bootstrap, emulated_aws
 from tests.faults import Faults
 from tests.orders_example import BUILD, commit_api, orders_fleet, orders_repository
 
@@ -338,14 +338,16 @@ def test_each_tenants_execution_role_may_manage_the_applications_resources_and_b
         resources = declared(tenant)
         assert resources["ManageApplicationTables"] == [f"arn:aws:dynamodb:*:{account}:table/orders-*"]
         assert resources["ManageApplicationQueues"] == [f"arn:aws:sqs:*:{account}:orders-*"]
-    again = bootstrap_fleet(orders.sessions, orders.loaded, sleep=lambda _: None)
+    again = bootstrap_fleet(orders.sessions, orders.loaded, tooling_principal_arn=ORCHESTRATOR_PRINCIPAL, sleep=lambda _: None)
     assert {r.action for r in again} == {"UNCHANGED"}
 
     grown = yaml.safe_load(orders.loaded.path.read_text())
     grown["application"]["execution_role"]["resource_types"].append("AWS::Events::Rule")
     path = tmp_path / "grown.yaml"
     path.write_text(yaml.safe_dump(grown, sort_keys=False))
-    results = bootstrap_fleet(orders.sessions, load_fleet(path), sleep=lambda _: None)
+    results = bootstrap_fleet(
+        orders.sessions, load_fleet(path), tooling_principal_arn=ORCHESTRATOR_PRINCIPAL, sleep=lambda _: None
+    )
 
     assert {r.action for r in results if r.stack != "tenant-release-tooling"} == {"UPDATED"}
     assert "ManageApplicationRules" in declared("acme")

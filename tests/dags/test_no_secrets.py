@@ -42,6 +42,32 @@ def _metadata_dump() -> str:
     return "\n".join(chunks)
 
 
+def _trigger_kwargs() -> list[str]:
+    """Every trigger's arguments as the triggerer reads them.
+
+    Airflow stores them Fernet-encrypted whenever a key is set (as in any real deployment), so the raw dump above
+    cannot see a credential in them; decrypted, it can.
+    """
+    import json
+
+    from airflow.models.trigger import Trigger
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return [json.dumps(trigger.kwargs, default=str) for trigger in session.scalars(select(Trigger))]
+
+
+def _log_files() -> str:
+    """Every task and trigger log file Airflow wrote (dag.test() logs to the console; a scheduler writes files)."""
+    from pathlib import Path
+
+    from airflow.configuration import conf
+
+    folder = Path(conf.get("logging", "base_log_folder"))
+    return "\n".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
+
+
 def test_credentials_stay_in_memory(airflow_db, bootstrapped, issued_credentials, capsys, caplog):
     from airflow.dag_processing.dagbag import DagBag
 
@@ -56,8 +82,12 @@ def test_credentials_stay_in_memory(airflow_db, bootstrapped, issued_credentials
     secrets = [c[k] for c in issued_credentials for k in ("SecretAccessKey", "SessionToken", "AccessKeyId")]
     assert len(secrets) >= 9  # dev + three tenants, each assumed at least once
     stored = _metadata_dump()
-    logged = capsys.readouterr().out + capsys.readouterr().err + "\n".join(r.getMessage() for r in caplog.records)
+    triggers = _trigger_kwargs()
+    assert len(triggers) >= 4 and all('"release_tag": "v3.0.0"' in kwargs for kwargs in triggers)  # dev + 3 tenants
+    captured = capsys.readouterr()
+    logged = captured.out + captured.err + "\n".join(r.getMessage() for r in caplog.records) + _log_files()
     assert "tr-v3.0.0-" in logged  # the session name is logged: the logs were captured
     for secret in secrets:
         assert secret not in stored, "a credential is stored in the metadata DB"
+        assert secret not in "\n".join(triggers), "a credential is in a trigger's (encrypted) arguments"
         assert secret not in logged, "a credential is in the logs"

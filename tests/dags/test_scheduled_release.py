@@ -118,7 +118,7 @@ def test_release_queued_during_a_freeze_ships_at_the_first_window_after_it(queue
     assert states[("trigger_release", -1)] == "success"
     assert states[("mark_dispatched", -1)] == "success"
 
-    release_run_id = f"queued__v2.0.0__{run.run_id}"
+    release_run_id = release_queue.dispatch_run_id(entry)
     triggered = release_run(release_run_id)
     assert triggered is not None, release_runs()
     assert triggered.conf == {"release_tag": "v2.0.0", "tenants": [], "override_freeze": ""}
@@ -139,8 +139,33 @@ def test_narrowed_ungated_release_is_queued_without_approval_and_shipped_to_thos
     clock(IN_WINDOW)
     run = scheduled_dag.test()
     assert str(run.state) == "success"
-    triggered = release_run(f"queued__v-2.1.0-qa__{run.run_id}")
+    triggered = release_run(release_queue.dispatch_run_id(entry))
     assert triggered.conf == {"release_tag": "v-2.1.0-qa", "tenants": ["initech"], "override_freeze": ""}
+
+
+def test_a_dispatch_that_dies_before_marking_the_entry_ships_once(scheduled_dag, clock, monkeypatch):
+    put_in_queue("v2.0.0")
+    entry = queued("v2.0.0")
+    mark = queue_steps.mark_dispatched
+
+    def worker_lost(taken: dict) -> dict:
+        raise AirflowFailException("the worker died after triggering the release, before marking the queue entry")
+
+    clock(IN_WINDOW)
+    monkeypatch.setattr(queue_steps, "mark_dispatched", worker_lost)
+    crashed = scheduled_dag.test()
+    assert task_states(crashed)[("trigger_release", -1)] == "success"
+    assert task_states(crashed)[("mark_dispatched", -1)] == "failed"
+    assert queued("v2.0.0").status == QueueStatus.QUEUED
+
+    clock(datetime(2027, 3, 9, 2, 30, tzinfo=UTC))  # the next window takes the entry again
+    monkeypatch.setattr(queue_steps, "mark_dispatched", mark)
+    run = scheduled_dag.test()
+
+    states = task_states(run)
+    assert (states[("trigger_release", -1)], states[("mark_dispatched", -1)]) == ("skipped", "success")
+    assert release_runs() == [release_queue.dispatch_run_id(entry)]  # the release ships once
+    assert (queued("v2.0.0").status, queued("v2.0.0").run_id) == (QueueStatus.DISPATCHED, release_queue.dispatch_run_id(entry))
 
 
 def test_rejected_at_queue_time_nothing_is_queued(queue_dag, clock):
@@ -215,7 +240,7 @@ def test_inside_a_freeze_the_scheduled_run_takes_nothing_and_says_why(scheduled_
     assert states[("trigger_release", -1)] == "skipped"
     assert states[("mark_dispatched", -1)] == "skipped"
     assert queued("v2.0.0").status == QueueStatus.QUEUED
-    assert release_run(f"queued__v2.0.0__{run.run_id}") is None
+    assert release_run(release_queue.dispatch_run_id(queued("v2.0.0"))) is None
     with pytest.raises(AirflowSkipException) as skipped:
         queue_steps.take_queued_release(run_id="r", now=IN_FREEZE_WINDOW)
     assert str(skipped.value) == (

@@ -209,14 +209,20 @@ def take_queued_release(*, run_id: str, now: datetime) -> dict[str, Any]:
         )
     if entry is None:
         raise AirflowSkipException("nothing queued: queue a release with the tenant_release_queue DAG")
-    log.info("taking %s (%d queued tenant(s); approved by %s)", entry.describe(), len(entry.tenants), entry.approved_by or "-")
+    log.info(
+        "%s takes %s (%d queued tenant(s); approved by %s)",
+        run_id,
+        entry.describe(),
+        len(entry.tenants),
+        entry.approved_by or "-",
+    )
     return {
         "release_tag": entry.release,
         "tenants": list(entry.tenants),
         # The release run refuses a freeze on its own; the override stays empty so that check still applies.
         "conf": {"release_tag": entry.release, "tenants": list(entry.tenants), "override_freeze": ""},
-        # Fixed per scheduled run and release: a retry of the trigger finds the run it created instead of a second one.
-        "trigger_run_id": f"queued__{entry.release}__{run_id}",
+        # Fixed per queue entry: any later attempt to dispatch it finds the run it created instead of making a second.
+        "trigger_run_id": release_queue.dispatch_run_id(entry),
     }
 
 

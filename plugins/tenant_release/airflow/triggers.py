@@ -138,6 +138,21 @@ class TenantDeployTrigger(_Serializable):
         low = 0.5 if first else 0.8
         return self.poll_interval * random.uniform(low, 1.2)  # noqa: S311 (spreading load, not security)
 
+    async def _begin(self, deployment: Any, progress: DeployProgress) -> DeployProgress:
+        """Start the deploy; while someone else's operation holds the stack, wait here for it (never compete)."""
+        from tenant_release.errors import StackBusyError
+
+        deadline = datetime.fromisoformat(self.deadline)
+        while True:
+            try:
+                return await in_thread(deployment.begin, progress, wait_for_change_set=False)
+            except StackBusyError as busy:
+                if datetime.now(UTC) >= deadline:
+                    message = f"{busy}; still {busy.stack_status} at {self.deadline}"
+                    raise StackBusyError(message, stack_status=busy.stack_status) from None
+                self.log.info("%s", busy)
+            await asyncio.sleep(self._pause(first=False))
+
     async def _execute_when_ready(self, deployment: Any, progress: DeployProgress) -> DeployProgress:
         """Wait here, not in a thread, while CloudFormation creates the change set (seconds on AWS), then execute it."""
         waited = 0.0
@@ -207,7 +222,7 @@ class TenantDeployTrigger(_Serializable):
                 deployment.target.region,
                 deployment.run.session_name,
             )
-            progress = await in_thread(deployment.begin, progress, wait_for_change_set=False)
+            progress = await self._begin(deployment, progress)
             progress = await self._execute_when_ready(deployment, progress)
             status = await self._settle(deployment, progress)
             result = await in_thread(deployment.finish, progress, stack_status=status)

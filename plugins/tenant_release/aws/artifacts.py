@@ -154,8 +154,22 @@ def copy_into_tenant(
         hint = ""
         if code in {"NoSuchBucket", "404"}:
             hint = f" Fix: the tenant bucket {target_bucket} is missing; deploy the tenant bootstrap stack."
+        elif code.startswith("KMS.") or (classify.is_access_denied(exc) and "kms:" in classify.error_message(exc)):
+            hint = (
+                f" Fix: the key policy of the tenant's key {kms_key_arn} must let the tooling orchestrator role use it "
+                "through S3: statement OrchestratorEncryptsReleaseCopies (kms:GenerateDataKey, kms:Encrypt, kms:ViaService "
+                "s3.<region>) of ArtifactKey in include/templates/tenant-bootstrap.yaml; redeploy the tenant bootstrap "
+                "stack (`tenant-release bootstrap`). The orchestrator's own policy must allow the same "
+                "(EncryptCopiesUnderTenantKeys in include/templates/tooling.yaml)."
+            )
         elif classify.is_access_denied(exc):
-            hint = " Fix: the tenant's deploy role needs read on the tooling release prefix and kms:Decrypt on its key."
+            hint = (
+                f" Fix: the policy of the tenant bucket {target_bucket} must let the tooling orchestrator role write "
+                "release copies: statement OrchestratorStagesReleases (s3:PutObject, s3:GetObject) of ArtifactBucketPolicy "
+                "in include/templates/tenant-bootstrap.yaml (redeploy it with `tenant-release bootstrap`); the "
+                "orchestrator's own policy must allow reading the source and writing the copy (PublishReleaseArtifacts, "
+                "CopyReleasesIntoTenantBuckets, UseArtifactKey in include/templates/tooling.yaml)."
+            )
         raise PermanentAwsError(
             f"copying s3://{source_bucket}/{source_key} to s3://{target_bucket}/{target_key} failed: "
             f"{classify.describe(exc)}.{hint}"
@@ -165,13 +179,24 @@ def copy_into_tenant(
         copied = head_object(s3, bucket=target_bucket, key=target_key) or {}
     if not _matches(copied, sha256):
         raise ChecksumMismatchError(
-            f"the copy at s3://{target_bucket}/{target_key} does not hash to the built artifact {sha256}; it was not deployed"
+            f"the copy at s3://{target_bucket}/{target_key} hashes to {_copied_sha256(copied)}, not to the built "
+            f"artifact's {sha256}: the source s3://{source_bucket}/{source_key} no longer holds what was built, or the "
+            "copy was corrupted; it was not deployed. Fix: find out what changed the source object, restore its built "
+            "version (the bucket keeps versions), or delete it and run the release again with `rebuild: true`"
         )
     if copied.get("SSEKMSKeyId") not in (None, kms_key_arn):
         raise PermanentAwsError(
             f"the copy at s3://{target_bucket}/{target_key} is encrypted under {copied['SSEKMSKeyId']}, not the tenant's "
             f"key {kms_key_arn}; it was not deployed"
         )
+
+
+def _copied_sha256(head: dict[str, Any]) -> str:
+    """The copy's SHA-256 in hex, as S3 computed it (else as its metadata claims), for the mismatch message."""
+    checksum = head.get("ChecksumSHA256")
+    if checksum and "-" not in checksum:
+        return base64.b64decode(checksum).hex()
+    return head.get("Metadata", {}).get("sha256") or "an unknown SHA-256"
 
 
 def _matches(head: dict[str, Any], sha256: str) -> bool:
@@ -188,7 +213,13 @@ def resolve_kms_key_arn(kms: Any, alias: str) -> str:
     except ClientError as exc:
         if classify.is_retriable(exc):
             raise
-        raise PermanentAwsError(
-            f"KMS key {alias} not found or not usable: {classify.describe(exc)}. "
-            "Fix: deploy the bootstrap stack that creates it, or set kms_key_alias in the fleet file."
-        ) from None
+        if classify.is_access_denied(exc):
+            fix = (
+                f"the tenant's deploy role must be allowed kms:DescribeKey on the key behind {alias}: statement "
+                "UseTenantKey of DeployRole in include/templates/tenant-bootstrap.yaml (with the key policy's "
+                "TenantAccountAdministersKey, which lets the account's IAM policies grant it); redeploy the tenant "
+                "bootstrap stack (`tenant-release bootstrap`)"
+            )
+        else:
+            fix = "deploy the bootstrap stack that creates it, or set kms_key_alias in the fleet file"
+        raise PermanentAwsError(f"KMS key {alias} not found or not usable: {classify.describe(exc)}. Fix: {fix}.") from None

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from tenant_release import classify, naming
 from tenant_release.aws.session import AwsSessions
 from tenant_release.aws.stacks import NEEDS_A_PERSON_STATES, SUCCESS_STATES, describe_stack, stack_tag
 from tenant_release.config import LoadedFleet
-from tenant_release.errors import FleetConfigError, PermanentAwsError
+from tenant_release.errors import FleetConfigError, PermanentAwsError, TenantReleaseError
 from tenant_release.models import Target
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,14 @@ log = logging.getLogger(__name__)
 _TEMPLATES = Path(__file__).resolve().parents[3] / "include" / "templates"
 TOOLING_TEMPLATE = _TEMPLATES / "tooling.yaml"
 TENANT_TEMPLATE = _TEMPLATES / "tenant-bootstrap.yaml"
-TOOLING_STACK = "tenant-release-tooling"
-TENANT_STACK = "tenant-release-bootstrap"
+TOOLING_STACK = naming.TOOLING_STACK
+TENANT_STACK = naming.TENANT_STACK
 DEFAULT_BOOTSTRAP_ROLE = "OrganizationAccountAccessRole"
 TAG_BOOTSTRAP_DIGEST = "BootstrapDigest"
+ORCHESTRATOR_PRINCIPAL_ENV = "TENANT_RELEASE_ORCHESTRATOR_PRINCIPAL"
+# The tooling template's AllowedPattern: one IAM role or user; never an account root, which would let every
+# principal of that account that IAM allows assume the orchestrator role.
+_PRINCIPAL_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]{1,512}$")
 # Accounts bootstrapped at once: each is an assume-role and a few CloudFormation calls, mostly waiting.
 DEFAULT_CONCURRENCY = int(os.environ.get("TENANT_RELEASE_BOOTSTRAP_CONCURRENCY", "16"))
 
@@ -54,8 +59,8 @@ def bootstrap_fleet(
     sessions: AwsSessions,
     loaded: LoadedFleet,
     *,
+    tooling_principal_arn: str,
     bootstrap_role_name: str = DEFAULT_BOOTSTRAP_ROLE,
-    tooling_principal_arn: str = "",
     sleep: Callable[[float], None] = time.sleep,
     concurrency: int = DEFAULT_CONCURRENCY,
     approver_principal_arn: str = "",
@@ -63,11 +68,14 @@ def bootstrap_fleet(
     fleet = loaded.fleet
     tooling = fleet.tooling
     targets = bootstrap_targets(loaded)
+    parameters = tooling_parameters(  # a bad principal is refused before any AWS call
+        loaded, tooling_principal_arn=tooling_principal_arn, approver_principal_arn=approver_principal_arn
+    )
     tooling_result = _deploy_stack(
         sessions.tooling_client("cloudformation", tooling.region),
         TOOLING_STACK,
         TOOLING_TEMPLATE.read_text(encoding="utf-8"),
-        tooling_parameters(loaded, tooling_principal_arn=tooling_principal_arn, approver_principal_arn=approver_principal_arn),
+        parameters,
         account_id=tooling.account_id,
         region=tooling.region,
         sleep=sleep,
@@ -129,10 +137,9 @@ def tenant_template_text(loaded: LoadedFleet) -> str:
     return json.dumps(template, indent=1) + "\n"
 
 
-def tooling_parameters(
-    loaded: LoadedFleet, *, tooling_principal_arn: str = "", approver_principal_arn: str = ""
-) -> dict[str, str]:
+def tooling_parameters(loaded: LoadedFleet, *, tooling_principal_arn: str, approver_principal_arn: str = "") -> dict[str, str]:
     """The tooling stack's parameters: none of them lists or grows with the tenants."""
+    check_orchestrator_principal(tooling_principal_arn)
     fleet = loaded.fleet
     tooling = fleet.tooling
     return {
@@ -151,6 +158,21 @@ def tooling_parameters(
         "AttemptsTableName": tooling.attempts_table,
         "ApproverTrustedPrincipalArn": approver_principal_arn,  # empty: no approver role
     }
+
+
+def check_orchestrator_principal(arn: str) -> None:
+    """Refuse a missing or too-broad principal for the orchestrator role's trust, saying what to pass instead."""
+    example = "e.g. --orchestrator-principal arn:aws:iam::<tooling account>:role/<airflow workers' role>"
+    if not arn:
+        raise TenantReleaseError(
+            "bootstrap needs the principal that may assume the orchestrator role, i.e. the identity Airflow's workers "
+            f"run as (`aws sts get-caller-identity` on a worker shows it): {example}, or set {ORCHESTRATOR_PRINCIPAL_ENV}"
+        )
+    if not _PRINCIPAL_ARN.match(arn):
+        raise TenantReleaseError(
+            f"orchestrator principal {arn!r} is not the ARN of one IAM role or user ({example}); an account root or an "
+            "assumed-role session ARN is refused, because the orchestrator role must trust one identity, not an account"
+        )
 
 
 def tenant_parameters(loaded: LoadedFleet, target: Target) -> dict[str, str]:

@@ -199,6 +199,16 @@ def next_queued(dynamodb: Any, table: str) -> QueuedRelease | None:
     return waiting[0] if waiting else None
 
 
+def dispatch_run_id(entry: QueuedRelease) -> str:
+    """The id of the tenant_release run that ships this queue entry: the same at every attempt to dispatch it.
+
+    A dispatch that triggered the run and stopped before marking the entry leaves it QUEUED; the next attempt (a
+    retry, or the next window's run) triggers the same id, which Airflow refuses to create twice, then marks it. So a
+    queued release ships once. The time it was queued tells a tag queued again after a cancel from its first queueing.
+    """
+    return f"queued__{entry.release}__{entry.queued_at}"
+
+
 def mark_dispatched(dynamodb: Any, table: str, release_tag: str, *, run_id: str, now: datetime | None = None) -> QueuedRelease:
     """QUEUED → DISPATCHED with the tenant_release run that ships it. Repeating it for the same run is a no-op."""
     with _queue_table(table):

@@ -163,14 +163,18 @@ class AwsSessions:
 
 
 def assume_role_error(target: Target, exc: ClientError) -> Exception:
-    """Translate an STS failure into what the operator must do about it."""
+    """Translate an STS failure into what the operator must do about it, naming the policies that decide it."""
     what = f"cannot assume {target.deploy_role_arn} for tenant {target.name!r}: {classify.describe(exc)}"
     if classify.is_retriable(exc):
         return RecoverableAwsError(what)
+    external_id = f", with the condition sts:ExternalId = {target.external_id!r} (the fleet file's external_id)"
     hint = (
-        "deploy the tenant bootstrap stack in that account (`tenant-release bootstrap`), and check that the role "
-        "trusts the tooling account's orchestrator role"
+        f"the trust policy of {target.deploy_role_arn} must let the tooling account's orchestrator role assume it: "
+        "statement OrchestratorAssumesRole (sts:AssumeRole"
+        f"{external_id if target.external_id else ''}) and OrchestratorSetsSessionIdentity (sts:SetSourceIdentity, "
+        "sts:TagSession) of DeployRole in include/templates/tenant-bootstrap.yaml, whose ToolingAccountId and "
+        f"OrchestratorRoleName parameters name that role. Deploy the tenant bootstrap stack in account "
+        f"{target.account_id} (`tenant-release bootstrap`) to create or repair it; the orchestrator's own policy "
+        "(AssumeTenantDeployRoles in include/templates/tooling.yaml) must allow the same actions on the role"
     )
-    if target.external_id:
-        hint += " with the ExternalId from the fleet file"
     return PermanentAwsError(f"{what}. Fix: {hint}.")

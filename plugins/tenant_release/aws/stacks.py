@@ -11,7 +11,7 @@ from typing import Any, cast
 from botocore.exceptions import ClientError
 
 from tenant_release import classify, naming
-from tenant_release.errors import PermanentAwsError, RecoverableAwsError, StackFailedError
+from tenant_release.errors import PermanentAwsError, RecoverableAwsError, StackBusyError, StackFailedError
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,16 @@ NEEDS_A_PERSON_STATES = frozenset(
 FAILED_CREATE_STATE = "ROLLBACK_COMPLETE"
 
 _FIX_FOR_STATE = {
-    "UPDATE_ROLLBACK_FAILED": "continue the rollback (aws cloudformation continue-update-rollback --stack-name {stack}), "
-    "skipping the resources that cannot roll back, then re-run this tenant",
+    "UPDATE_ROLLBACK_FAILED": "fix what the events name, then continue the rollback with the tenant account's "
+    "credentials: `aws cloudformation continue-update-rollback --stack-name {stack} --region {region}` (add "
+    "`--resources-to-skip <LogicalResourceId>` for a resource that still cannot roll back), or in the CloudFormation "
+    "console of that account and region: Stacks > {stack} > Stack actions > Continue update rollback. Once the stack "
+    "is UPDATE_ROLLBACK_COMPLETE, re-run this tenant",
+    # Not a person's job to repair, only the cause: the stack is usable again as it is.
+    "UPDATE_ROLLBACK_COMPLETE": "the stack rolled back to what it ran before and takes the next release as it is; "
+    "fix what the events name (the template, a parameter, a quota), then release again",
+    FAILED_CREATE_STATE: "a stack whose first create rolled back holds nothing and can only be deleted: the next "
+    "release deletes it and creates it again; fix what the events name first",
     "ROLLBACK_FAILED": "delete the stack after fixing what blocks its deletion, then re-run this tenant",
     "DELETE_FAILED": "delete the stack after fixing what blocks its deletion, then re-run this tenant",
 }
@@ -97,17 +105,27 @@ def start_deploy(
         stack = describe_stack(cloudformation, stack_name)
     stack = cast("dict[str, Any] | None", stack)
     status = stack["StackStatus"] if stack else None
-    if status and status.endswith("_IN_PROGRESS") and status != "REVIEW_IN_PROGRESS":
-        existing = _describe_change_set(cloudformation, stack_name, change_set_name)
-        if existing and existing.get("ExecutionStatus") in {"EXECUTE_IN_PROGRESS", "EXECUTE_COMPLETE"}:
-            return StackDeployStart(unchanged=False, change_set_name=change_set_name, change_set_type=None)
-        raise RecoverableAwsError(f"stack {stack_name} is busy ({status}); waiting for it to finish")
+    attached = operation_under_way(cloudformation, stack_name=stack_name, stack=stack, change_set_name=change_set_name)
+    if attached is not None:
+        return attached
     if status in NEEDS_A_PERSON_STATES:
+        # Never a change set on it: CloudFormation would refuse it, and the stack needs a person first.
         fix = _FIX_FOR_STATE.get(status, "inspect the stack events, repair the stack, then re-run this tenant")
-        raise PermanentAwsError(f"stack {stack_name} is in {status} and cannot be deployed. Fix: {fix.format(stack=stack_name)}")
+        reasons = failure_reasons(cloudformation, stack_name)
+        why = f" after: {'; '.join(reasons)}" if reasons else ""
+        raise PermanentAwsError(
+            f"stack {stack_name} is in {status}{why}. It cannot be deployed until it is repaired. "
+            f"Fix: {_fix(fix, cloudformation, stack_name)}"
+        )
     if status == FAILED_CREATE_STATE:
-        # A stack whose creation rolled back holds no resources and cannot be updated: delete it and create anew.
-        log.warning("stack %s is %s from an earlier failed create; deleting it before creating again", stack_name, status)
+        # A stack whose creation rolled back holds no resources and can only be deleted: delete it and create anew.
+        reasons = failure_reasons(cloudformation, stack_name)
+        log.warning(
+            "stack %s is %s from an earlier failed create (%s); deleting it before creating again",
+            stack_name,
+            status,
+            "; ".join(reasons) or "no failed resource event",
+        )
         cloudformation.delete_stack(StackName=stack_name)
         _wait_until_gone(cloudformation, stack_name, poll=wait_poll, timeout=wait_timeout, sleep=sleep)
         stack, status = None, None
@@ -159,6 +177,24 @@ def start_deploy(
         )
         return _execute_created(cloudformation, stack_name, change_set_name, change_set_type, created)
     return _execute_created(cloudformation, stack_name, change_set_name, change_set_type, existing)
+
+
+def operation_under_way(
+    cloudformation: Any, *, stack_name: str, stack: dict[str, Any] | None, change_set_name: str
+) -> StackDeployStart | None:
+    """None when the stack is at rest. Mid-operation: this deploy's own change set executing (a retry attaches to
+    it), or someone else's operation, which `StackBusyError` says to wait for: never a competing update."""
+    status = stack["StackStatus"] if stack else None
+    if not status or not status.endswith("_IN_PROGRESS") or status == "REVIEW_IN_PROGRESS":
+        return None
+    existing = _describe_change_set(cloudformation, stack_name, change_set_name)
+    if existing and existing.get("ExecutionStatus") in {"EXECUTE_IN_PROGRESS", "EXECUTE_COMPLETE"}:
+        return StackDeployStart(unchanged=False, change_set_name=change_set_name, change_set_type=None)
+    raise StackBusyError(
+        f"stack {stack_name} is busy with an operation this release did not start ({status}); the deploy waits for it "
+        "to settle, then deploys",
+        stack_status=status,
+    )
 
 
 def execute_when_ready(
@@ -236,8 +272,12 @@ def raise_for_failed_stack(cloudformation: Any, stack_name: str, status: str) ->
     fix = _FIX_FOR_STATE.get(status)
     message = f"stack {stack_name} ended {status}: {first}"
     if fix:
-        message += f". Fix: {fix.format(stack=stack_name)}"
+        message += f". Fix: {_fix(fix, cloudformation, stack_name)}"
     raise StackFailedError(message, stack_status=status, events=reasons)
+
+
+def _fix(template: str, cloudformation: Any, stack_name: str) -> str:
+    return template.format(stack=stack_name, region=cloudformation.meta.region_name)
 
 
 def _describe_change_set(cloudformation: Any, stack_name: str, name: str) -> dict[str, Any] | None:
