@@ -203,6 +203,11 @@ def environment(stack: Stack) -> dict[str, str]:
         env["AIRFLOW__CELERY__RESULT_BACKEND"] = stack.celery_result_backend
         env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(stack.parallelism)
     env.pop("MOTO_ACCOUNT_ID", None)
+    # This checkout's code: a virtualenv's editable install may point at another checkout (a git worktree sharing
+    # the virtualenv), and its path comes before the plugins folder Airflow adds; PYTHONPATH comes before both.
+    plugins = str(ROOT / "plugins")
+    if env.get("PYTHONPATH", "").split(os.pathsep)[0] != plugins:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [plugins, env.get("PYTHONPATH")]))
     return env
 
 
@@ -705,6 +710,45 @@ def down(stack: Stack) -> int:
     return 0
 
 
+# --- restart --------------------------------------------------------------------------------------------------
+
+
+def _process_environment(pid: int) -> dict[str, str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def restart(stack: Stack, names: list[str], sig: signal.Signals) -> int:
+    """Kill components (with their whole process group: a scheduler's LocalExecutor workers go too), then start them.
+
+    What a crash and a restart of those components looks like mid-release. Each comes back with the environment
+    the old process had (the stack's settings as `up` made them). It leaves `pids.json` first, so a running `up`
+    does not take the restart for a component that died.
+    """
+    pids = read_pids(stack)
+    unknown = [name for name in names if name not in pids]
+    if unknown:
+        raise SystemExit(f"no {', '.join(unknown)} recorded in {stack.pids_file}; start the stack with `up` first")
+    environments = {name: _process_environment(pids[name]) or environment(stack) for name in names}
+    killed = {name: pids.pop(name) for name in names}
+    stack.pids_file.write_text(json.dumps(pids))
+    for name, pgid in killed.items():
+        say(f"sending {sig.name} to {name} (process group {pgid})")
+        try:
+            os.killpg(pgid, sig)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(group_alive(pgid) for pgid in killed.values()):
+        time.sleep(0.2)
+    for name in names:
+        start(stack, name, component_command(stack, name), environments[name], pids)
+    return 0
+
+
 # --- command line ---------------------------------------------------------------------------------------------
 
 
@@ -752,6 +796,10 @@ def build_parser() -> argparse.ArgumentParser:
     up_parser.add_argument("--parallelism", type=int, default=parallelism, help="task slots (and Celery worker concurrency)")
     down_parser = sub.add_parser("down", help="stop everything `up` started")
     add_location_options(down_parser)
+    restart_parser = sub.add_parser("restart", help="kill components of a running stack and start them again")
+    restart_parser.add_argument("components", nargs="+", choices=["scheduler", "triggerer", "dag-processor", "api-server"])
+    restart_parser.add_argument("--signal", choices=["TERM", "KILL"], default="TERM", help="TERM: a clean stop; KILL: a crash")
+    add_location_options(restart_parser)
     return parser
 
 
@@ -775,11 +823,22 @@ def stack_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     )
 
 
+def running_stack(state_dir: Path) -> Stack:
+    """The stack `up` started in `state_dir`, with the settings it recorded."""
+    try:
+        settings = json.loads((state_dir / "stack.json").read_text())
+    except (OSError, ValueError):
+        raise SystemExit(f"no stack was started in {state_dir} (no readable stack.json)") from None
+    return Stack(**{**settings, "state_dir": state_dir})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "down":
         return down(Stack(state_dir=args.state_dir.resolve()))
+    if args.command == "restart":
+        return restart(running_stack(args.state_dir.resolve()), args.components, signal.Signals[f"SIG{args.signal}"])
     return up(stack_from_args(parser, args), args.tag, args.timeout)
 
 

@@ -17,8 +17,10 @@
 And one thing moto cannot do at all, for benchmarks: stacks that take time to settle. moto applies a change
 set at once; with a settle time set, the stack reports `CREATE_IN_PROGRESS`/`UPDATE_IN_PROGRESS` for that
 many seconds after the change set is executed, as CloudFormation does while it works. The time is read from
-the file named by `TENANT_RELEASE_MOTO_SETTLE_FILE` (a number of seconds; changeable while the server runs)
-or from `TENANT_RELEASE_MOTO_SETTLE_SECONDS`; unset, stacks settle at once as before. With
+the file named by `TENANT_RELEASE_MOTO_SETTLE_FILE` (a number of seconds; changeable while the server runs:
+a stack in progress settles by the time the file says when it is next described, so a test can hold stacks
+in progress and then let them go) or from `TENANT_RELEASE_MOTO_SETTLE_SECONDS`; unset, stacks settle at once
+as before. With
 `TENANT_RELEASE_MOTO_QUIET` set, the server logs no line per request.
 """
 
@@ -109,16 +111,16 @@ def _apply_change_set_fixes() -> None:
             change_set.stack.output_map = change_set.stack._create_output_map()
             if delay > 0:
                 stack = change_set.stack
-                stack._settles_at, stack._settled_status = time.time() + delay, stack.status
+                stack._executed_at, stack._settled_status = time.time(), stack.status
                 stack.status = f"{change_set.change_set_type}_IN_PROGRESS"
         return result
 
     def describe_stacks(self: Any, name_or_stack_id: str) -> Any:
         stacks = original_describe(self, name_or_stack_id)
         for stack in stacks:
-            settles_at = getattr(stack, "_settles_at", None)
-            if settles_at is not None and time.time() >= settles_at:
-                stack.status, stack._settles_at = stack._settled_status, None
+            executed_at = getattr(stack, "_executed_at", None)
+            if executed_at is not None and time.time() >= executed_at + settle_seconds():
+                stack.status, stack._executed_at = stack._settled_status, None
         return stacks
 
     def delete_stack(self: Any, name_or_stack_id: str) -> Any:

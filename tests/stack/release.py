@@ -7,17 +7,19 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import local_stack  # scripts/ is on sys.path (tests/conftest.py)
 from tenant_release.aws import ledger
 from tenant_release.aws.stacks import TAG_RELEASE_VERSION, describe_stack, stack_tag
 from tenant_release.config import load_fleet
-from tenant_release.models import Outcome
+from tenant_release.models import Outcome, Target
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 
@@ -76,8 +78,19 @@ class StackRun:
 
 
 @contextmanager
-def isolated_stack(state_dir: Path, *extra_args: str, config: Path = CONFIG, tag: str = TAG) -> Iterator[StackRun]:
-    """Run `up` on free ports in `state_dir`; always `down` afterwards and check that no process of it is left."""
+def isolated_stack(
+    state_dir: Path,
+    *extra_args: str,
+    config: Path = CONFIG,
+    tag: str = TAG,
+    env: dict[str, str] | None = None,
+    during: Callable[[StackRun], None] | None = None,
+    up_timeout: float = UP_TIMEOUT,
+) -> Iterator[StackRun]:
+    """Run `up` on free ports in `state_dir`; always `down` afterwards and check that no process of it is left.
+
+    `during` runs in this process while `up` starts the stack and follows the release (to break things mid-run).
+    """
     args = [
         "up",
         "--tag",
@@ -99,21 +112,34 @@ def isolated_stack(state_dir: Path, *extra_args: str, config: Path = CONFIG, tag
     run = StackRun(state_dir=state_dir, args=args)
     failed = False
     try:
-        try:
-            result = subprocess.run(
+        up_log = state_dir.parent / f"{state_dir.name}-up.log"
+        with open(up_log, "w+") as out:
+            process = subprocess.Popen(
                 [sys.executable, str(SCRIPT), *args],
-                env=clean_environment(config),
+                env={**clean_environment(config), **(env or {})},
                 cwd=ROOT,
-                capture_output=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 text=True,
-                timeout=UP_TIMEOUT,
-                check=False,
             )
-            run.returncode, run.output = result.returncode, result.stdout + result.stderr
-        except subprocess.TimeoutExpired as exc:  # run() has killed `up`; the stack itself is still running
-            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
-            run.output = out + f"\n(local_stack.py up killed after {UP_TIMEOUT}s)"
-        print(run.output)  # pytest shows it when the test fails
+            deadline = time.monotonic() + up_timeout
+            try:
+                if during is not None:
+                    during(run)
+                run.returncode = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:  # the stack itself is still running: `down` below stops it
+                process.kill()
+                process.wait()
+                out.write(f"\n(local_stack.py up killed after {up_timeout}s)")
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            finally:
+                out.flush()
+                out.seek(0)
+                run.output = out.read()
+                print(run.output)  # pytest shows it when the test fails
         yield run
     except BaseException:
         failed = True
@@ -133,6 +159,21 @@ def isolated_stack(state_dir: Path, *extra_args: str, config: Path = CONFIG, tag
         left = local_stack.stragglers(run.stack)
         # Do not hide the test's own failure behind this one.
         assert failed or not left, f"`down` left processes of the stack running: {left}"
+
+
+def tenant_cloudformation(moto_url: str, target: Target) -> Any:
+    """A CloudFormation client in the tenant's own account of the stack's moto server (as a test reads it)."""
+    aws = {"endpoint_url": moto_url, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    sts = boto3.client("sts", region_name="us-east-1", **aws)
+    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{target.account_id}:role/stack-test", RoleSessionName="stack-test")
+    return boto3.client(
+        "cloudformation",
+        region_name=target.region,
+        endpoint_url=moto_url,
+        aws_access_key_id=creds["Credentials"]["AccessKeyId"],
+        aws_secret_access_key=creds["Credentials"]["SecretAccessKey"],
+        aws_session_token=creds["Credentials"]["SessionToken"],
+    )
 
 
 def assert_release_succeeded(run: StackRun) -> None:
@@ -188,17 +229,8 @@ def assert_release_succeeded(run: StackRun) -> None:
     assert {name: (r.status, r.version, r.run_id) for name, r in history.items()} == dict.fromkeys(
         targets, (Outcome.SUCCEEDED, "1.0.0", run_id)
     )
-    sts = boto3.client("sts", region_name="us-east-1", **aws)
     for name, target in targets.items():
-        creds = sts.assume_role(RoleArn=f"arn:aws:iam::{target.account_id}:role/stack-test", RoleSessionName="stack-test")
-        cloudformation = boto3.client(
-            "cloudformation",
-            region_name=target.region,
-            endpoint_url=facts["moto_url"],
-            aws_access_key_id=creds["Credentials"]["AccessKeyId"],
-            aws_secret_access_key=creds["Credentials"]["SecretAccessKey"],
-            aws_session_token=creds["Credentials"]["SessionToken"],
-        )
+        cloudformation = tenant_cloudformation(facts["moto_url"], target)
         assert stack_tag(describe_stack(cloudformation, target.stack_name), TAG_RELEASE_VERSION) == "1.0.0", name
 
     # What a person sees: progress in DAG order, then the summary table with every tenant.
