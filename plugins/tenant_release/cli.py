@@ -14,7 +14,7 @@ from typing import Any
 from tenant_release import report
 from tenant_release.config import CONFIG_ENV_VAR, LoadedFleet, config_path, load_fleet
 from tenant_release.errors import TenantReleaseError
-from tenant_release.models import Release, Target, ToolingAccount
+from tenant_release.models import Artifact, Release, Target, ToolingAccount
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 
@@ -245,16 +245,17 @@ def _cmd_queue_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _published_sha256(s3: object, loaded: LoadedFleet, release: Release) -> str | None:
-    """The sha256 of the build of this tag the release build published (its manifest), None before it is built."""
+def _published_build(s3: object, loaded: LoadedFleet, release: Release) -> Artifact | None:
+    """The build of this tag the release build published (its manifest), None before it is built."""
     from tenant_release.build import build_manifest_key, read_manifest
 
     tooling = loaded.fleet.tooling
-    manifest = read_manifest(s3, tooling.artifact_bucket, build_manifest_key(tooling, release))
-    return manifest.sha256 if manifest else None
+    return read_manifest(s3, tooling.artifact_bucket, build_manifest_key(tooling, release))
 
 
 def _cmd_approve(args: argparse.Namespace) -> int:
+    from botocore.exceptions import ClientError
+
     from tenant_release.aws.approvals import RELEASE_WIDE, MalformedApproval, from_dynamodb, put_decision
     from tenant_release.aws.session import AwsSessions
     from tenant_release.build import build_manifest_key
@@ -269,7 +270,13 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     if given is not None and not re.fullmatch(r"[0-9a-f]{64}", given):  # checked before any AWS call
         raise TenantReleaseError(f"--sha256 {args.sha256!r} is not a SHA-256 (64 hex digits); copy it from the approval request")
     sessions = AwsSessions()
-    published = _published_sha256(sessions.tooling_client("s3", tooling.region), loaded, release)
+    try:
+        build = _published_build(sessions.tooling_client("s3", tooling.region), loaded, release)
+    except ClientError:
+        if given is None:
+            raise
+        build = None  # the sha256 given is what is approved; the manifest only adds a warning when it differs
+    published = build.sha256 if build else None
     sha256 = given or published
     if sha256 is None and not args.reject:
         raise TenantReleaseError(
@@ -298,6 +305,9 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     what = f"the release gate of {release.tag}" if args.tenant == RELEASE_WIDE else f"{release.tag} for tenant {args.tenant}"
     _out(f"recorded: {'rejected' if args.reject else 'approved'} {what} by {who}" + (f" ({args.note})" if args.note else ""))
     _out(f"  artifact sha256 {sha256 or '(any: a rejection applies to every build)'}; caller {identity}")
+    if build is not None and sha256 == published:
+        commit = f" at {build.source_commit}" if build.source_commit else ""
+        _out(f"  the build published for {release.tag}: {build.source}{commit}")
     if args.sha256 and published and sha256 != published:
         _out(f"  note: the published build of {release.tag} is {published}; a run of that build will not accept this approval")
     if previous is not None:
@@ -325,7 +335,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     entry = release_queue.get(dynamodb, tooling.queue_table, release.tag)
     _out(f"queue: {entry.describe() if entry else 'not queued'}")
     s3 = sessions.tooling_client("s3", tooling.region)
-    published = _published_sha256(s3, loaded, release)
+    build = _published_build(s3, loaded, release)
+    published = build.sha256 if build else None
     lookup = find_decision(
         dynamodb,
         s3,

@@ -221,16 +221,34 @@ def _schedule_problems(fleet: Fleet) -> list[str]:
     return problems
 
 
+_RELEASE_PREFIX = re.compile(r"^[a-zA-Z0-9_.-]+$")  # as the tooling template's ReleasePrefix allows
+
+
 def _tooling_problems(fleet: Fleet) -> list[str]:
     tooling = fleet.tooling
     problems: list[str] = []
     bucket = bucket_name_problem(tooling.artifact_bucket)
     if bucket:
         problems.append(f"tooling.artifact_bucket {bucket}")
-    for field in ("history_table", "approvals_table", "queue_table"):
-        name = getattr(tooling, field)
+    tables = {field: name for field, name in tooling if field.endswith("_table")}
+    for field, name in tables.items():
         if not _TABLE_NAME.match(name):
             problems.append(f"tooling.{field} {name!r} is not a DynamoDB table name: 3-255 letters, digits, '_', '-' or '.'")
+    shared = [name for name in set(tables.values()) if list(tables.values()).count(name) > 1]
+    for name in sorted(shared):
+        fields = ", ".join(f"tooling.{field}" for field, value in tables.items() if value == name)
+        problems.append(f"{fields} all name the table {name!r}; each needs a table of its own")
+    if not _RELEASE_PREFIX.match(tooling.release_prefix):
+        problems.append(
+            f"tooling.release_prefix {tooling.release_prefix!r} must be one key segment of letters, digits, '_', '-' or '.'"
+            " (no '/'), e.g. releases"
+        )
+    elif tooling.release_prefix == naming.APPROVALS_PREFIX:
+        # The orchestrator may write under the release prefix: there it could approve its own release.
+        problems.append(
+            f"tooling.release_prefix may not be {naming.APPROVALS_PREFIX!r}: approval records live there and the orchestrator, "
+            "which writes releases, must never write one. Use e.g. releases"
+        )
     if not _ROLE_NAME.match(tooling.orchestrator_role_name):
         problems.append(f"tooling.orchestrator_role_name {tooling.orchestrator_role_name!r} is not a valid IAM role name")
     if not _KMS_ALIAS.match(tooling.kms_key_alias) or tooling.kms_key_alias.startswith("alias/aws/"):

@@ -15,6 +15,9 @@ TOOLING_STACK = "tenant-release-tooling"
 TENANT_STACK = "tenant-release-bootstrap"
 SOURCE_IDENTITY_PREFIX = "tenant-release"
 
+# The key prefix of S3 approval records in the tooling bucket (aws.approvals); never the release prefix.
+APPROVALS_PREFIX = "approvals"
+
 
 def partition_for(region: str) -> str:
     if region.startswith("cn-"):

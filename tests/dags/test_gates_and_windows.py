@@ -142,7 +142,7 @@ def test_a_canary_tag_reaching_a_prod_tenant_stops_at_the_gate_until_its_artifac
     assert acme.gated and acme.approved_by == "release-manager (dynamodb, release gate)"
 
 
-def test_the_gate_request_names_the_gated_tenants_and_an_answer_in_airflow_binds_to_the_build(airflow_db):
+def test_the_gate_request_names_the_gated_tenants_and_an_answer_in_airflow_binds_to_the_build(airflow_db, fleet_file):
     from tenant_release.airflow.gate import ReleaseGateOperator
     from tenant_release.models import RunPlan
 
@@ -151,7 +151,7 @@ def test_the_gate_request_names_the_gated_tenants_and_an_answer_in_airflow_binds
         version="1.4.0",
         group="canary",
         gated=True,
-        config_path="tenants.yaml",
+        config_path=str(fleet_file),
         tenants=("acme", "ford"),
         gated_tenants=("acme",),
     )

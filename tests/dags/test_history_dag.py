@@ -43,6 +43,9 @@ def xcom(run: Any, task_id: str) -> Any:
 def test_every_write_of_a_run_is_an_attempt_and_an_older_runs_cleared_summary_keeps_the_newer_outcome(
     bootstrapped, release_dag
 ) -> None:
+    from tests.dags.test_release_dag import approve
+
+    approve("v-1.4.0-qa")  # umbrella (qa and prod) gates the qa release: approved ahead, for the build it ships
     first = release_dag.test(run_conf={"release_tag": "v-1.4.0-qa"})
     second = release_dag.test(run_conf={"release_tag": "v-1.4.0-qa"})
     assert (str(first.state), str(second.state)) == ("success", "success")
@@ -53,11 +56,13 @@ def test_every_write_of_a_run_is_an_attempt_and_an_older_runs_cleared_summary_ke
     assert [(r.run_id, r.status, r.written_by, r.try_number) for r in trail] == [
         (first.run_id, Outcome.IN_PROGRESS, "deploy", 1),
         (first.run_id, Outcome.SUCCEEDED, "deploy", 1),
+        (first.run_id, Outcome.SUCCEEDED, "summary", 1),  # the gated run's summary adds who approved it
         (second.run_id, Outcome.UNCHANGED, "fleet_changes", 1),
+        (second.run_id, Outcome.UNCHANGED, "summary", 1),
     ]
     assert {r.run_started_at for r in trail[:2]} == {plan["planned_at"]}  # the plan's time reached the triggerer
     assert trail[0].identity.startswith(f"session {naming.session_name(release_tag='v-1.4.0-qa', run_id=first.run_id)}")
-    assert trail[2].run_started_at == xcom(second, "plan")["planned_at"] > plan["planned_at"]
+    assert trail[3].run_started_at == xcom(second, "plan")["planned_at"] > plan["planned_at"]
 
     # The first run's summary is cleared and runs again, after the second run.
     summary = steps.summarize(

@@ -129,6 +129,26 @@ CASES = [
     Bad(
         "tooling bucket", sub("artifact_bucket: tr-test-artifacts", "artifact_bucket: TR_Artifacts"), ("tooling.artifact_bucket",)
     ),
+    Bad(
+        "attempts table name",
+        sub("artifact_bucket: tr-test-artifacts", "artifact_bucket: tr-test-artifacts\n  attempts_table: x"),
+        ("tooling.attempts_table 'x' is not a DynamoDB table name",),
+    ),
+    Bad(
+        "two tables, one name",
+        sub("artifact_bucket: tr-test-artifacts", "artifact_bucket: tr-test-artifacts\n  leases_table: tenant-release-history"),
+        ("tooling.history_table, tooling.leases_table all name the table 'tenant-release-history'", "a table of its own"),
+    ),
+    Bad(
+        "release prefix with a slash",
+        sub("artifact_bucket: tr-test-artifacts", "artifact_bucket: tr-test-artifacts\n  release_prefix: rel/eases"),
+        ("tooling.release_prefix 'rel/eases' must be one key segment", "e.g. releases"),
+    ),
+    Bad(
+        "releases under the approvals prefix",
+        sub("artifact_bucket: tr-test-artifacts", "artifact_bucket: tr-test-artifacts\n  release_prefix: approvals"),
+        ("tooling.release_prefix may not be 'approvals'", "the orchestrator", "must never write one"),
+    ),
     Bad("unknown placeholder", defaults('stack_name: "app-{tenant}"'), ("unknown placeholder 'tenant'", "{name}, {account_id}")),
     Bad(
         "role name", defaults('deploy_role_name: "deploy role!"'), ("deploy role name 'deploy role!'", "change deploy_role_name")

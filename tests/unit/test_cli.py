@@ -125,6 +125,7 @@ def test_approve_needs_the_artifact_and_records_it_with_the_callers_identity(boo
     assert out.splitlines() == [
         "recorded: approved the release gate of v1.5.0 by release-manager (CAB-12)",
         f"  artifact sha256 {SHA}; caller {caller}",
+        "  the build published for v1.5.0: x",  # what the approver approves, as the build recorded it
     ]
     record = approvals("*", "v1.5.0")
     assert (record.approved, record.decided_by, record.sha256, record.identity) == (True, "release-manager", SHA, caller)

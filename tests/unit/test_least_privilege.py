@@ -7,6 +7,7 @@ themselves are read statement by statement in test_templates.py.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import boto3
@@ -196,3 +197,25 @@ def test_each_bootstrapped_execution_role_trusts_cloudformation_only_for_its_own
         (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
         assert trust["Principal"] == {"Service": "cloudformation.amazonaws.com"}
         assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": target.account_id}}
+
+
+@pytest.mark.parametrize(
+    ("approver", "refusal"),
+    [
+        ("arn:aws:iam::123456789012:root", "is not the ARN of one IAM role or user"),
+        ("arn:aws:iam::123456789012:role/*", "is not the ARN of one IAM role or user"),
+        ("arn:aws:iam::123456789012:role/tenant-release-orchestrator", "the identity that deploys may not approve"),
+        (ORCHESTRATOR_PRINCIPAL, "the approver principal is the orchestrator principal"),
+    ],
+)
+def test_an_approver_principal_that_opens_approving_to_an_account_or_to_the_deployer_is_refused(
+    fleet_file: Path, approver: str, refusal: str
+) -> None:
+    from tenant_release.aws.bootstrap import tooling_parameters
+
+    with pytest.raises(TenantReleaseError, match=re.escape(refusal)):
+        tooling_parameters(load_fleet(fleet_file), tooling_principal_arn=ORCHESTRATOR_PRINCIPAL, approver_principal_arn=approver)
+    people = "arn:aws:iam::123456789012:role/release-approvers"
+    loaded = load_fleet(fleet_file)
+    parameters = tooling_parameters(loaded, tooling_principal_arn=ORCHESTRATOR_PRINCIPAL, approver_principal_arn=people)
+    assert parameters["ApproverTrustedPrincipalArn"] == people

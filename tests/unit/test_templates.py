@@ -481,7 +481,15 @@ def test_only_the_approver_role_writes_approvals_and_only_for_an_explicit_princi
     others = [
         s for s in statements if APPROVALS_TABLE not in _listed(s["Resource"]) and APPROVAL_OBJECTS not in _listed(s["Resource"])
     ]
-    assert {a for s in others for a in _listed(s["Action"])} == {"s3:GetObject", "kms:Decrypt", "kms:GenerateDataKey"}
+    assert {a for s in others for a in _listed(s["Action"])} == {
+        "s3:GetObject",
+        "s3:ListBucket",
+        "kms:Decrypt",
+        "kms:Encrypt",
+        "kms:GenerateDataKey",
+        "kms:GenerateDataKey*",
+        "kms:DescribeKey",
+    }
     assert not _statements_with_action(statements, "sts:") and not _statements_with_action(statements, "cloudformation:")
 
 
@@ -866,3 +874,21 @@ def test_bootstrap_of_a_1000_tenant_fleet_fits_every_aws_size_limit(tmp_path: Pa
         for role, size in inline_by_role.items():
             if _template(path)["Resources"][role]["Type"] == "AWS::IAM::Role":
                 assert size <= ROLE_INLINE_POLICIES_CHARS, (role, size)
+
+
+@pytest.mark.parametrize("role", ["OrchestratorRole", "ApproverRole"])
+def test_a_role_that_reads_or_writes_the_tooling_tables_may_use_their_key_through_dynamodb(role: str) -> None:
+    """The tables are encrypted under the tooling key: on real AWS a caller without kms:Decrypt through DynamoDB
+    is refused every read (moto does not check it, so the rendered policy is what is checked)."""
+    statements = _role_statements(TOOLING_TEMPLATE, role)
+    assert _statements_with_action(statements, "dynamodb:")
+    key = {"Fn::GetAtt": ["ArtifactKey", "Arn"]}
+    usable = [
+        s
+        for s in statements
+        if s["Effect"] == "Allow"
+        and key in _listed(s["Resource"])
+        and "kms:Decrypt" in _listed(s["Action"])
+        and "s3." not in json.dumps(s.get("Condition", {}))  # through S3 only does not reach DynamoDB
+    ]
+    assert usable, f"{role} reads DynamoDB tables encrypted under ArtifactKey but may not decrypt with it through DynamoDB"

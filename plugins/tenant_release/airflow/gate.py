@@ -188,7 +188,7 @@ class ReleaseGateOperator(ApprovalOperator):
         """
         if not self.stops_at_freeze:
             return passed
-        frozen = runtime.freeze_began(plan.config_path, context["params"], waiting_for=waited_for)
+        frozen = runtime.freeze_began(plan.config_path, context.get("params"), waiting_for=waited_for)
         if frozen is None:
             return passed
         self.log.warning("%s: %s", plan.release_tag, frozen)

@@ -33,11 +33,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tenant_release import classify
+from tenant_release import classify, naming
 from tenant_release.models import ApprovalDecision
 
 RELEASE_WIDE = "*"
-APPROVALS_PREFIX = "approvals"
+APPROVALS_PREFIX = naming.APPROVALS_PREFIX
 APPROVE_WORDS = frozenset({"approve", "approved", "yes", "y", "ok", "okay", "lgtm", "accept", "accepted", "true", "1", "go"})
 REJECT_WORDS = frozenset(
     {

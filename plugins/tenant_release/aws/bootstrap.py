@@ -140,6 +140,12 @@ def tenant_template_text(loaded: LoadedFleet) -> str:
 def tooling_parameters(loaded: LoadedFleet, *, tooling_principal_arn: str, approver_principal_arn: str = "") -> dict[str, str]:
     """The tooling stack's parameters: none of them lists or grows with the tenants."""
     check_orchestrator_principal(tooling_principal_arn)
+    check_approver_principal(approver_principal_arn, orchestrator_role_name=loaded.fleet.tooling.orchestrator_role_name)
+    if approver_principal_arn and approver_principal_arn == tooling_principal_arn:
+        raise TenantReleaseError(
+            "the approver principal is the orchestrator principal: the identity that deploys may not approve; "
+            "name the role your approvers use with --approver-principal"
+        )
     fleet = loaded.fleet
     tooling = fleet.tooling
     return {
@@ -173,6 +179,21 @@ def check_orchestrator_principal(arn: str) -> None:
         raise TenantReleaseError(
             f"orchestrator principal {arn!r} is not the ARN of one IAM role or user ({example}); an account root or an "
             "assumed-role session ARN is refused, because the orchestrator role must trust one identity, not an account"
+        )
+
+
+def check_approver_principal(arn: str, *, orchestrator_role_name: str) -> None:
+    """An approver principal, when given, is one role or user: approving must never be open to a whole account."""
+    if arn and not _PRINCIPAL_ARN.match(arn):
+        raise TenantReleaseError(
+            f"approver principal {arn!r} is not the ARN of one IAM role or user (e.g. --approver-principal "
+            "arn:aws:iam::<tooling account>:role/<your approvers' SSO role>); an account root or an assumed-role session "
+            "ARN is refused, because anyone in that account could then approve releases"
+        )
+    if arn.endswith(f":role/{orchestrator_role_name}"):
+        raise TenantReleaseError(
+            f"approver principal {arn!r} is the orchestrator role: the identity that deploys may not approve; name the "
+            "role your approvers (people or a change-management system) use"
         )
 
 
