@@ -29,7 +29,12 @@ _OWN_AWS_SETTINGS = (
     "AWS_WEB_IDENTITY_TOKEN_FILE",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
 )
+# Credentials or profiles the shell would use without any variable set: a real operator's, never overridden.
+_OWN_AWS_FILES = (Path("~/.aws/credentials"), Path("~/.aws/config"))
 _CREDENTIAL_CODES = frozenset(
     {
         "ExpiredToken",
@@ -63,7 +68,8 @@ def local_emulation() -> Iterator[str | None]:
     Yields its endpoint, or None when the shell's own AWS settings apply.
     """
     path = state_file()
-    if any(os.environ.get(name) for name in _OWN_AWS_SETTINGS) or not path.is_file():
+    own = any(os.environ.get(name) for name in _OWN_AWS_SETTINGS) or any(f.expanduser().is_file() for f in _OWN_AWS_FILES)
+    if own or not path.is_file():
         yield None
         return
     try:

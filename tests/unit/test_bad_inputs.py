@@ -271,6 +271,11 @@ def plain_shell(monkeypatch: pytest.MonkeyPatch, stack_dir: Path) -> None:
     """A shell that sets no AWS endpoint or credentials, and where `make run` left its state in `stack_dir`."""
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    home = stack_dir.parent / "home"  # no ~/.aws of its own
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("TENANT_RELEASE_STACK_DIR", str(stack_dir))
 
 
@@ -500,3 +505,19 @@ def test_plan_checks_a_local_git_sources_template_at_the_tag(aws_calls: list[str
     assert code == 2 and "Traceback" not in err
     assert "tenant 'acme': BillingMode='PROVISIONED' is not one of PAY_PER_REQUEST" in err
     assert aws_calls == []
+
+
+def test_an_operators_own_aws_credentials_are_never_swapped_for_a_leftover_emulation(tmp_path: Path, monkeypatch):
+    from tenant_release.cli_aws import local_emulation
+
+    stack_dir = tmp_path / "stack"
+    stack_dir.mkdir()
+    (stack_dir / "aws-endpoint.json").write_text(json.dumps({"endpoint_url": "http://127.0.0.1:1", "stop": "make stop"}))
+    plain_shell(monkeypatch, stack_dir)
+    with local_emulation() as endpoint:
+        assert endpoint == "http://127.0.0.1:1"  # nothing of the operator's own: the emulation make run left
+    aws = tmp_path / "home" / ".aws"
+    aws.mkdir()
+    (aws / "credentials").write_text("[default]\naws_access_key_id = AKIA...\n")
+    with local_emulation() as endpoint:
+        assert endpoint is None and "AWS_ENDPOINT_URL" not in os.environ  # ~/.aws/credentials: the operator's AWS
