@@ -642,6 +642,7 @@ class DeployProgress(BaseModel):
     window_waits: int = 0
     # This try's start, to the microsecond (`started_at` is the first try's): orders its history writes.
     attempt_started_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
+    rollback_from: str | None = None  # the newer version the stack held when this deploy began (an allowed rollback)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
