@@ -531,7 +531,7 @@ def test_a_retry_checks_the_rollback_against_the_stack_as_it_is_now_not_its_earl
     faults.faults.remove(denied)
     deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-a"))  # runs overlap: A ships 1.5.0
 
-    with pytest.raises(RollbackRefusedError, match="holds 1.5.0, newer than 1.4.0"):
+    with pytest.raises(RollbackRefusedError, match=r"holds 1\.5\.0, newer than 1\.4\.0"):
         deploy(world.deployment(sessions, "globex", run_id="run-b"))  # B's retry (or a cleared task)
 
     assert stack_tag(world.stack(GLOBEX, "us-east-1", "tenant-app-globex"), "ReleaseVersion") == "1.5.0"
