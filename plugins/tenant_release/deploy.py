@@ -532,8 +532,12 @@ def record_results(
     results: list[TenantResult],
     *,
     expected: dict[str, TenantResult] | None = None,
+    attempt_only: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """`record_result` for many tenants at once; returns those whose newer outcome was kept."""
+    """`record_result` for many tenants at once; returns those whose newer outcome was kept.
+
+    `attempt_only`: tenants whose result is kept as an attempt only (see `ledger.record`).
+    """
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
     return ledger.record_many(
         dynamodb,
@@ -542,4 +546,5 @@ def record_results(
         attempts_table=tooling.attempts_table,
         expected=expected,
         retry=classify.RetryPolicy(),
+        attempt_only=attempt_only,
     )

@@ -589,6 +589,7 @@ class RunPlan(_Strict):
     triggered_by: str | None = None  # the Airflow user who triggered the run, if known
     gated_tenants: tuple[str, ...] = ()  # the selected tenants in a gated group: they make the run gated
     allow_rollback: str = ""  # the reason to deploy over a newer version; empty: a tenant holding a newer one fails
+    tooling: ToolingAccount | None = None  # where the history is (names only): the summary needs it if the file breaks
 
 
 class QueuedPlan(RunPlan):
