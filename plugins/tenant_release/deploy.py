@@ -41,6 +41,12 @@ from tenant_release.tags import is_newer
 
 log = logging.getLogger(__name__)
 
+# A tenant's lease lasts this long unless renewed: a holder that died or was cancelled (its task cleared or marked
+# failed while its trigger waited) frees the tenant this soon. A live deploy renews it while it waits (every
+# LEASE_RENEW_SECONDS: one UpdateItem per tenant every few minutes, not one per poll).
+LEASE_SECONDS = 15 * 60.0
+LEASE_RENEW_SECONDS = 5 * 60.0
+
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -120,9 +126,9 @@ class TargetDeployment:
     writer: str = "deploy"
     # Refuse to deploy over a newer version (tenants). Dev takes whatever is released, a hotfix of an older line too.
     guard_rollback: bool = True
-    # How long the tenant's lease lasts before another run may take it: the stack timeout and a margin. A deploy
-    # that waits longer renews it while it polls (`renew_lease`).
-    lease_seconds: float = 2 * 3600 + 900
+    # How long the tenant's lease lasts before another run may take it, and how often a waiting deploy renews it.
+    lease_seconds: float = LEASE_SECONDS
+    lease_renew_seconds: float = LEASE_RENEW_SECONDS
 
     def client(self, service: str) -> Any:
         """The tenant's client for `service`; a throttled call is sent again on its own (see `RetryPolicy.around`)."""
@@ -146,7 +152,8 @@ class TargetDeployment:
         """Assume the role, copy the artifact in, start the change set. Returns the progress to finish with.
 
         What the stack held before is read once per run: a retry (or a resumed run) takes it from the
-        history item its earlier attempt wrote, so the outcome still says what this run changed.
+        history item its earlier attempt wrote, so the outcome still says what this run changed, unless another
+        run changed the stack since. The rollback check is always made against the stack as it is now.
         """
         progress = progress.model_copy(deep=True)
         artifact, target, call = self.run.artifact, self.target, self.retry.call
@@ -168,17 +175,22 @@ class TargetDeployment:
             change_set_name=change_set_name,
             log=log.warning,
         )
+        before = current
+        if before is not None and before.get("StackStatus") in {stacks.FAILED_CREATE_STATE, "REVIEW_IN_PROGRESS"}:
+            # Tagged with the version it tried, but it holds no resources: nothing was deployed before.
+            before = None
+        holds = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
+        holds_digest = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
         if earlier is not None:
             progress.started_at = earlier.started_at
+        if earlier is not None and holds_digest in {earlier.digest_before, digest}:
+            # The stack holds what the earlier attempt found, or this run's own build: report what this run changed.
             progress.version_before, progress.digest_before = earlier.version_before, earlier.digest_before
-        else:
-            before = current
-            if before is not None and before.get("StackStatus") in {stacks.FAILED_CREATE_STATE, "REVIEW_IN_PROGRESS"}:
-                # Tagged with the version it tried, but it holds no resources: nothing was deployed before.
-                before = None
-            progress.version_before = stacks.stack_tag(before, stacks.TAG_RELEASE_VERSION)
-            progress.digest_before = stacks.stack_tag(before, stacks.TAG_DEPLOY_DIGEST)
-        self.check_rollback(progress)
+        else:  # first attempt, or another run deployed the stack since the earlier attempt
+            progress.version_before, progress.digest_before = holds, holds_digest
+        # Against what the stack holds now, never a value an earlier attempt read: another run may have shipped a
+        # newer version in between (runs overlap).
+        self.check_rollback(progress, holds=holds)
         self.record(self.result(progress, status=Outcome.IN_PROGRESS))
         progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.template_key)
         if (
@@ -218,9 +230,13 @@ class TargetDeployment:
         progress.change_set_pending = started.pending
         return progress
 
-    def check_rollback(self, progress: DeployProgress) -> None:
-        """Refuse to replace a newer version unless the run says why; an allowed rollback is noted."""
-        rollback_from = self.newer_before(progress)
+    def check_rollback(self, progress: DeployProgress, *, holds: str | None = None) -> None:
+        """Refuse to replace a newer version unless the run says why; an allowed rollback is noted.
+
+        `holds`: the version the stack holds now (default: the progress's `version_before`).
+        """
+        rollback_from = self.newer_than_release(progress.version_before if holds is None else holds)
+        progress.rollback_from = None
         if rollback_from is None:
             return
         if not self.run.allow_rollback:
@@ -229,11 +245,11 @@ class TargetDeployment:
                 "was deployed. To roll back, trigger with allow_rollback set to the reason (it is recorded in the history)."
             )
         progress.note(f"rollback from {rollback_from}: {self.run.allow_rollback}")
+        progress.rollback_from = rollback_from
 
-    def newer_before(self, progress: DeployProgress) -> str | None:
-        """The version the target held before, if it is newer than the release (deploying would roll it back)."""
-        before = progress.version_before
-        return before if self.guard_rollback and is_newer(before, self.run.artifact.version) else None
+    def newer_than_release(self, version: str | None) -> str | None:
+        """`version` (what the target holds), if it is newer than the release (deploying would roll it back)."""
+        return version if self.guard_rollback and is_newer(version, self.run.artifact.version) else None
 
     # --- the tenant's lease: one run at a time deploys a target ---------------------------------------------------
 
@@ -255,9 +271,12 @@ class TargetDeployment:
         return self._lease("take lease", leases.acquire, release=self.run.release.tag, seconds=self.lease_seconds)
 
     def renew_lease(self) -> None:
-        if not self._lease("renew lease", leases.renew, seconds=self.lease_seconds):
-            # The stack operation is under way already: another run finds the stack busy and waits for it.
-            log.warning("%s: this run's lease expired and was taken by another run", self.target.name)
+        try:
+            if not self._lease("renew lease", leases.renew, seconds=self.lease_seconds):
+                # The stack operation is under way already: another run finds the stack busy and waits for it.
+                log.warning("%s: this run's lease expired and was taken by another run", self.target.name)
+        except Exception as exc:  # the deploy goes on; a later renewal may pass before the lease runs out
+            log.warning("%s: could not renew the lease: %s", self.target.name, failure_reason(exc))
 
     def release_lease(self) -> None:
         try:
@@ -400,7 +419,7 @@ class TargetDeployment:
             written_by=self.writer,
             identity=self.run.identity,
             # A rollback only when the run allowed one; a refused one deployed nothing.
-            rollback_from=self.newer_before(progress) if self.run.allow_rollback else None,
+            rollback_from=progress.rollback_from if self.run.allow_rollback else None,
             **fields,
         )
 
@@ -436,12 +455,15 @@ class TargetDeployment:
         return found if found is not None and found.run_id == self.run.run_id else None
 
     def record(self, result: TenantResult, *, attempt_only: bool = False) -> None:
-        if self.record_history:
-            record_result(self.sessions, self.run.tooling, result, attempt_only=attempt_only)
-        if result.status != Outcome.IN_PROGRESS:
-            # The deploy ended (success, failure, skip): the tenant is free for the next run. Only this run's
-            # lease is deleted, so a run that never took it (skipped, or refused as busy) frees nothing.
-            self.release_lease()
+        try:
+            if self.record_history:
+                record_result(self.sessions, self.run.tooling, result, attempt_only=attempt_only)
+        finally:
+            if result.status != Outcome.IN_PROGRESS:
+                # The deploy ended (success, failure, skip): the tenant is free for the next run, even when its
+                # outcome could not be written. Only this run's lease is deleted, so a run that never took it
+                # (skipped, or refused as busy) frees nothing.
+                self.release_lease()
 
     def run_to_completion(self, *, poll_interval: float = 5.0, timeout: float = 3600.0, sleep: Any = None) -> TenantResult:
         """The whole deploy in one call, waiting in this thread (outside Airflow: tests, the benchmark's plain script)."""
@@ -463,11 +485,15 @@ class TargetDeployment:
                     log.info("%s", busy)
                     pause(poll_interval)
                     waited += poll_interval
+            renewed = waited  # `begin` took the lease just now (each try of it in the busy wait took it again)
             while not (polled := self.poll()).settled:
                 if waited >= timeout:
                     raise PermanentAwsError(f"stack {self.target.stack_name} still {polled.status} after {timeout:.0f}s")
                 pause(poll_interval)
                 waited += poll_interval
+                if waited - renewed >= self.lease_renew_seconds:
+                    self.renew_lease()
+                    renewed = waited
             result = self.finish(progress, stack_status=polled.status)
         except Exception as exc:
             self.record_failure(progress, exc)
@@ -506,8 +532,12 @@ def record_results(
     results: list[TenantResult],
     *,
     expected: dict[str, TenantResult] | None = None,
+    attempt_only: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """`record_result` for many tenants at once; returns those whose newer outcome was kept."""
+    """`record_result` for many tenants at once; returns those whose newer outcome was kept.
+
+    `attempt_only`: tenants whose result is kept as an attempt only (see `ledger.record`).
+    """
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
     return ledger.record_many(
         dynamodb,
@@ -516,4 +546,5 @@ def record_results(
         attempts_table=tooling.attempts_table,
         expected=expected,
         retry=classify.RetryPolicy(),
+        attempt_only=attempt_only,
     )

@@ -589,6 +589,7 @@ class RunPlan(_Strict):
     triggered_by: str | None = None  # the Airflow user who triggered the run, if known
     gated_tenants: tuple[str, ...] = ()  # the selected tenants in a gated group: they make the run gated
     allow_rollback: str = ""  # the reason to deploy over a newer version; empty: a tenant holding a newer one fails
+    tooling: ToolingAccount | None = None  # where the history is (names only): the summary needs it if the file breaks
 
 
 class QueuedPlan(RunPlan):
@@ -642,6 +643,7 @@ class DeployProgress(BaseModel):
     window_waits: int = 0
     # This try's start, to the microsecond (`started_at` is the first try's): orders its history writes.
     attempt_started_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
+    rollback_from: str | None = None  # the newer version the stack held when this deploy began (an allowed rollback)
 
     def note(self, text: str) -> None:
         if text not in self.notes:

@@ -519,6 +519,27 @@ def test_going_back_to_an_earlier_build_is_refused_unless_the_run_allows_a_rollb
     assert (again.status, again.version_after) == (Outcome.SUCCEEDED, "1.5.0")
 
 
+def test_a_retry_checks_the_rollback_against_the_stack_as_it_is_now_not_its_earlier_attempts_reading(
+    world: World, sessions: AwsSessions, faults: Faults
+) -> None:
+    """Run B (1.4.0) fails after recording IN_PROGRESS; run A then ships 1.5.0; B's retry must not deploy over it."""
+    denied = faults.add(service="kms", operation="describe_key", account=GLOBEX, code="AccessDenied", message="denied")
+    with pytest.raises(Exception, match="denied"):
+        deploy(world.deployment(sessions, "globex", run_id="run-b"))
+    first = ledger.get(world.history(), HISTORY, tenant="globex", release="v1.4.0")
+    assert (first.status, first.run_id, first.version_before) == (Outcome.FAILED, "run-b", None)
+    faults.faults.remove(denied)
+    deploy(world.deployment(sessions, "globex", version="1.5.0", run_id="run-a"))  # runs overlap: A ships 1.5.0
+
+    with pytest.raises(RollbackRefusedError, match=r"holds 1\.5\.0, newer than 1\.4\.0"):
+        deploy(world.deployment(sessions, "globex", run_id="run-b"))  # B's retry (or a cleared task)
+
+    assert stack_tag(world.stack(GLOBEX, "us-east-1", "tenant-app-globex"), "ReleaseVersion") == "1.5.0"
+    assert count(faults, GLOBEX, "create_change_set") == 1  # A's only
+    back = deploy(world.deployment(sessions, "globex", run_id="run-b", allow_rollback="INC-9"))
+    assert (back.version_before, back.rollback_from, back.version_after) == ("1.5.0", "1.5.0", "1.4.0")
+
+
 def test_a_change_set_still_being_created_is_executed_once_ready_without_a_thread_waiting_for_it(
     world: World, sessions: AwsSessions, faults: Faults
 ) -> None:

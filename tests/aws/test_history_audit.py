@@ -20,7 +20,7 @@ from tenant_release.airflow import steps
 from tenant_release.aws import ledger
 from tenant_release.cli import main as cli_main
 from tenant_release.errors import PermanentAwsError
-from tenant_release.models import Outcome, RunPlan, TenantResult
+from tenant_release.models import Outcome, RunPlan, TenantResult, ToolingAccount
 
 from tests.conftest import bootstrap, emulated_aws
 
@@ -95,7 +95,12 @@ def trail(dynamodb: Any, tenant: str) -> list[tuple[str, str, str | None]]:
     return [(r.run_id, r.status.value, r.written_by) for r in ledger.attempts(dynamodb, ATTEMPTS, tenant=tenant)]
 
 
-def plan(*, run_started: float, config_path: Path = FLEET, tenants: tuple[str, ...] = PROD) -> dict[str, Any]:
+TOOLING = ToolingAccount(account_id="123456789012", artifact_bucket="tr-test-artifacts")  # as fleet.yaml says
+
+
+def plan(
+    *, run_started: float, config_path: Path = FLEET, tenants: tuple[str, ...] = PROD, tooling: ToolingAccount | None = TOOLING
+) -> dict[str, Any]:
     return RunPlan(
         release_tag="v1.4.0",
         version="1.4.0",
@@ -105,6 +110,7 @@ def plan(*, run_started: float, config_path: Path = FLEET, tenants: tuple[str, .
         tenants=tenants,
         planned_at=at(run_started),
         triggered_by="alice",
+        tooling=tooling,
     ).model_dump(mode="json")
 
 
@@ -293,3 +299,62 @@ def test_history_attempts_command_lists_a_tenants_attempts_in_order(dynamodb, ca
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]] == ["v1.4.0", "v1.4.0", "v1.5.0"]
     assert cli_main(["history", "initech", "--attempts"]) == 1
     assert "no attempts recorded for tenant initech" in capsys.readouterr().out
+
+
+# --- overlapping runs of one release: a busy refusal is an attempt only, in the summary too ------------------
+
+
+@pytest.mark.parametrize("holder_wrote_its_item", [True, False], ids=["holder-in-progress", "holder-wrote-nothing-yet"])
+def test_a_busy_refusal_stays_an_attempt_only_through_the_gated_summary_and_is_not_a_lost_worker(
+    dynamodb, holder_wrote_its_item: bool
+) -> None:
+    # Run A (planned at minute 0) holds acme's lease; run B (minute 10) of the same release was refused on acme.
+    if holder_wrote_its_item:
+        assert write(dynamodb, outcome("acme", "A", Outcome.IN_PROGRESS, run_started=0, attempt=1))
+    busy = "tenant acme is being deployed by run A (v1.4.0) since 2026-12-03T09:00:00+00:00; this run waited 60 min"
+    assert not write(dynamodb, outcome("acme", "B", Outcome.FAILED, run_started=10, attempt=11, reason=busy), attempt_only=True)
+    for tenant in ("globex", "umbrella"):
+        assert write(dynamodb, outcome(tenant, "B", Outcome.SUCCEEDED, run_started=10, attempt=11))
+
+    with pytest.raises(AirflowFailException, match=r"1 of 3 tenant\(s\) failed: acme\."):
+        steps.summarize(plan(run_started=10), ARTIFACT, DEV, GATE, "B", try_number=1)  # gated: it annotates
+
+    held = latest(dynamodb, "acme")  # still run A's, or nothing yet
+    assert (held and (held.run_id, held.status)) == (("A", Outcome.IN_PROGRESS) if holder_wrote_its_item else None)
+    (summarized,) = [a for a in ledger.attempt_items(dynamodb, ATTEMPTS, tenant="acme") if a.result.written_by == "summary"]
+    assert summarized.result.reason == busy  # B's own outcome, not "worker lost?"
+    assert summarized.result.approved_by == "alice (ui, release gate)"
+    assert summarized.attempt_only and not summarized.latest
+    # Run A's deploy ends: its outcome becomes the latest, not refused as older than B's refusal.
+    assert write(dynamodb, outcome("acme", "A", Outcome.SUCCEEDED, run_started=0, attempt=1))
+    assert (latest(dynamodb, "acme").run_id, latest(dynamodb, "acme").status) == ("A", Outcome.SUCCEEDED)
+    assert latest(dynamodb, "globex").approved_by == "alice (ui, release gate)"
+
+
+# --- a fleet file that breaks mid-run ---------------------------------------------------------------------------
+
+
+def test_a_fleet_file_that_became_invalid_mid_run_does_not_crash_the_summary(dynamodb, tmp_path, caplog) -> None:
+    broken = tmp_path / "tenants.yaml"
+    broken.write_text(FLEET.read_text() + "tenants: [\n")  # someone is editing it: not YAML any more
+    write(dynamodb, outcome("acme", "R", Outcome.SUCCEEDED, run_started=0, attempt=1))
+    write(dynamodb, outcome("globex", "R", Outcome.FAILED, run_started=0, attempt=1, reason="AccessDenied"))
+    # umbrella's task never reported.
+
+    with pytest.raises(AirflowFailException, match=r"2 of 3 tenant\(s\) failed: globex, umbrella\."):
+        steps.summarize(plan(run_started=0, config_path=broken), ARTIFACT, DEV, GATE, "R", try_number=1)
+
+    assert f"the fleet file {broken} is invalid now" in caplog.text
+    assert "reporting the plan's 3 tenant(s) from what the history knows" in caplog.text
+    assert (latest(dynamodb, "acme").status, latest(dynamodb, "acme").approved_by) == (
+        Outcome.SUCCEEDED,
+        "alice (ui, release gate)",
+    )
+    assert latest(dynamodb, "globex").reason == "AccessDenied"
+    umbrella = latest(dynamodb, "umbrella")
+    assert (umbrella.run_id, umbrella.status) == ("R", Outcome.FAILED)
+    assert "without reporting a result" in umbrella.reason and "removed" not in umbrella.reason
+
+    # A plan made before plans carried the tooling account: one clear line, no traceback.
+    with pytest.raises(AirflowFailException, match=r"fleet file .* is invalid now, so the summary cannot find the history"):
+        steps.summarize(plan(run_started=0, config_path=broken, tooling=None), ARTIFACT, DEV, GATE, "R", try_number=2)

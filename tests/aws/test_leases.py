@@ -8,6 +8,7 @@ The moto world, its clean-up and the fault-injecting sessions are test_deploy_aw
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,18 @@ from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import PermanentAwsError, TenantBusyError
 from tenant_release.models import DeployProgress, Outcome
 
-from tests.aws.test_deploy_aws import GLOBEX, HISTORY, World, clean_slate, count, deploy, faults, sessions, world  # noqa: F401 (clean_slate: autouse)
+from tests.aws.test_deploy_aws import (  # noqa: F401 (clean_slate: autouse)
+    GLOBEX,
+    HISTORY,
+    World,
+    clean_slate,
+    count,
+    deploy,
+    faults,
+    sessions,
+    with_status,
+    world,
+)
 from tests.faults import Faults
 
 LEASES = "tenant-release-leases"
@@ -187,3 +199,62 @@ def test_the_deploy_trigger_gives_up_after_the_wait_limit_and_fails_the_tenant_w
     recorded = ledger.get(dynamodb, HISTORY, tenant="globex", release="v1.5.0")
     assert recorded.status == Outcome.FAILED and recorded.reason == failed["failed"]
     assert leases.holder(dynamodb, LEASES, tenant="globex").run_id == "run-a"
+
+
+def test_a_holder_that_died_mid_deploy_frees_the_tenant_within_15_minutes(
+    world: World, sessions: AwsSessions, dynamodb: Any
+) -> None:
+    dead = world.deployment(sessions, "globex", run_id="run-a")
+    dead.begin(DeployProgress(started_at="2026-12-03T09:00:00+00:00"))  # its stack update starts, then its trigger is cancelled
+    taken = time.time()
+
+    soon = {"tenant": "globex", "run_id": "run-b", "release": "v1.5.0", "seconds": 900}
+    assert leases.acquire(dynamodb, LEASES, **soon, now=taken + 60).run_id == "run-a"  # still held a minute later
+    assert leases.acquire(dynamodb, LEASES, **soon, now=taken + 15 * 60 + 2) is None  # not an hour or two
+
+
+def test_the_lease_is_freed_even_when_the_tenants_outcome_cannot_be_written(
+    world: World, sessions: AwsSessions, faults: Faults, dynamodb: Any
+) -> None:
+    deployment = world.deployment(sessions, "globex", run_id="run-a")
+    progress = deployment.begin(DeployProgress(started_at="2026-12-03T09:00:00+00:00"))
+    faults.add(
+        service="dynamodb",
+        operation="put_item",
+        account="tooling",
+        code="ResourceNotFoundException",
+        when=lambda kwargs: kwargs.get("TableName") == "tenant-release-attempts",
+    )
+
+    with pytest.raises(PermanentAwsError, match="attempts table tenant-release-attempts does not exist"):
+        deployment.record(deployment.finish(progress, stack_status=deployment.poll().status))
+
+    assert leases.holder(dynamodb, LEASES, tenant="globex") is None  # the next run is not locked out
+
+
+def test_the_deploy_trigger_renews_its_lease_while_the_stack_settles(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__TENANT_RELEASE__LEASE_RENEW_SECONDS", "0")  # due at every poll
+    faults.add(  # the stack update takes three more looks to settle than moto needs
+        service="cloudformation",
+        operation="describe_stacks",
+        account=GLOBEX,
+        rewrite=with_status("UPDATE_IN_PROGRESS"),
+        when=lambda kwargs: count(faults, GLOBEX, "execute_change_set") == 1,
+        times=3,
+    )
+    renewals: list[str] = []
+
+    def renewal(kwargs: dict[str, Any]) -> bool:
+        if kwargs.get("TableName") == LEASES:
+            renewals.append(kwargs["ExpressionAttributeValues"][":run"]["S"])
+        return False
+
+    faults.add(service="dynamodb", operation="update_item", account="tooling", when=renewal)
+
+    (event,) = _events(_trigger(world, "globex", version="1.5.0", run_id="run-b"))
+
+    assert isinstance(event, TaskSuccessEvent)
+    assert len(renewals) >= 3 and set(renewals) == {"run-b"}  # while the stack was UPDATE_IN_PROGRESS
+    assert leases.holder(dynamodb, LEASES, tenant="globex") is None

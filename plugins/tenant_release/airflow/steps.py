@@ -29,6 +29,7 @@ from tenant_release.models import (
     RunPlan,
     Target,
     TenantResult,
+    ToolingAccount,
 )
 from tenant_release.plan import ReleasePlan, plan_release
 from tenant_release.tags import parse_release_tag
@@ -105,6 +106,7 @@ def plan_fields(loaded: LoadedFleet, release: Release, selected: ReleasePlan) ->
         "gated_tenants": selected.gated_tenants,
         "config_path": str(loaded.path),
         "tenants": tuple(selected.tenant_names),
+        "tooling": loaded.fleet.tooling,  # the summary finds the history even if the fleet file breaks mid-run
     }
 
 
@@ -193,11 +195,14 @@ def summarize(
     Safe to run again (a cleared summary) and late (after a newer run): every write is conditional, so this run's
     view never replaces a newer outcome, and what this run reports is its own outcome, from its attempts if a
     newer run's result is the latest. A tenant removed from the fleet file since the plan is reported with what
-    the history knows.
+    the history knows, and so is every tenant when the fleet file became invalid since the plan.
+
+    A run's own outcome that was kept as an attempt only (refused because another run of the same release was
+    deploying the tenant) is reported as this run's outcome and written again as an attempt only: it never
+    becomes the tenant's latest result, and it is not taken for a lost worker.
     """
     plan = RunPlan.model_validate(plan_)
-    loaded = load_fleet(plan.config_path)
-    tooling = loaded.fleet.tooling
+    loaded, tooling = _fleet_for_summary(plan)
     sessions = runtime.aws_sessions()
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
     recorded = ledger.get_many(dynamodb, tooling.history_table, tenants=plan.tenants, release=plan.release_tag)
@@ -211,19 +216,23 @@ def summarize(
     changed: list[TenantResult] = []
     expected: dict[str, TenantResult] = {}
     own = _own_outcomes(dynamodb, tooling.attempts_table, plan, run_id, recorded)
+    attempt_only = frozenset(name for name, found in own.items() if found.attempt_only)
     for name in plan.tenants:
-        result = own.get(name) or recorded.get(name)
-        target = _target_or_none(loaded, name)
+        result = own[name].result if name in own else recorded.get(name)
+        target = _target_or_none(loaded, name) if loaded is not None else None
+        removed = loaded is not None and target is None
         unreported = result is None or result.run_id != run_id or result.status == Outcome.IN_PROGRESS
         if unreported:
-            result = _unreported(name, target, plan, artifact, dev_result, gate, run_id, previous=result, started=started)
+            result = _unreported(
+                name, target, plan, artifact, dev_result, gate, run_id, previous=result, started=started, removed=removed
+            )
         elif recorded.get(name) == result:  # this run's outcome is the latest item: only annotate it, if unchanged
             expected[name] = result
-        annotated = _annotate(result, plan, gate, removed=_removed_note(loaded) if target is None else None)
+        annotated = _annotate(result, plan, gate, removed=_removed_note(loaded) if removed and loaded else None)
         if unreported or annotated != result:
             changed.append(annotated.model_copy(update=stamp))
         results.append(annotated)
-    refused = set(record_results(sessions, tooling, changed, expected=expected))
+    refused = set(record_results(sessions, tooling, changed, expected=expected, attempt_only=attempt_only))
     if refused:
         log.info(
             "%d tenant(s) have a newer outcome in the history than this summary's (kept; this run's is in the attempts): %s",
@@ -256,15 +265,47 @@ def summarize(
     return {"counts": counts, "tenants": {r.tenant: r.status.value for r in results}}
 
 
+def _fleet_for_summary(plan: RunPlan) -> tuple[LoadedFleet | None, ToolingAccount]:
+    """The fleet file as it is now, and the tooling account; None when the file became invalid since the plan.
+
+    Then the summary still reports the plan's tenants from the history, in the tooling account the plan recorded.
+    """
+    try:
+        loaded = load_fleet(plan.config_path)
+    except TenantReleaseError as exc:
+        if plan.tooling is None:  # a plan made before plans carried it
+            raise AirflowFailException(
+                f"the fleet file {plan.config_path} is invalid now, so the summary cannot find the history table: "
+                f"{exc}. Fix the file, then clear this summary task to run it again."
+            ) from None
+        log.warning(
+            "the fleet file %s is invalid now (%s); reporting the plan's %d tenant(s) from what the history knows. "
+            "Fix the file before the next run.",
+            plan.config_path,
+            exc,
+            len(plan.tenants),
+        )
+        return None, plan.tooling
+    return loaded, loaded.fleet.tooling
+
+
 def _own_outcomes(
     dynamodb: Any, attempts_table: str, plan: RunPlan, run_id: str, recorded: dict[str, TenantResult]
-) -> dict[str, TenantResult]:
-    """This run's own latest outcome of each tenant whose latest item another run wrote (from the attempts)."""
-    names = [name for name, result in recorded.items() if result.run_id != run_id]
+) -> dict[str, ledger.Attempt]:
+    """This run's own newest outcome (from the attempts) of each tenant whose latest item is not this run's final one.
+
+    That is: another run wrote the latest item, or none was written (this run's outcome may be an attempt only),
+    or this run's latest item is still IN_PROGRESS (a later try of it may have been refused as busy).
+    """
+    names = [
+        name
+        for name in plan.tenants
+        if (result := recorded.get(name)) is None or result.run_id != run_id or result.status == Outcome.IN_PROGRESS
+    ]
     if not names:
         return {}
 
-    def lookup(name: str) -> TenantResult | None:
+    def lookup(name: str) -> ledger.Attempt | None:
         return ledger.run_outcome(dynamodb, attempts_table, tenant=name, release=plan.release_tag, run_id=run_id)
 
     with ThreadPoolExecutor(max_workers=min(ledger.WRITE_CONCURRENCY, len(names)), thread_name_prefix="attempts") as pool:
@@ -335,6 +376,7 @@ def _unreported(
     *,
     previous: TenantResult | None,
     started: str,
+    removed: bool = False,
 ) -> TenantResult:
     now = utc_now()
     started_here = previous is not None and previous.run_id == run_id
@@ -344,7 +386,7 @@ def _unreported(
         status, reason = Outcome.SKIPPED, "not started: the dev deploy or its smoke test failed (see the deploy_dev log)"
     elif gate is None:
         status, reason = Outcome.SKIPPED, "not started: the release gate was rejected or timed out (see approve_release)"
-    elif target is None and not started_here:
+    elif removed and not started_here:
         status, reason = Outcome.SKIPPED, "not deployed: removed from the fleet file after this run was planned"
     elif gate.get("frozen"):
         status, reason = Outcome.SKIPPED, gate["frozen"]

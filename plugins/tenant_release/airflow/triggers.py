@@ -24,8 +24,6 @@ T = TypeVar("T")
 # CloudFormation makes a change set in seconds; the trigger looks again every ~2 s, for at most 5 minutes.
 CHANGE_SET_POLL_SECONDS = 2.0
 CHANGE_SET_TIMEOUT_SECONDS = 300.0
-# A deploy that polls its stack pushes its tenant's lease out this often, so the lease outlasts any stack timeout.
-LEASE_RENEW_SECONDS = 600.0
 
 # boto3 blocks; the triggerer's loop must not. One pool per triggerer process for every tenant's AWS calls:
 # asyncio's default pool has cpu+4 threads (6 here), too few for hundreds of tenants waiting on AWS at once.
@@ -109,6 +107,7 @@ class TenantDeployTrigger(_Serializable):
         super().__init__()
         self.allow_rollback = allow_rollback
         self.lease_waited = timedelta(0)  # how long this deploy waited for another run's lease; moves the deadline
+        self.lease_renewed: datetime | None = None  # when this deploy last took or renewed its tenant's lease
         self.tenant = tenant
         self.target_digest = target_digest
         self.config_path = config_path
@@ -161,6 +160,19 @@ class TenantDeployTrigger(_Serializable):
         if self.lease_waited:
             self.log.info("%s: the other run is done after %s; deploying", deployment.target.name, self.lease_waited)
 
+    async def _keep_lease(self, deployment: Any) -> None:
+        """Renew the tenant's lease if it is due ([tenant_release] lease_renew_seconds): one UpdateItem every few
+        minutes, not one per poll. The lease is short (`deploy.LEASE_SECONDS`), so a cancelled trigger (its task
+        cleared or marked failed) frees the tenant soon; a live one keeps it for as long as it waits.
+        """
+        from tenant_release.deploy import LEASE_RENEW_SECONDS
+
+        every = timedelta(seconds=float(runtime.setting("lease_renew_seconds", LEASE_RENEW_SECONDS)))
+        now = datetime.now(UTC)
+        if self.lease_renewed is None or now - self.lease_renewed >= every:
+            await in_thread(deployment.renew_lease)
+            self.lease_renewed = now
+
     def _pause(self, first: bool) -> float:
         # Jittered: a thousand tenants that started together must not poll CloudFormation in lockstep.
         low = 0.5 if first else 0.8
@@ -173,6 +185,8 @@ class TenantDeployTrigger(_Serializable):
         deadline = datetime.fromisoformat(self.deadline)
         while True:
             try:
+                # Each try takes the lease again (for this run): the busy-stack wait keeps it without a renewal.
+                self.lease_renewed = datetime.now(UTC)
                 return await in_thread(deployment.begin, progress, wait_for_change_set=False)
             except StackBusyError as busy:
                 if datetime.now(UTC) >= deadline:
@@ -191,6 +205,7 @@ class TenantDeployTrigger(_Serializable):
             pause = CHANGE_SET_POLL_SECONDS * random.uniform(0.8, 1.2)  # noqa: S311 (spreading load, not security)
             await asyncio.sleep(pause)
             waited += pause
+            await self._keep_lease(deployment)
             if waited >= CHANGE_SET_TIMEOUT_SECONDS:
                 from tenant_release.errors import RecoverableAwsError
 
@@ -203,7 +218,6 @@ class TenantDeployTrigger(_Serializable):
         if progress.unchanged:
             return (await in_thread(deployment.poll)).status
         deadline = datetime.fromisoformat(self.deadline) + self.lease_waited
-        renewed = datetime.now(UTC)
         self.log.info(
             "change set %s executing on %s; waiting for it to settle", progress.change_set, deployment.target.stack_name
         )
@@ -220,9 +234,7 @@ class TenantDeployTrigger(_Serializable):
             else:
                 if polled.settled:
                     return polled.status
-            if datetime.now(UTC) - renewed >= timedelta(seconds=LEASE_RENEW_SECONDS):
-                await in_thread(deployment.renew_lease)
-                renewed = datetime.now(UTC)
+            await self._keep_lease(deployment)
             if datetime.now(UTC) >= deadline:
                 from tenant_release.errors import PermanentAwsError
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 RUN_INDEX = "by-run"
 ORDER = "write_order"  # ledger-only attribute of a history item: see the module docstring
 ATTEMPT_KEY = "recorded"  # the attempts table's sort key: "<recorded at>#<release>#<unique>"
-_LEDGER_ONLY = (ORDER, ATTEMPT_KEY, "latest")
+ATTEMPT_ONLY = "attempt_only"  # an attempt item's flag: written as an attempt only, never to become the latest
+_LEDGER_ONLY = (ORDER, ATTEMPT_KEY, "latest", ATTEMPT_ONLY)
 # Conditional puts cannot be batched: this many run at once (I/O-bound; boto3 clients are thread-safe).
 WRITE_CONCURRENCY = 16
 _serializer = TypeSerializer()
@@ -137,6 +139,8 @@ def record(
         )
     if attempts_table:
         attempt = {**_to_item(result), ATTEMPT_KEY: {"S": key or attempt_key(result)}, "latest": {"BOOL": latest}}
+        if attempt_only:  # so that whoever writes this outcome again (the summary) keeps it an attempt only
+            attempt[ATTEMPT_ONLY] = {"BOOL": True}
         try:
             dynamodb.put_item(TableName=attempts_table, Item=attempt)
         except ClientError as exc:
@@ -159,11 +163,13 @@ def record_many(
     expected: Mapping[str, TenantResult] | None = None,
     retry: Any = None,
     concurrency: int = WRITE_CONCURRENCY,
+    attempt_only: Collection[str] = (),
 ) -> list[str]:
     """`record` for many tenants, `concurrency` at a time (a conditional put cannot be batched).
 
     `expected`: per tenant, the item its write replaces (see `record`). `retry`: a `RetryPolicy` each write goes
-    through on its own. Returns the tenants whose write was refused because a newer outcome is recorded.
+    through on its own. `attempt_only`: the tenants whose result is written as an attempt only (see `record`).
+    Returns the other tenants whose write was refused because a newer outcome is recorded.
     """
     pending = list(results)
     if not pending:
@@ -171,18 +177,37 @@ def record_many(
     known = expected or {}
 
     def write(result: TenantResult) -> bool:
-        kwargs = {"attempts_table": attempts_table, "expected": known.get(result.tenant), "key": attempt_key(result)}
+        kwargs = {
+            "attempts_table": attempts_table,
+            "expected": known.get(result.tenant),
+            "key": attempt_key(result),
+            "attempt_only": result.tenant in attempt_only,
+        }
         if retry is None:
             return record(dynamodb, table, result, **kwargs)
         return retry.call("record history", record, dynamodb, table, result, log=log.warning, **kwargs)
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending))), thread_name_prefix="history") as pool:
         written = list(pool.map(write, pending))
-    return [result.tenant for result, latest in zip(pending, written, strict=True) if not latest]
+    return [r.tenant for r, latest in zip(pending, written, strict=True) if not latest and r.tenant not in attempt_only]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attempt:
+    """One attempt item: the outcome, whether it became the latest when written, and whether it never may."""
+
+    result: TenantResult
+    latest: bool
+    attempt_only: bool
 
 
 def attempts(dynamodb: Any, attempts_table: str, *, tenant: str, release: str | None = None) -> list[TenantResult]:
     """Every recorded attempt of a tenant (of one release, if given), oldest first."""
+    return [found.result for found in attempt_items(dynamodb, attempts_table, tenant=tenant, release=release)]
+
+
+def attempt_items(dynamodb: Any, attempts_table: str, *, tenant: str, release: str | None = None) -> list[Attempt]:
+    """`attempts`, with each item's ledger flags."""
     query: dict[str, Any] = {
         "TableName": attempts_table,
         "KeyConditionExpression": "tenant = :tenant",
@@ -193,16 +218,23 @@ def attempts(dynamodb: Any, attempts_table: str, *, tenant: str, release: str | 
         query["FilterExpression"] = "#release = :release"
         query["ExpressionAttributeNames"] = {"#release": "release"}
         query["ExpressionAttributeValues"][":release"] = {"S": release}
-    found: list[TenantResult] = []
+    found: list[Attempt] = []
     for page in dynamodb.get_paginator("query").paginate(**query):
-        found.extend(_from_item(item) for item in page.get("Items", []))
+        found.extend(
+            Attempt(
+                result=_from_item(item),
+                latest=bool(item.get("latest", {}).get("BOOL")),
+                attempt_only=bool(item.get(ATTEMPT_ONLY, {}).get("BOOL")),
+            )
+            for item in page.get("Items", [])
+        )
     return found
 
 
-def run_outcome(dynamodb: Any, attempts_table: str, *, tenant: str, release: str, run_id: str) -> TenantResult | None:
+def run_outcome(dynamodb: Any, attempts_table: str, *, tenant: str, release: str, run_id: str) -> Attempt | None:
     """The newest outcome one run wrote for a tenant, from the attempts (the latest item may be another run's)."""
-    mine = [r for r in attempts(dynamodb, attempts_table, tenant=tenant, release=release) if r.run_id == run_id]
-    return sorted(mine, key=write_order)[-1] if mine else None  # stable: of equal order, the last recorded
+    mine = [a for a in attempt_items(dynamodb, attempts_table, tenant=tenant, release=release) if a.result.run_id == run_id]
+    return sorted(mine, key=lambda a: write_order(a.result))[-1] if mine else None  # stable: of equal order, the last
 
 
 def get(dynamodb: Any, table: str, *, tenant: str, release: str) -> TenantResult | None:
