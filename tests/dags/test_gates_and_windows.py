@@ -223,7 +223,8 @@ def test_the_gate_request_names_the_gated_tenants_and_an_answer_in_airflow_binds
     _, body = gate.describe_request(TaskInstance(), plan)
     assert "**Gated** because these tenants belong to a gated group: acme\n" in body and "b" * 64 in body
     answer = {"chosen_options": ["Approve"], "responded_by_user": {"id": "3", "name": "ana"}}
-    result = gate.resume({"ti": TaskInstance(), "run_id": "manual__1"}, answer)
+    # (overriding a freeze: the gate then reads no fleet file, and this test has none)
+    result = gate.resume({"ti": TaskInstance(), "run_id": "manual__1", "params": {"override_freeze": "test"}}, answer)
     assert (result["approved_by"], result["identity"], result["sha256"]) == ("ana", "airflow user 3 (ana)", "b" * 64)
 
 
