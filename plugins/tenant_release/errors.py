@@ -66,3 +66,7 @@ class TenantBusyError(TenantReleaseError):
 
 class RollbackRefusedError(TenantReleaseError):
     """The tenant's stack holds a newer version than the release, and the run was not told to roll back."""
+
+
+class ReleaseGateError(TenantReleaseError):
+    """A tenant of a gated run found no approval of the artifact it was about to deploy in the run's release gate."""

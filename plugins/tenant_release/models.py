@@ -555,6 +555,8 @@ class ApprovalDecision(_Strict):
     note: str = ""
     sha256: str | None = None  # the artifact approved (an approval of another artifact does not pass)
     identity: str | None = None  # who, as Airflow (UI user id) or AWS (caller ARN) authenticated them
+    # The run's release gate answered (for every tenant of the run), not the tenant's own approval: never reused as one.
+    release_gate: bool = False
 
     def describe(self) -> str:
         if self.source == "timeout":
@@ -607,17 +609,27 @@ class FleetChanges(_Strict):
     unchanged: tuple[str, ...] = ()
 
     def deploy_kwargs(
-        self, *, release_tag: str, config_path: str, artifact: dict[str, Any], targets_id: str, allow_rollback: str = ""
+        self,
+        *,
+        release_tag: str,
+        config_path: str,
+        artifact: dict[str, Any],
+        targets_id: str,
+        allow_rollback: str = "",
+        gated: bool = False,
     ) -> list[dict[str, Any]]:
         """The mapped deploy task's `expand_kwargs`: one entry per tenant that needs a change.
 
         Each entry carries everything its task needs, so a task reads only its own entry and no other XCom: at a
         thousand tenants, pulling the plan in every task would move the whole fleet's plan a thousand times.
         `targets_id` is new for each list, so that a task instance can tell an entry of this list from an older one.
+        `gated`: the run is gated, so each tenant deploys only an artifact the run's release gate approved.
         """
         shared = {"release_tag": release_tag, "config_path": config_path, "artifact": artifact, "targets_id": targets_id}
         if allow_rollback:  # only when set: the entries of an ordinary run stay as they were
             shared["allow_rollback"] = allow_rollback
+        if gated:
+            shared["gated"] = True
         return [
             {"tenant": t.tenant, "target_digest": t.target_digest, "has_own_gate": t.has_own_gate, **shared} for t in self.deploy
         ]

@@ -107,22 +107,35 @@ def test_a_failed_read_reaches_every_waiter_and_the_next_start_reads_again() -> 
 class _XComStore:
     """The two XComs `tenant_targets` pushes, served the way the triggerer's supervisor serves them (counted)."""
 
-    def __init__(self, entries: list[dict], targets_id: str) -> None:
+    def __init__(self, entries: list[dict], targets_id: str, gate: dict | None = None) -> None:
         self.values = {TARGETS_ID_KEY: targets_id, "return_value": entries}
+        self.gate = gate  # what `approve_release` returned
         self.reads: list[str] = []
 
     def read(self, ti: Any, task_id: str, key: str) -> Any:
+        if task_id == "approve_release" and key == "return_value":
+            self.reads.append("gate")
+            return self.gate
         assert task_id == "tenant_targets"
         self.reads.append(key)
         return self.values[key]
 
 
-def _entries(names: list[str], *, artifact: dict, config_path: str, targets_id: str, gated: set[str] = frozenset()) -> list[dict]:
+def _entries(
+    names: list[str],
+    *,
+    artifact: dict,
+    config_path: str,
+    targets_id: str,
+    gated: set[str] = frozenset(),
+    release_gated: bool = False,
+) -> list[dict]:
     from tenant_release.airflow import runtime
 
     loaded = runtime.cached_fleet(config_path)
     return [
         {
+            **({"gated": True} if release_gated else {}),
             "tenant": name,
             "target_digest": runtime.target_digest(loaded.target(name), loaded.fleet.application),
             "has_own_gate": name in gated,
@@ -217,6 +230,57 @@ def test_a_tenant_with_its_own_gate_goes_to_a_worker_before_touching_aws(
     tooling = runtime.cached_fleet(built["config_path"]).fleet.tooling
     dynamodb = runtime.aws_sessions().tooling_client("dynamodb", tooling.region)
     assert ledger.get(dynamodb, tooling.history_table, tenant="globex", release="v1.4.0") is None
+
+
+def test_tenants_of_a_gated_run_start_only_when_its_gate_approved_their_artifact(
+    built: dict, serialized_release_dag, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tenant_release.airflow import runtime
+    from tenant_release.aws import ledger
+
+    sha256 = built["artifact"]["sha256"]
+    entries = _entries(
+        built["names"],
+        artifact=built["artifact"],
+        config_path=built["config_path"],
+        targets_id="l4",
+        gated={"globex"},
+        release_gated=True,
+    )
+    # The gate approved an earlier build: `build` and `tenant_targets` were cleared and ran again without it.
+    other = {"gated": True, "approved_by": "ana", "source": "ui", "identity": "airflow user 3", "sha256": "0" * 64}
+    store = _XComStore(entries, "l4", gate=other)
+    monkeypatch.setattr(triggers, "_read_xcom", store.read)
+    monkeypatch.setattr(triggers, "_TARGET_LISTS", TargetListCache())
+    monkeypatch.setattr(triggers, "_RELEASE_GATES", TargetListCache())
+    deploy_task = serialized_release_dag.get_task("deploy")
+
+    async def start(indexes: list[int]) -> list[list[Any]]:
+        return await asyncio.gather(*(_events(_started(deploy_task, i)) for i in indexes))
+
+    refused = asyncio.run(start([0, 1, 2]))
+    reason = (
+        f"the release gate of this run has no approval of artifact {sha256} (approve_release returned an approval of "
+        f"artifact {'0' * 64} by ana); approve the release (clear approve_release and answer it), then clear the failed tenants"
+    )
+    # Every tenant fails for good, globex (its own approval) too, before any worker or AWS deploy.
+    assert [[e.payload["failed"] for e in events] for events in refused] == [[reason]] * 3
+    assert all(events[0].payload["permanent"] is True for events in refused)
+    assert store.reads.count("gate") == 1  # tenants starting together share one read of the gate
+    tooling = runtime.cached_fleet(built["config_path"]).fleet.tooling
+    dynamodb = runtime.aws_sessions().tooling_client("dynamodb", tooling.region)
+    history = ledger.get_many(dynamodb, tooling.history_table, tenants=built["names"], release="v1.4.0")
+    assert {name: (r.status, r.reason) for name, r in history.items()} == dict.fromkeys(built["names"], (Outcome.FAILED, reason))
+    assert runtime.shared_sessions().open_tenant_sessions() == 0
+
+    # Approved again for this build; the cleared tenants start again and read the gate as it is now.
+    store.gate = {**other, "sha256": sha256}
+    started = asyncio.run(start([0, 1, 2]))
+    assert store.reads.count("gate") == 2
+    assert isinstance(started[0][0], TaskSuccessEvent) and isinstance(started[2][0], TaskSuccessEvent)
+    assert started[1][0].payload == {"gates": True}  # globex's own approval is asked on a worker
+    history = ledger.get_many(dynamodb, tooling.history_table, tenants=["acme", "umbrella"], release="v1.4.0")
+    assert {name: r.status for name, r in history.items()} == dict.fromkeys(["acme", "umbrella"], Outcome.SUCCEEDED)
 
 
 def test_an_entry_from_an_older_list_fails_the_tenant_for_good(

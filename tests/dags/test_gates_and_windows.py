@@ -53,13 +53,71 @@ def conf(tag: str, **extra: object) -> dict:
 
 
 def test_gate_approved_ships_and_the_summary_says_who_approved(gated, release_dag, clock):
+    from tenant_release.aws.approvals import put_decision
+
     clock(datetime(2027, 3, 2, 12, tzinfo=UTC))
-    approve("v2.0.0", by="release-manager")
+    sha256 = built_sha256("v2.0.0")
+    approver = "arn:aws:sts::123456789012:assumed-role/tenant-release-approver/ana"
+    put_decision(
+        boto3.client("dynamodb", region_name="us-east-1"),
+        "tenant-release-approvals",
+        tenant="*",
+        release="v2.0.0",
+        approved=True,
+        decided_by="release-manager",
+        sha256=sha256,
+        identity=approver,
+    )
     run = release_dag.test(run_conf=conf("v2.0.0"))
     assert str(run.state) == "success"
     assert deployed_version("111111111111", "us-east-1", "acme") == "2.0.0"
     record = history()[("acme", "v2.0.0")]
     assert record.gated and record.approved_by == "release-manager (dynamodb, release gate)"
+    # The audit trail names the authenticated approver and the artifact approved, not only the free text.
+    assert (record.approval.identity, record.approval.sha256, record.approval.release_gate) == (approver, sha256, True)
+    assert record.sha256 == sha256
+
+
+PROD = {
+    "acme": ("111111111111", "eu-central-1"),
+    "globex": ("222222222222", "us-east-1"),
+    "umbrella": ("044444444444", "us-east-1"),
+}
+
+
+@pytest.mark.parametrize(
+    ("gate_result", "returned"),
+    [
+        (None, "approve_release returned nothing: was it marked success without an answer?"),
+        (
+            {"gated": True, "approved_by": "release-manager", "source": "ui", "note": "", "identity": None, "sha256": "0" * 64},
+            f"approve_release returned an approval of artifact {'0' * 64} by release-manager",
+        ),
+    ],
+    ids=["gate-marked-success", "gate-approved-another-build"],
+)
+def test_a_gated_run_deploys_no_tenant_whose_artifact_its_gate_did_not_approve(
+    canary_fleet, release_dag, monkeypatch, gate_result, returned
+):
+    # What the gate task leaves when someone marks it success in the UI (no result), or when the build was cleared
+    # and run again after the gate approved the earlier build (an approval of another sha256).
+    from tenant_release.airflow.gate import ReleaseGateOperator
+
+    monkeypatch.setattr(ReleaseGateOperator, "execute", lambda self, context: gate_result)
+    run = release_dag.test(run_conf=conf("v1.4.0"))
+
+    assert str(run.state) == "failed"
+    sha256 = built_sha256("v1.4.0")
+    states, records = task_states(run), history()
+    for tenant, (account, region) in PROD.items():
+        assert states[("deploy", tenant)] == "failed"
+        assert deployed_version(account, region, tenant) is None
+        record = records[(tenant, "v1.4.0")]
+        assert record.status.value == "FAILED"
+        assert record.reason == (
+            f"the release gate of this run has no approval of artifact {sha256} ({returned}); "
+            "approve the release (clear approve_release and answer it), then clear the failed tenants"
+        )
 
 
 def test_gate_rejected_touches_no_tenant_and_names_who_rejected(gated, release_dag, clock):
@@ -165,7 +223,8 @@ def test_the_gate_request_names_the_gated_tenants_and_an_answer_in_airflow_binds
     _, body = gate.describe_request(TaskInstance(), plan)
     assert "**Gated** because these tenants belong to a gated group: acme\n" in body and "b" * 64 in body
     answer = {"chosen_options": ["Approve"], "responded_by_user": {"id": "3", "name": "ana"}}
-    result = gate.resume({"ti": TaskInstance(), "run_id": "manual__1"}, answer)
+    # (overriding a freeze: the gate then reads no fleet file, and this test has none)
+    result = gate.resume({"ti": TaskInstance(), "run_id": "manual__1", "params": {"override_freeze": "test"}}, answer)
     assert (result["approved_by"], result["identity"], result["sha256"]) == ("ana", "airflow user 3 (ana)", "b" * 64)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -230,6 +231,47 @@ def test_an_approval_given_in_airflow_at_queue_time_is_kept_in_the_run_and_writt
             {"ti": TaskInstance(), "run_id": "manual__queue"},
             {"chosen_options": ["Reject"], "responded_by_user": {"id": "1", "name": "cto"}},
         )
+
+
+def test_the_queue_gate_says_its_approval_only_admits_the_release_to_the_queue(fleet, clock):
+    clock(datetime(2027, 3, 1, 9, tzinfo=UTC))
+    plan = queue_steps.plan_queued({"release_tag": "v2.0.0", "tenants": []}, now=runtime.utcnow())
+    gate = queue_steps.QueuedReleaseGateOperator(task_id="approve_release")
+    _, body = gate.describe_request(None, gate.read_plan(SimpleNamespace(xcom_pull=lambda task_ids: plan)))
+    assert "Approving only admits the release to the queue." in body
+    assert "asks again at its own release gate for an approval of that build" in body
+    assert "`tenant-release approve v2.0.0 --sha256 <the build's sha256>`" in body
+
+
+def test_a_dispatched_run_whose_window_closed_before_its_gate_passed_deploys_nothing(fleet, clock):
+    from tenant_release.airflow.gate import ReleaseGateOperator
+    from tenant_release.airflow.steps import plan as plan_run
+
+    clock(IN_WINDOW)
+    plan = plan_run({"release_tag": "v2.0.0", "tenants": []}, now=IN_WINDOW, max_map_length=1024)
+    pushed: dict = {}
+    ti = SimpleNamespace(
+        xcom_pull=lambda task_ids: {"plan": plan, "build": {"sha256": "b" * 64}}.get(task_ids),
+        xcom_push=lambda key, value: pushed.update({key: value}),
+    )
+    dispatched = release_queue.DISPATCH_RUN_PREFIX + "v2.0.0__2027-03-01T09:00:00+00:00"
+    answer = {"chosen_options": ["Approve"], "responded_by_user": {"id": "7", "name": "release-manager"}}
+    gate = ReleaseGateOperator(task_id="approve_release")
+
+    # Approved inside the window: it ships.
+    assert gate.resume({"ti": ti, "run_id": dispatched, "params": {}}, answer)["approved_by"] == "release-manager"
+
+    clock(datetime(2027, 3, 2, 4, 30, tzinfo=UTC))  # approved half an hour after the window closed
+    with pytest.raises(AirflowSkipException) as skipped:
+        gate.resume({"ti": ti, "run_id": dispatched, "params": {}}, answer)
+    reason = (
+        "release window it was dispatched for closed while it waited for the release gate (windows: Tue 02:00-04:00 UTC); "
+        "not deployed. A dispatched release is not queued again: trigger tenant_release for v2.0.0 directly inside a window"
+    )
+    assert str(skipped.value) == reason
+    assert pushed["return_value"]["frozen"] == reason  # the summary records every tenant SKIPPED with it
+    # A run someone triggered directly keeps no window: it ships whenever approved.
+    assert gate.resume({"ti": ti, "run_id": "manual__v2", "params": {}}, answer)["approved_by"] == "release-manager"
 
 
 def test_inside_a_freeze_the_scheduled_run_takes_nothing_and_says_why(scheduled_dag, clock):

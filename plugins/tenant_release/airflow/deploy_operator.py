@@ -20,9 +20,17 @@ from airflow.triggers.base import StartTriggerArgs
 from tenant_release.airflow import runtime
 from tenant_release.airflow.failures import as_task_failure
 from tenant_release.airflow.gate import approval_from_event, request_approval
-from tenant_release.airflow.triggers import FleetTenantStartTrigger, TenantDeployTrigger, WindowOpenTrigger, report_problems
+from tenant_release.airflow.triggers import (
+    RELEASE_GATE_TASK,
+    FleetTenantStartTrigger,
+    TenantDeployTrigger,
+    WindowOpenTrigger,
+    release_gate_refusal,
+    report_problems,
+)
 from tenant_release.aws import ledger
 from tenant_release.deploy import TargetDeployment, failure_reason, utc_now
+from tenant_release.errors import ReleaseGateError
 from tenant_release.models import ApprovalDecision, ApprovalPolicy, DeployProgress, Outcome, OutsideWindowPolicy
 from tenant_release.windows import MaintenanceWindow
 
@@ -55,6 +63,7 @@ class TenantDeployOperator(BaseOperator):
         run_started_at: str | None = None,
         triggered_by: str | None = None,
         allow_rollback: str = "",
+        gated: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -74,12 +83,15 @@ class TenantDeployOperator(BaseOperator):
         self.run_started_at = run_started_at
         self.triggered_by = triggered_by
         self.allow_rollback = allow_rollback  # the run's reason to deploy over a newer version (see RunPlan)
+        # The run is gated: deploy only an artifact the run's release gate approved (`_require_release_gate`).
+        self.gated = gated
 
     # --- entry points -----------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
         progress = DeployProgress(started_at=utc_now())
         if not self.has_own_gate:
+            self._require_release_gate(context, progress)
             self._defer_deploy(context, progress)
         return self._pass_gates(context, progress)
 
@@ -132,8 +144,24 @@ class TenantDeployOperator(BaseOperator):
             self.log.error("%s FAILED: %s", self.tenant, failure_reason(exc))
             raise as_task_failure(exc) from None
 
+    def _require_release_gate(
+        self, context: Context, progress: DeployProgress, deployment: TargetDeployment | None = None
+    ) -> None:
+        """In a gated run, fail this tenant for good unless the run's release gate approved the artifact it deploys.
+
+        The gate task alone is not enough: it can be marked success in the UI, or the build cleared and run again
+        after it approved another artifact. Its result (XCom) is what a person's approval leaves behind.
+        """
+        if not self.gated:
+            return
+        gate = context["ti"].xcom_pull(task_ids=RELEASE_GATE_TASK, map_indexes=-1, default=None)
+        refusal = release_gate_refusal(gate, sha256=str(self.artifact.get("sha256") or "") or None)
+        if refusal is not None:
+            self._fail(deployment or self._deployment(context), progress, ReleaseGateError(refusal))
+
     def _pass_gates(self, context: Context, progress: DeployProgress) -> dict[str, Any]:
         deployment = self._deployment(context)
+        self._require_release_gate(context, progress, deployment)
         target = deployment.target
         if target.approval == ApprovalPolicy.REQUIRED:
             if progress.approval is None:
@@ -231,7 +259,9 @@ class TenantDeployOperator(BaseOperator):
         earlier = deployment.earlier_attempt()
         sha256 = deployment.run.artifact.sha256
         approval = earlier.approval if earlier is not None else None
-        if approval is None or not approval.approved or earlier.sha256 != sha256 or approval.sha256 != sha256:
+        if approval is None or approval.release_gate or not approval.approved:
+            return None  # the release gate's answer (kept for the audit trail) is not this tenant's own
+        if earlier.sha256 != sha256 or approval.sha256 != sha256:
             return None
         self.log.info("%s: %s in an earlier attempt of this run; not asking again", self.tenant, approval.describe())
         return approval

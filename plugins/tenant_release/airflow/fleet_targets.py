@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -53,23 +54,31 @@ def entry_at(entries: Any, map_index: int, targets_id: str | None) -> dict[str, 
 
 
 class TargetListCache:
-    """The last few target lists a triggerer process read, by list id; concurrent first readers share one fetch."""
+    """The last few values (target lists, release gate results) a triggerer process read, by key; concurrent first
+    readers share one fetch.
+
+    A caller that passes `since` (a `time.monotonic()` reading) takes only a value whose read began at or after it:
+    the release gate's result may change while the run goes on (cleared, answered again), so each tenant must see
+    it as it is when that tenant starts, yet the tenants that start together still share one read.
+    """
 
     def __init__(self, keep: int = _KEEP_LISTS) -> None:
         self._keep = keep
-        self._lists: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        self._pending: dict[str, asyncio.Future] = {}
+        self._lists: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._pending: dict[str, tuple[float, asyncio.Future]] = {}
 
-    async def get(self, targets_id: str, fetch: Any) -> list[dict[str, Any]]:
-        """The list `targets_id`; `fetch` is an async callable that reads it when this process has not yet."""
-        if targets_id in self._lists:
+    async def get(self, targets_id: str, fetch: Any, *, since: float | None = None) -> Any:
+        """The value of `targets_id`; `fetch` is an async callable that reads it when this process has not yet."""
+        cached = self._lists.get(targets_id)
+        if cached is not None and (since is None or cached[0] >= since):
             self._lists.move_to_end(targets_id)
-            return self._lists[targets_id]
+            return cached[1]
         pending = self._pending.get(targets_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
+        if pending is not None and (since is None or pending[0] >= since):
+            return await asyncio.shield(pending[1])
+        started = time.monotonic()
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending[targets_id] = future
+        self._pending[targets_id] = (started, future)
         try:
             entries = await fetch()
         except BaseException as exc:
@@ -77,8 +86,11 @@ class TargetListCache:
             future.exception()  # retrieved: the waiters re-raise it, nobody else must
             raise
         finally:
-            self._pending.pop(targets_id, None)
-        self._lists[targets_id] = entries
+            if self._pending.get(targets_id, (0.0, None))[1] is future:
+                del self._pending[targets_id]
+        if targets_id not in self._lists or self._lists[targets_id][0] <= started:  # never replace a newer read
+            self._lists[targets_id] = (started, entries)
+            self._lists.move_to_end(targets_id)
         while len(self._lists) > self._keep:
             self._lists.popitem(last=False)
         future.set_result(entries)

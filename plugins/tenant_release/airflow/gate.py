@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from tenant_release.airflow import runtime
 from tenant_release.airflow.triggers import ApprovalRecordTrigger, report_problems, ui_identity
 from tenant_release.aws.approvals import RELEASE_WIDE
+from tenant_release.aws.release_queue import DISPATCH_RUN_PREFIX
 from tenant_release.models import ApprovalDecision, DeployProgress, RunPlan
 
 APPROVE, REJECT = ApprovalOperator.APPROVE, ApprovalOperator.REJECT
@@ -182,13 +183,16 @@ class ReleaseGateOperator(ApprovalOperator):
         return self._unless_frozen(context, self.read_plan(context["ti"]), passed, waited_for="the release gate")
 
     def _unless_frozen(self, context: Context, plan: RunPlan, passed: dict[str, Any], *, waited_for: str) -> dict[str, Any]:
-        """The gate's result, or, when a change freeze began meanwhile (and the run did not override it), stop here.
+        """The gate's result, or stop here: a change freeze began meanwhile (and the run did not override it), or the
+        release window a run of the scheduled DAG was dispatched for closed meanwhile.
 
         The result then says why (`frozen`), so that the summary records every tenant SKIPPED with that reason.
         """
         if not self.stops_at_freeze:
             return passed
         frozen = runtime.freeze_began(plan.config_path, context.get("params"), waiting_for=waited_for)
+        if frozen is None and str(context["run_id"]).startswith(DISPATCH_RUN_PREFIX):
+            frozen = runtime.release_window_closed(plan.config_path, release_tag=plan.release_tag, waiting_for=waited_for)
         if frozen is None:
             return passed
         self.log.warning("%s: %s", plan.release_tag, frozen)

@@ -123,9 +123,10 @@ class QueuedReleaseGateOperator(ReleaseGateOperator):
 
     Same semantics as `ReleaseGateOperator` (ungated runs pass, an existing release-wide record decides at
     once, Reject or timeout fails). Nothing has been built yet, so the request shows the plan and the window,
-    not an artifact or a dev result, and a release-wide approval of any artifact answers it. The run that ships
-    asks again at its own gate unless a release-wide record approves the artifact it built (the orchestrator
-    cannot write approval records, so an answer given here in Airflow is kept only in the queue entry).
+    not an artifact or a dev result, and a release-wide approval of any artifact answers it. An approval here only
+    admits the release to the queue: the run that ships asks again at its own gate unless a release-wide record
+    approves the artifact it built (the orchestrator cannot write approval records, so an answer given here in
+    Airflow is kept only in the queue entry).
     """
 
     rejected_consequence = "nothing was queued"
@@ -147,8 +148,10 @@ class QueuedReleaseGateOperator(ReleaseGateOperator):
             f"**When** at the next release window outside a freeze, first opening {plan.next_window} "
             f"(windows: {', '.join(plan.windows)})\n\n"
             f"**Tenants** ({narrowed}: {count}):\n{tenants}\n\n"
-            "Approving records the release-wide approval: the scheduled release run will not ask again. The build and "
-            "the dev deploy happen at the window; if either fails, no tenant is touched."
+            "Approving only admits the release to the queue. The run that ships it at the window builds the artifact, "
+            "deploys dev, and then asks again at its own release gate for an approval of that build, unless an "
+            f"approval record names it (`tenant-release approve {plan.release_tag} --sha256 <the build's sha256>`). "
+            "If the build or the dev deploy fails, or the window closes before that gate passes, no tenant is touched."
         )
         return subject, body
 

@@ -97,6 +97,24 @@ def freeze_began(config_path: str | None, params: Any, *, waiting_for: str) -> s
     return f"change freeze {freeze} ({freeze.reason}) began while it waited for {waiting_for}; not deployed"
 
 
+def release_window_closed(config_path: str | None, *, release_tag: str, waiting_for: str) -> str | None:
+    """Why a run the scheduled DAG dispatched at a release window must not deploy now: no release window is open.
+
+    None: a window is open (or the fleet file lists none any more, so there is nothing to keep to).
+    """
+    from tenant_release.windows import ReleaseCalendar
+
+    windows = ReleaseCalendar.from_schedule(cached_fleet(config_path).fleet.schedule).windows
+    now = utcnow()
+    if not windows or any(window.is_open(now) for window in windows):
+        return None
+    return (
+        f"release window it was dispatched for closed while it waited for {waiting_for} (windows: "
+        f"{', '.join(str(w) for w in windows)}); not deployed. A dispatched release is not queued again: trigger "
+        f"tenant_release for {release_tag} directly inside a window"
+    )
+
+
 def use_session_factory(factory: Callable[[], AwsSessions]) -> Callable[[], AwsSessions]:
     """Swap how sessions are made (tests wrap clients with fault injectors); returns the previous factory."""
     global _session_factory

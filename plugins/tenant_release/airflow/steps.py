@@ -20,6 +20,7 @@ from tenant_release.deploy import ReleaseRun, precise_now, record_results, run_i
 from tenant_release.errors import FleetConfigError, TenantReleaseError
 from tenant_release.models import (
     Application,
+    ApprovalDecision,
     ApprovalPolicy,
     Artifact,
     FleetChanges,
@@ -176,6 +177,7 @@ def deploy_kwargs(
         artifact=artifact,
         targets_id=targets_id,
         allow_rollback=plan.allow_rollback,
+        gated=plan.gated,
     )
     # Each tenant's history writes carry the run's planned time and who triggered it (see aws.ledger).
     return [{**entry, "run_started_at": plan.planned_at, "triggered_by": plan.triggered_by} for entry in entries]
@@ -356,6 +358,17 @@ def _annotate(result: TenantResult, plan: RunPlan, gate: dict[str, Any] | None, 
     update: dict[str, Any] = {"gated": bool(plan.gated)}
     if gate and gate.get("gated") and not result.approved_by:
         update["approved_by"] = f"{gate['approved_by']} ({gate['source']}, release gate)"
+    if gate and gate.get("gated") and result.approval is None and gate.get("sha256") == result.sha256:
+        # The authenticated approver and the artifact approved, for the audit trail (the free text above is not).
+        update["approval"] = ApprovalDecision(
+            approved=True,
+            decided_by=gate["approved_by"],
+            source=gate["source"],
+            note=gate.get("note") or "",
+            sha256=gate["sha256"],
+            identity=gate.get("identity"),
+            release_gate=True,
+        )
     notes = [result.note]
     for extra in (plan.freeze_override, removed):
         if extra and extra not in (result.note or "") and extra not in (result.reason or ""):

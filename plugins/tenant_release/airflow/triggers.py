@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -250,8 +251,6 @@ class TenantDeployTrigger(_Serializable):
                 done.sessions.forget_tenant(done.target, session_name=done.run.session_name)
 
     async def _deploy(self, started: list[Any]) -> AsyncIterator[TriggerEvent]:
-        from tenant_release.deploy import failure_reason
-
         progress = DeployProgress.model_validate(self.progress)
         deployment = None
         try:
@@ -275,17 +274,7 @@ class TenantDeployTrigger(_Serializable):
                 await in_thread(deployment.smoke_test)
             await in_thread(deployment.record, result)
         except Exception as exc:
-            reason = failure_reason(exc)
-            for line in getattr(exc, "events", None) or []:
-                self.log.error("stack event: %s", line)
-            self.log.error("%s FAILED: %s", self.tenant, reason)
-            if deployment is not None:
-                try:
-                    await in_thread(deployment.record_failure, progress, exc)
-                except Exception as history_exc:  # the deploy's own error is the one to report
-                    self.log.warning("could not record the failure in the history table: %s", failure_reason(history_exc))
-            permanent = classify.needs_a_person(exc)
-            yield TriggerEvent({"failed": reason, "permanent": permanent, "progress": progress.model_dump(mode="json")})
+            yield await self._failed(deployment, progress, exc)
             return
         self.log.info(
             "%s: %s (%s -> %s, stack %s)", result.tenant, result.status.value, result.version_before, result.version_after, status
@@ -295,14 +284,67 @@ class TenantDeployTrigger(_Serializable):
         else:
             yield TriggerEvent({"result": result.to_xcom()})
 
+    async def _failed(self, deployment: Any, progress: DeployProgress, exc: Exception) -> TriggerEvent:
+        """Log why, record the tenant FAILED (when its deployment was built), and say whether a retry may help."""
+        from tenant_release.deploy import failure_reason
+
+        reason = failure_reason(exc)
+        for line in getattr(exc, "events", None) or []:
+            self.log.error("stack event: %s", line)
+        self.log.error("%s FAILED: %s", self.tenant, reason)
+        if deployment is not None:
+            try:
+                await in_thread(deployment.record_failure, progress, exc)
+            except Exception as history_exc:  # the deploy's own error is the one to report
+                self.log.warning("could not record the failure in the history table: %s", failure_reason(history_exc))
+        permanent = classify.needs_a_person(exc)
+        return TriggerEvent({"failed": reason, "permanent": permanent, "progress": progress.model_dump(mode="json")})
+
+    async def refuse(self, exc: Exception) -> TriggerEvent:
+        """Fail this tenant before its deploy touches AWS (its release gate did not approve it), recorded as any failure."""
+        progress = DeployProgress.model_validate(self.progress)
+        try:
+            deployment = await in_thread(self._deployment)
+        except Exception as planned_exc:  # a tenant changed since the plan: that error is reported instead
+            return await self._failed(None, progress, planned_exc)
+        try:
+            return await self._failed(deployment, progress, exc)
+        finally:
+            deployment.sessions.forget_tenant(deployment.target, session_name=deployment.run.session_name)
+
 
 _TARGET_LISTS = TargetListCache()
+# The release gate's result of each run, read by the tenants that start in this triggerer process (see `since`).
+_RELEASE_GATES = TargetListCache(keep=64)
+RELEASE_GATE_TASK = "approve_release"
 
 
 def _read_xcom(ti: Any, task_id: str, key: str) -> Any:
     from airflow.sdk.execution_time.xcom import XCom
 
     return XCom.get_one(key=key, dag_id=ti.dag_id, task_id=task_id, run_id=ti.run_id, map_index=-1)
+
+
+def release_gate_refusal(gate: Any, *, sha256: str | None) -> str | None:
+    """Why a tenant of a gated run must not deploy artifact `sha256`, from the run's release gate result; None: approved.
+
+    Only the gate's own result counts: a gate marked success in the UI returned nothing, and a gate that approved
+    another build (its build cleared and run again without it) names another sha256.
+    """
+    if isinstance(gate, dict) and gate.get("gated") is True and sha256 and gate.get("sha256") == sha256:
+        return None
+    if not isinstance(gate, dict):
+        returned = "nothing: was it marked success without an answer?"
+    elif gate.get("gated") is not True:
+        returned = "no approval"
+    elif gate.get("sha256"):
+        returned = f"an approval of artifact {gate['sha256']} by {gate.get('approved_by')}"
+    else:
+        returned = f"an approval by {gate.get('approved_by')} that names no artifact"
+    return (
+        f"the release gate of this run has no approval of artifact {sha256} ({RELEASE_GATE_TASK} returned {returned}); "
+        f"approve the release (clear {RELEASE_GATE_TASK} and answer it), then clear the failed tenants"
+    )
 
 
 class FleetTenantStartTrigger(_Serializable):
@@ -335,11 +377,23 @@ class FleetTenantStartTrigger(_Serializable):
 
         return entry_at(await _TARGET_LISTS.get(targets_id, fetch), ti.map_index, targets_id)
 
+    async def _release_gate_refusal(self, entry: dict[str, Any], since: float) -> str | None:
+        """Why this tenant's run's gate does not let it deploy its artifact (see `release_gate_refusal`); None: it does."""
+        ti = self.task_instance
+
+        async def fetch() -> Any:
+            return await in_thread(_read_xcom, ti, RELEASE_GATE_TASK, "return_value")
+
+        gate = await _RELEASE_GATES.get(f"{ti.dag_id}/{ti.run_id}", fetch, since=since)
+        return release_gate_refusal(gate, sha256=(entry.get("artifact") or {}).get("sha256"))
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        since = time.monotonic()  # the gate's result must be read after this tenant started, not reused from before
         try:
             entry = await self._own_entry()
+            refusal = await self._release_gate_refusal(entry, since) if entry.get("gated") else None
         except Exception as exc:
-            self.log.error("could not find this task instance's tenant: %s", describe(exc))
+            self.log.error("could not find this task instance's tenant or its run's release gate: %s", describe(exc))
             # A list that does not hold this task instance stays wrong on a retry; anything else may pass.
             yield TriggerEvent({"failed": describe(exc), "permanent": isinstance(exc, FleetTargetError)})
             return
@@ -349,7 +403,7 @@ class FleetTenantStartTrigger(_Serializable):
             self.task_instance.map_index,
             entry[TARGETS_ID_KEY],
         )
-        if entry.get("has_own_gate"):
+        if refusal is None and entry.get("has_own_gate"):
             self.log.info("%s needs its own approval or maintenance window: a worker asks and waits", entry["tenant"])
             yield TriggerEvent({"gates": True})
             return
@@ -370,6 +424,11 @@ class FleetTenantStartTrigger(_Serializable):
             try_number=getattr(self.task_instance, "try_number", None),
             allow_rollback=entry.get("allow_rollback") or "",
         )
+        if refusal is not None:
+            from tenant_release.errors import ReleaseGateError
+
+            yield await deploy.refuse(ReleaseGateError(refusal))
+            return
         async for event in deploy.run():
             yield event
 

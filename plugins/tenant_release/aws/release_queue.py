@@ -199,6 +199,9 @@ def next_queued(dynamodb: Any, table: str) -> QueuedRelease | None:
     return waiting[0] if waiting else None
 
 
+DISPATCH_RUN_PREFIX = "queued__"  # a tenant_release run with this id prefix ships a queued release at a window
+
+
 def dispatch_run_id(entry: QueuedRelease) -> str:
     """The id of the tenant_release run that ships this queue entry: the same at every attempt to dispatch it.
 
@@ -206,7 +209,7 @@ def dispatch_run_id(entry: QueuedRelease) -> str:
     retry, or the next window's run) triggers the same id, which Airflow refuses to create twice, then marks it. So a
     queued release ships once. The time it was queued tells a tag queued again after a cancel from its first queueing.
     """
-    return f"queued__{entry.release}__{entry.queued_at}"
+    return f"{DISPATCH_RUN_PREFIX}{entry.release}__{entry.queued_at}"
 
 
 def mark_dispatched(dynamodb: Any, table: str, release_tag: str, *, run_id: str, now: datetime | None = None) -> QueuedRelease:
