@@ -242,3 +242,17 @@ def assert_release_succeeded(run: StackRun) -> None:
     table = lines[lines.index(next(line for line in lines if line.startswith("TENANT "))) :]
     for name in targets:
         assert any(line.startswith(f"{name} ") and "SUCCEEDED" in line for line in table), name
+
+
+def attempt_log(run: StackRun, run_id: str, map_index: int, attempt: int) -> str:
+    """Every file of one attempt of a mapped deploy: its worker's log and each triggerer's (each writes its own)."""
+    folder = (
+        run.state_dir
+        / "airflow"
+        / "logs"
+        / f"dag_id={local_stack.DAG_ID}"
+        / f"run_id={run_id}"
+        / f"task_id={local_stack.MAPPED_TASK}"
+        / f"map_index={map_index}"
+    )
+    return "".join(path.read_text(errors="replace") for path in sorted(folder.glob(f"attempt={attempt}.log*")))

@@ -47,7 +47,7 @@ from tenant_release.models import Outcome
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 
-from tests.stack.release import ROOT, SCRIPT, StackRun, clean_environment, isolated_stack, tenant_cloudformation
+from tests.stack.release import ROOT, SCRIPT, StackRun, attempt_log, clean_environment, isolated_stack, tenant_cloudformation
 
 TAG = "v1.0.0"
 HOLD_SECONDS = 3600  # moto's settle time while the test holds the stacks in progress; 0 lets them settle
@@ -134,7 +134,7 @@ class Crashes:
         clients = {name: tenant_cloudformation(moto_url, self.targets[name]) for name in IN_THE_TRIGGERER}
 
         def waits(name: str) -> int:
-            return _attempt_log(run, run_id, tis[name], 1).count(ATTACHED.format(stack=self.targets[name].stack_name))
+            return attempt_log(run, run_id, tis[name]["map_index"], 1).count(ATTACHED.format(stack=self.targets[name].stack_name))
 
         def in_progress() -> bool:
             for name, cloudformation in clients.items():
@@ -175,20 +175,6 @@ class Crashes:
             return None
 
 
-def _attempt_log(run: StackRun, run_id: str, ti: dict, attempt: int) -> str:
-    """Every file of one attempt: its worker's log and each triggerer's (a restarted triggerer writes its own)."""
-    folder = (
-        run.state_dir
-        / "airflow"
-        / "logs"
-        / f"dag_id={local_stack.DAG_ID}"
-        / f"run_id={run_id}"
-        / f"task_id={local_stack.MAPPED_TASK}"
-        / f"map_index={ti['map_index']}"
-    )
-    return "".join(path.read_text(errors="replace") for path in sorted(folder.glob(f"attempt={attempt}.log*")))
-
-
 @pytest.mark.slow
 def test_worker_scheduler_and_triggerer_crashes_mid_release_deploy_each_tenant_once(tmp_path: Path) -> None:
     fleet = tmp_path / "tenants.yaml"
@@ -222,15 +208,15 @@ def test_worker_scheduler_and_triggerer_crashes_mid_release_deploy_each_tenant_o
         assert {name: ti["try_number"] for name, ti in deploys.items()} == {"acme": 1, "globex": 1, "wayne": 2}
 
         for name in IN_THE_TRIGGERER:
-            log = _attempt_log(run, run_id, deploys[name], 1)
+            log = attempt_log(run, run_id, deploys[name]["map_index"], 1)
             # Started by both triggerers, the change set executed by the first only: the second waited on it.
             assert log.count(f"deploying {TAG} (sha256") == 2, name
             assert len(re.findall(r"executing (?:CREATE|UPDATE) change set", log)) == 1, name
             assert log.count(ATTACHED.format(stack=crashes.targets[name].stack_name)) == 2, name
             assert f"{name}: SUCCEEDED" in log, name
-        wayne_killed = _attempt_log(run, run_id, deploys[ON_A_WORKER], 1)
+        wayne_killed = attempt_log(run, run_id, deploys[ON_A_WORKER]["map_index"], 1)
         assert "executing CREATE change set" not in wayne_killed
-        assert "executing CREATE change set" in _attempt_log(run, run_id, deploys[ON_A_WORKER], 2)
+        assert "executing CREATE change set" in attempt_log(run, run_id, deploys[ON_A_WORKER]["map_index"], 2)
 
         # Exactly one stack operation per tenant in this release, as CloudFormation (moto) recorded it.
         for name, target in crashes.targets.items():

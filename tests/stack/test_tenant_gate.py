@@ -17,7 +17,7 @@ from tenant_release.aws import ledger
 from tenant_release.config import load_fleet
 from tenant_release.models import Outcome
 
-from tests.stack.release import isolated_stack
+from tests.stack.release import attempt_log, isolated_stack
 
 FLEET = """\
 tooling: {account_id: "123456789012", region: us-east-1, artifact_bucket: tenant-release-artifacts-123456789012}
@@ -57,16 +57,7 @@ def test_a_tenant_with_its_own_approval_is_asked_on_a_worker_and_deployed_in_the
         assert {name: ti["state"] for name, ti in deploys.items()} == {"acme": "success", "wayne": "success"}
 
         # Its steps span a trigger, a worker and a trigger again: read every file of its attempt.
-        attempt = (
-            run.state_dir
-            / "airflow"
-            / "logs"
-            / f"dag_id={local_stack.DAG_ID}"
-            / f"run_id={run_id}"
-            / f"task_id={local_stack.MAPPED_TASK}"
-            / f"map_index={deploys['wayne']['map_index']}"
-        )
-        wayne = "".join(path.read_text() for path in sorted(attempt.glob("attempt=1.log*")))
+        wayne = attempt_log(run, run_id, deploys["wayne"]["map_index"], 1)
         # Airflow keeps one trigger log file per attempt and triggerer, so the deploy's trigger log replaces the
         # one of the trigger that sent wayne to the worker; the worker's log shows the wait and the hand-over.
         for step in (

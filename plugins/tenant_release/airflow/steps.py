@@ -358,7 +358,7 @@ def _annotate(result: TenantResult, plan: RunPlan, gate: dict[str, Any] | None, 
     update: dict[str, Any] = {"gated": bool(plan.gated)}
     if gate and gate.get("gated") and not result.approved_by:
         update["approved_by"] = f"{gate['approved_by']} ({gate['source']}, release gate)"
-    if gate and gate.get("gated") and result.approval is None and gate.get("sha256") == result.sha256:
+    if gate and gate.get("gated") and result.approval is None and gate.get("sha256") and gate["sha256"] == result.sha256:
         # The authenticated approver and the artifact approved, for the audit trail (the free text above is not).
         update["approval"] = ApprovalDecision(
             approved=True,
