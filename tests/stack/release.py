@@ -161,6 +161,13 @@ def isolated_stack(
         assert failed or not left, f"`down` left processes of the stack running: {left}"
 
 
+def tooling_dynamodb(moto_url: str, region: str) -> Any:
+    """A DynamoDB client in the tooling account of the stack's moto server (its history, attempts, approvals)."""
+    return boto3.client(
+        "dynamodb", region_name=region, endpoint_url=moto_url, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+
 def tenant_cloudformation(moto_url: str, target: Target) -> Any:
     """A CloudFormation client in the tenant's own account of the stack's moto server (as a test reads it)."""
     aws = {"endpoint_url": moto_url, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}

@@ -37,7 +37,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import local_stack
 import moto_compat
 import pytest
@@ -47,7 +46,16 @@ from tenant_release.models import Outcome
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 
-from tests.stack.release import ROOT, SCRIPT, StackRun, attempt_log, clean_environment, isolated_stack, tenant_cloudformation
+from tests.stack.release import (
+    ROOT,
+    SCRIPT,
+    StackRun,
+    attempt_log,
+    clean_environment,
+    isolated_stack,
+    tenant_cloudformation,
+    tooling_dynamodb,
+)
 
 TAG = "v1.0.0"
 HOLD_SECONDS = 3600  # moto's settle time while the test holds the stacks in progress; 0 lets them settle
@@ -234,13 +242,7 @@ def test_worker_scheduler_and_triggerer_crashes_mid_release_deploy_each_tenant_o
 
         # One final result per tenant: this run's SUCCEEDED.
         tooling = load_fleet(fleet).fleet.tooling
-        dynamodb = boto3.client(
-            "dynamodb",
-            region_name=tooling.region,
-            endpoint_url=facts["moto_url"],
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        dynamodb = tooling_dynamodb(facts["moto_url"], tooling.region)
         history = ledger.get_many(dynamodb, tooling.history_table, tenants=list(crashes.targets), release=TAG)
         assert {name: (r.status, r.version, r.run_id) for name, r in history.items()} == dict.fromkeys(
             crashes.targets, (Outcome.SUCCEEDED, "1.0.0", run_id)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import boto3
 import local_stack
 import pytest
 from tenant_release.aws import ledger
 from tenant_release.config import load_fleet
 from tenant_release.models import Outcome
 
-from tests.stack.release import attempt_log, isolated_stack
+from tests.stack.release import attempt_log, isolated_stack, tooling_dynamodb
 
 FLEET = """\
 tooling: {account_id: "123456789012", region: us-east-1, artifact_bucket: tenant-release-artifacts-123456789012}
@@ -75,13 +74,7 @@ def test_a_tenant_with_its_own_approval_is_asked_on_a_worker_and_deployed_in_the
 
         loaded = load_fleet(fleet)
         tooling = loaded.fleet.tooling
-        dynamodb = boto3.client(
-            "dynamodb",
-            region_name=tooling.region,
-            endpoint_url=facts["moto_url"],
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        dynamodb = tooling_dynamodb(facts["moto_url"], tooling.region)
         history = ledger.get_many(dynamodb, tooling.history_table, tenants=["acme", "wayne"], release="v2.0.0")
         assert {name: (r.status, r.version) for name, r in history.items()} == dict.fromkeys(
             ["acme", "wayne"], (Outcome.SUCCEEDED, "2.0.0")
