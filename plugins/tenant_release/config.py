@@ -205,4 +205,16 @@ def resolve_target(fleet: Fleet, spec: TargetSpec) -> Target:
         maintenance_window=spec.maintenance_window,
         outside_window=spec.outside_window or defaults.outside_window,
         wave=spec.wave,
+        hold=spec.hold,
+        pin=spec.pin,
+        alarms=tuple(
+            naming.render_target_name(pattern, **values)
+            for pattern in (spec.alarms if spec.alarms is not None else defaults.alarms)
+        ),
+        rollback_on_alarm=spec.rollback_on_alarm if spec.rollback_on_alarm is not None else defaults.rollback_on_alarm,
+        rollback_monitoring_minutes=(
+            spec.rollback_monitoring_minutes
+            if spec.rollback_monitoring_minutes is not None
+            else defaults.rollback_monitoring_minutes
+        ),
     )

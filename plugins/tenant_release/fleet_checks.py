@@ -65,6 +65,7 @@ def fleet_problems(fleet: Fleet) -> list[str]:
                 problems.append(f"{who} field maintenance_window: {exc}")
         buckets[target.artifact_bucket][spec.name] = target.account_id
     problems += [f"{', '.join(who for who, _ in found)}: {found[0][1]}" for found in prefix_clashes.values()]
+    problems += _rollout_problems(fleet)
     for bucket, users in buckets.items():
         names = list(users)
         if len(set(users.values())) > 1:  # a shared account is reported above
@@ -290,3 +291,41 @@ def app_prefix_problem(fleet: Fleet, target: Target) -> tuple[str, str] | None:
         f"execution role may manage everything named {prefix}*, so it could change them. Give the application a prefix "
         "of its own, e.g. stack_name and function_name 'tenant-app-{name}' in the fleet defaults"
     )
+
+
+def _rollout_problems(fleet: Fleet) -> list[str]:
+    """Waves that name unknown groups or tenants, tenants in no wave, a dev target that names a wave."""
+    from tenant_release.config import resolve_target
+    from tenant_release.rollout import unplaced_tenants
+
+    problems: list[str] = []
+    if fleet.dev.wave or fleet.dev.hold or fleet.dev.pin:
+        problems.append("dev: wave, hold and pin apply to tenants only; every release goes to dev first. Remove them from dev")
+    if fleet.rollout is None:
+        named = sorted({spec.wave for spec in fleet.tenants if spec.wave})
+        if named:
+            problems.append(
+                f"tenants name wave(s) {', '.join(named)} but the fleet file declares no rollout; add rollout.waves "
+                "(see README \"Progressive rollout\") or remove the tenants' wave"
+            )
+        return problems
+    groups = fleet.groups()
+    tenants = {spec.name for spec in fleet.tenants}
+    for wave in fleet.rollout.waves:
+        unknown_groups = [group for group in wave.groups if group not in groups]
+        if unknown_groups:
+            problems.append(
+                f"rollout wave {wave.name}: group(s) {', '.join(unknown_groups)} are no tenant's group; groups in use: "
+                f"{', '.join(sorted(groups))}"
+            )
+        unknown_tenants = [name for name in wave.tenants if name not in tenants]
+        if unknown_tenants:
+            problems.append(f"rollout wave {wave.name}: tenant(s) {', '.join(unknown_tenants)} are not in the fleet file")
+    targets = []
+    for spec in fleet.tenants:
+        try:
+            targets.append(resolve_target(fleet, spec))
+        except (KeyError, IndexError, ValueError):
+            continue  # reported above, as a name pattern problem
+    problems += unplaced_tenants(fleet, targets)
+    return problems

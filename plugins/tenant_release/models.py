@@ -15,6 +15,7 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 REGION_PATTERN = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 ROLE_NAME_PATTERN = re.compile(r"^[\w+=,.@-]{1,64}$")
 EXTERNAL_ID_PATTERN = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
+PIN_PATTERN = re.compile(r"^\d+(\.\d+){0,2}$")
 
 
 class _Strict(BaseModel):
@@ -54,6 +55,13 @@ class Outcome(StrEnum):
     SKIPPED = "SKIPPED"
     # Written when a deploy starts: a run that ends with a tenant still IN_PROGRESS lost that tenant's worker.
     IN_PROGRESS = "IN_PROGRESS"
+    # CloudFormation rolled the stack back because one of the tenant's health alarms fired while it settled
+    # (`rollback_on_alarm`): counts as a failure of its wave.
+    ROLLED_BACK = "ROLLED_BACK"
+
+
+# What counts against a wave's `max_failures` (and fails the run), as the history records it.
+FAILED_OUTCOMES = frozenset({Outcome.FAILED, Outcome.ROLLED_BACK})
 
 
 class ApprovalPolicy(StrEnum):
@@ -98,13 +106,37 @@ class TargetDefaults(_Strict):
     parameters: dict[str, str] = Field(default_factory=dict)
     approval: ApprovalPolicy = ApprovalPolicy.NONE
     outside_window: OutsideWindowPolicy = OutsideWindowPolicy.WAIT
+    # CloudWatch alarms in the tenant's own account that say its application is unhealthy: names or name
+    # patterns (`*` matches anything), `{name}`, `{account_id}` and `{region}` filled in per tenant.
+    alarms: tuple[str, ...] = ()
+    # Execute each change set with CloudFormation's rollback triggers on those alarms (RollbackConfiguration).
+    rollback_on_alarm: bool = False
+    rollback_monitoring_minutes: int = Field(default=10, ge=0, le=180)
 
     _check_region = field_validator("region")(_region)
+    _check_alarms = field_validator("alarms", mode="before")(lambda value: _alarm_patterns(value))
 
     @field_validator("parameters", mode="before")
     @classmethod
     def _stringify(cls, value: Any) -> Any:
         return _parameters_as_strings(value)
+
+
+ALARM_PATTERN = re.compile(r"^[^\x00-\x1f]{1,255}$")
+
+
+def _alarm_patterns(value: Any) -> Any:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        raise ValueError(f'alarms must be a list of alarm names or patterns, e.g. alarms: ["{value}"]')
+    for pattern in value:
+        if not isinstance(pattern, str) or not ALARM_PATTERN.match(pattern) or not pattern.strip("*"):
+            raise ValueError(
+                f"alarm pattern {pattern!r} must be an alarm name (1-255 printable characters), `*` matching anything, "
+                'e.g. "tenant-app-{name}-*"'
+            )
+    return tuple(value)
 
 
 def _parameters_as_strings(value: Any) -> Any:
@@ -138,9 +170,34 @@ class TargetSpec(_Strict):
     approval: ApprovalPolicy | None = None
     maintenance_window: str | None = None
     outside_window: OutsideWindowPolicy | None = None
-    wave: str | None = None
+    wave: str | None = None  # the rollout wave this tenant is in, whatever the waves' groups say
+    hold: str | None = None  # held back (the reason, e.g. the customer's own freeze): no release reaches it
+    pin: str | None = None  # "1.3": only 1.3.x releases reach it
+    alarms: tuple[str, ...] | None = None  # its health alarms (see TargetDefaults.alarms); unset: the defaults'
+    rollback_on_alarm: bool | None = None
+    rollback_monitoring_minutes: int | None = Field(default=None, ge=0, le=180)
 
     _check_account = field_validator("account_id", mode="before")(_account_id)
+    _check_alarms = field_validator("alarms", mode="before")(lambda value: None if value is None else _alarm_patterns(value))
+
+    @field_validator("hold")
+    @classmethod
+    def _check_hold(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError('hold must give the reason, e.g. hold: "customer freeze until 2027-01-10"')
+        return value
+
+    @field_validator("pin", mode="before")
+    @classmethod
+    def _check_pin(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, float):  # `pin: 1.10` is the number 1.1 to YAML
+            raise ValueError(f'pin {value!r} was read as a number, which drops trailing zeros; quote it: pin: "{value}"')
+        text = getattr(value, "yaml_text", None) or (str(value) if isinstance(value, int) else value)
+        if not isinstance(text, str) or not PIN_PATTERN.match(text):
+            raise ValueError(f'pin {value!r} must be a version prefix such as "1.3" (only 1.3.x releases reach it); quote it')
+        return text
 
     @field_validator("name")
     @classmethod
@@ -413,6 +470,79 @@ class Application(_Strict):
         return self
 
 
+MAX_WAVES = 6  # wave task groups in the release DAG (its shape is fixed at parse time; a fleet declares up to this)
+_PERCENT = re.compile(r"^(\d{1,3}(\.\d+)?)\s*%$")
+
+
+def _max_failures(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("max_failures must be a count (0, 2) or a percentage of the wave (\"10%\")")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"max_failures {value} must be 0 or more")
+        return int(value)
+    if isinstance(value, str):
+        match = _PERCENT.match(value.strip())
+        if match and float(match.group(1)) <= 100:
+            return value.strip().replace(" ", "")
+        if value.strip().isdigit():
+            return int(value.strip())
+    raise ValueError(f"max_failures {value!r} must be a count (0, 2) or a percentage of the wave (\"10%\", at most 100%)")
+
+
+class WaveSpec(_Strict):
+    """One wave of a rollout as the fleet file writes it."""
+
+    name: str
+    groups: tuple[str, ...] = ()  # the tenants of these groups (none, and no tenants: every tenant left)
+    tenants: tuple[str, ...] = ()  # and these tenants by name
+    max_failures: int | str = 0  # failed tenants the wave tolerates: a count, or "10%" of the wave (rounded down)
+    bake_minutes: float = Field(default=0.0, ge=0, le=7 * 24 * 60)  # watch the health alarms before the next wave
+    approval: bool = False  # a person approves before this wave starts
+    max_parallel: int | None = Field(default=None, ge=1, le=10_000)  # tenants deploying at once (unset: the rollout's)
+    max_parallel_per_region: int | None = Field(default=None, ge=1, le=10_000)
+
+    _check_max_failures = field_validator("max_failures", mode="before")(lambda value: _max_failures(value))
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(f"wave name {value!r} must be 2-40 lowercase letters, digits or '-', starting with a letter")
+        return value
+
+    @property
+    def selects_rest(self) -> bool:
+        return not self.groups and not self.tenants
+
+    def tolerance(self, size: int) -> int:
+        """How many of a wave of `size` tenants may fail before the rollout stops."""
+        if isinstance(self.max_failures, int):
+            return self.max_failures
+        return int(float(self.max_failures.rstrip("%")) * size // 100)
+
+
+class RolloutSpec(_Strict):
+    """How a release moves through the fleet: waves in order, each gated on the previous one's health."""
+
+    waves: tuple[WaveSpec, ...]
+    max_parallel: int | None = Field(default=None, ge=1, le=10_000)  # every wave's, unless it sets its own
+    max_parallel_per_region: int | None = Field(default=None, ge=1, le=10_000)
+
+    @field_validator("waves")
+    @classmethod
+    def _check_waves(cls, value: tuple[WaveSpec, ...]) -> tuple[WaveSpec, ...]:
+        if not value:
+            raise ValueError("rollout.waves must list at least one wave, e.g. - {name: general}")
+        if len(value) > MAX_WAVES:
+            raise ValueError(f"rollout.waves lists {len(value)} waves; at most {MAX_WAVES}: merge some")
+        names = [wave.name for wave in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"rollout.waves names {', '.join(twice)} more than once; wave names must be unique")
+        return value
+
+
 class Fleet(_Strict):
     """The whole fleet file, validated; tenants still hold their raw (uninherited) settings."""
 
@@ -424,6 +554,7 @@ class Fleet(_Strict):
     approval_timeout_hours: float = Field(default=72.0, gt=0, le=24 * 30)
     schedule: ReleaseSchedule = ReleaseSchedule()
     application: Application = Application()
+    rollout: RolloutSpec | None = None  # unset: one wave of every targeted tenant, as before waves
     tenants: tuple[TargetSpec, ...]
 
     @model_validator(mode="after")
@@ -468,6 +599,11 @@ class Target(_Strict):
     maintenance_window: str | None
     outside_window: OutsideWindowPolicy
     wave: str | None = None
+    hold: str | None = None
+    pin: str | None = None
+    alarms: tuple[str, ...] = ()  # rendered for this tenant
+    rollback_on_alarm: bool = False
+    rollback_monitoring_minutes: int = 10
 
 
 class Release(_Strict):
@@ -572,6 +708,83 @@ class PlannedTarget(_Strict):
     target_digest: str
     # Needs its own approval or a maintenance window: those waits start on a worker (a HITL request).
     has_own_gate: bool = False
+    region: str = ""  # for per-region caps of its wave
+
+
+class PlannedWave(_Strict):
+    """One wave of a run as the plan fixed it: its tenants and its rules."""
+
+    index: int  # 1-based: the DAG's task group wave_<index>
+    name: str
+    tenants: tuple[str, ...]
+    max_failures: int | str = 0
+    bake_minutes: float = 0.0
+    approval: bool = False
+    max_parallel: int | None = None
+    max_parallel_per_region: int | None = None
+
+    def tolerance(self, size: int | None = None) -> int:
+        return WaveSpec(name=self.name, max_failures=self.max_failures).tolerance(len(self.tenants) if size is None else size)
+
+    def describe_tolerance(self) -> str:
+        if isinstance(self.max_failures, int):
+            return f"tolerance {self.max_failures}"
+        return f"tolerance {self.max_failures} = {self.tolerance()}"
+
+
+class RolloutState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    ABORTED = "aborted"
+
+
+class RolloutControl(_Strict):
+    """An operator's word on the rollout of one release tag: pause it, resume it, abort it (see aws.controls)."""
+
+    release: str
+    state: RolloutState
+    by: str  # who set it, as AWS (caller ARN) or Airflow (user) authenticated them
+    reason: str = ""
+    at: str  # when (ISO, UTC, microseconds)
+
+    def aborts(self, planned_at: str | None) -> bool:
+        """An abort stops the runs planned before it, not a later run of the same tag (a redeploy)."""
+        return self.state == RolloutState.ABORTED and (planned_at is None or planned_at < self.at)
+
+    def pauses(self) -> bool:
+        return self.state == RolloutState.PAUSED
+
+    def describe(self) -> str:
+        verb = {RolloutState.PAUSED: "paused", RolloutState.ABORTED: "aborted", RolloutState.RUNNING: "resumed"}[self.state]
+        return f"{verb} by {self.by}" + (f": {self.reason}" if self.reason else "") + f" at {self.at}"
+
+
+class HeldTenant(_Strict):
+    """A selected tenant the release does not reach (held back, or pinned to another line): recorded SKIPPED."""
+
+    tenant: str
+    reason: str
+
+
+class RolloutCaps(_Strict):
+    """What a tenant's deploy trigger needs of its wave: how many may deploy at once, overall and per region."""
+
+    wave: str
+    max_parallel: int | None = None
+    max_parallel_per_region: int | None = None
+
+
+class WaveVerdict(_Strict):
+    """How a wave ended: who failed (and why), its tolerance, and whether the rollout goes on."""
+
+    wave: str
+    index: int
+    size: int
+    failed: dict[str, str] = Field(default_factory=dict)  # tenant -> reason (a failed deploy, an alarm during bake)
+    tolerance: int = 0
+    baked_minutes: float = 0.0
+    passed: bool = True
+    stopped: str | None = None  # why the rollout stops here, e.g. "wave canary: 1 of 1 failed, tolerance 0"
 
 
 class RunPlan(_Strict):
@@ -592,6 +805,10 @@ class RunPlan(_Strict):
     gated_tenants: tuple[str, ...] = ()  # the selected tenants in a gated group: they make the run gated
     allow_rollback: str = ""  # the reason to deploy over a newer version; empty: a tenant holding a newer one fails
     tooling: ToolingAccount | None = None  # where the history is (names only): the summary needs it if the file breaks
+    waves: tuple[PlannedWave, ...] = ()  # empty (a plan from before waves): one wave of every tenant
+    held: tuple[HeldTenant, ...] = ()  # selected, but held back or pinned: recorded SKIPPED, never deployed
+    override_hold: str = ""  # the reason a `tenants` filter named held tenants and deploys them anyway
+    redeploy_of: str | None = None  # the earlier run whose failed and skipped tenants this run redeploys
 
 
 class QueuedPlan(RunPlan):
