@@ -47,6 +47,26 @@ PLAN = "{{ ti.xcom_pull(task_ids='plan')"
             title="Rebuild a moved tag",
             description="A git tag moved since this version was built is refused unless this is set: then it is built again.",
         ),
+        "override_hold": Param(
+            "",
+            type="string",
+            maxLength=500,
+            title="Deploy held or pinned tenants named in tenants (reason)",
+            description=(
+                "Empty: a tenants list naming a tenant that is held back (hold) or pinned to another line (pin) is refused. "
+                "A reason here deploys them anyway; the history records it."
+            ),
+        ),
+        "redeploy_of": Param(
+            "",
+            type="string",
+            maxLength=250,
+            title="Redeploy the failed tenants of an earlier run (its run id)",
+            description=(
+                "Empty: an ordinary release. A run id of an earlier tenant_release run of this release tag: deploy only "
+                "the tenants that failed or were skipped in it (read from the history); the others are not touched."
+            ),
+        ),
         "allow_rollback": Param(
             "",
             type="string",

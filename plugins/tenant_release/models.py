@@ -834,6 +834,7 @@ class FleetChanges(_Strict):
         targets_id: str,
         allow_rollback: str = "",
         gated: bool = False,
+        rollout: RolloutCaps | None = None,
     ) -> list[dict[str, Any]]:
         """The mapped deploy task's `expand_kwargs`: one entry per tenant that needs a change.
 
@@ -847,6 +848,8 @@ class FleetChanges(_Strict):
             shared["allow_rollback"] = allow_rollback
         if gated:
             shared["gated"] = True
+        if rollout is not None and (rollout.max_parallel or rollout.max_parallel_per_region):
+            shared["rollout"] = rollout.model_dump(mode="json")  # the wave's caps, kept by each tenant's deploy trigger
         return [
             {"tenant": t.tenant, "target_digest": t.target_digest, "has_own_gate": t.has_own_gate, **shared} for t in self.deploy
         ]

@@ -64,9 +64,12 @@ class TenantDeployOperator(BaseOperator):
         triggered_by: str | None = None,
         allow_rollback: str = "",
         gated: bool = False,
+        rollout: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # The wave's caps (a `RolloutCaps`), for the deploy trigger: how many tenants deploy at once.
+        self.rollout = rollout
         self.tenant = tenant
         self.target_digest = target_digest
         self.release_tag = release_tag

@@ -33,6 +33,7 @@ from tenant_release.models import (
     ToolingAccount,
 )
 from tenant_release.plan import ReleasePlan, plan_release
+from tenant_release.rollout import plan_waves
 from tenant_release.tags import parse_release_tag
 from tenant_release.windows import ReleaseCalendar
 
@@ -86,12 +87,14 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int, triggere
         planned_at=precise_now(),
         triggered_by=triggered_by,
         allow_rollback=str(params.get("allow_rollback") or "").strip(),
+        waves=plan_waves(loaded.fleet, selected.targets),
     ).model_dump(mode="json")
 
 
 def planned_target(target: Target, application: Application) -> PlannedTarget:
     return PlannedTarget(
         tenant=target.name,
+        region=target.region,
         target_digest=runtime.target_digest(target, application),
         has_own_gate=target.approval == ApprovalPolicy.REQUIRED or bool(target.maintenance_window),
     )
