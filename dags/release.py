@@ -1,22 +1,21 @@
-"""tenant_release: build once → deploy to dev, meanwhile find the tenants that need a change → gate → deploy each → summary.
+"""tenant_release: build once → deploy to dev, meanwhile find the tenants that need a change → gate → waves → summary.
 
 Thin wiring only: the fleet file is read when a run starts (the `plan` task), never at parse time. Tenants
 already at the release are recorded UNCHANGED by `fleet_changes` and get no task instance; every other
-tenant gets one, named after it, that the scheduler starts in the triggerer, where its whole deploy runs.
-Finding the changes only reads the tenants' stacks, so it runs while dev's stack settles; no tenant is
-deployed before dev has succeeded and the gate has passed.
+tenant gets one, named after it, in its rollout wave (`wave_1` … `wave_6`: open → deploy → bake), that the
+scheduler starts in the triggerer, where its whole deploy runs. Finding the changes only reads the tenants'
+stacks, so it runs while dev's stack settles; no tenant is deployed before dev has succeeded and the gate has
+passed, and no wave starts before the previous one finished within its failure tolerance and baked.
 """
 
 from __future__ import annotations
 
-import uuid
-
-from airflow.sdk import Param, dag, get_current_context, task
-from tenant_release.airflow import runtime, steps
+from airflow.sdk import Param, TaskGroup, dag, get_current_context, task
+from tenant_release.airflow import runtime, steps, waves
 from tenant_release.airflow.dag_defaults import DEFAULT_ARGS, release_tag_param, tenants_param
 from tenant_release.airflow.deploy_operator import FleetTenantDeployOperator, TenantDeployOperator
-from tenant_release.airflow.fleet_targets import TARGETS_ID_KEY
 from tenant_release.airflow.gate import ReleaseGateOperator
+from tenant_release.models import MAX_WAVES
 
 PLAN = "{{ ti.xcom_pull(task_ids='plan')"
 
@@ -102,12 +101,6 @@ def tenant_release() -> None:
         context = get_current_context()
         return steps.fleet_changes(plan_, artifact_, context["run_id"], try_number=context["ti"].try_number)
 
-    @task(retries=0)
-    def tenant_targets(changes_: dict, plan_: dict, artifact_: dict) -> list[dict]:
-        targets_id = uuid.uuid4().hex
-        get_current_context()["ti"].xcom_push(key=TARGETS_ID_KEY, value=targets_id)
-        return steps.deploy_kwargs(changes_, plan_, artifact_, targets_id=targets_id)
-
     @task(trigger_rule="all_done", retries=0)
     def summary(plan_: dict) -> dict:
         context = get_current_context()
@@ -119,6 +112,7 @@ def tenant_release() -> None:
             ti.xcom_pull(task_ids="approve_release", default=None),
             context["run_id"],
             try_number=ti.try_number,
+            rollout_stop=waves.rollout_stop(ti, steps.RunPlan.model_validate(plan_)),
         )
 
     planned = plan()
@@ -135,10 +129,19 @@ def tenant_release() -> None:
     )
     changes = fleet_changes(planned, artifact)
     gate = ReleaseGateOperator(task_id="approve_release")
-    deploy = FleetTenantDeployOperator.partial(task_id="deploy", map_index_template="{{ task.tenant }}").expand_kwargs(
-        tenant_targets(changes, planned, artifact)
-    )
-    [deploy_dev, changes] >> gate >> deploy >> summary(planned)
+    [deploy_dev, changes] >> gate
+    previous = gate
+    for index in range(1, MAX_WAVES + 1):
+        with TaskGroup(group_id=waves.group_id(index), tooltip=f"rollout wave {index} (the fleet file names it)"):
+            opened = waves.WaveOpenOperator(task_id="open", wave_index=index)
+            deploy = FleetTenantDeployOperator.partial(task_id="deploy", map_index_template="{{ task.tenant }}").expand_kwargs(
+                opened.output
+            )
+            baked = waves.WaveBakeOperator(task_id="bake", wave_index=index)
+            opened >> deploy >> baked
+        previous >> opened
+        previous = baked
+    previous >> summary(planned)
 
 
 tenant_release()

@@ -39,7 +39,17 @@ BIN = Path(sys.executable).parent
 USERS = {"admin": "admin", "approver": "approver"}
 DAG_ID = "tenant_release"
 # The mapped deploy task and the task whose return value it is expanded over (for tenant names in the progress).
-MAPPED_TASK, MAP_SOURCE_TASK = "deploy", "tenant_targets"
+# The first wave's mapped deploy and the task it expands over; a fleet without `rollout` has only this wave.
+MAPPED_TASK, MAP_SOURCE_TASK = "wave_1.deploy", "wave_1.open"
+
+
+def is_deploy_task(task_id: str) -> bool:
+    """A wave's mapped per-tenant deploy task (`wave_<n>.deploy`)."""
+    return task_id.startswith("wave_") and task_id.endswith(".deploy")
+
+
+def source_of(deploy_task: str) -> str:
+    return deploy_task.rsplit(".", 1)[0] + ".open"
 # Every process `up` starts carries this variable (the state dir): `down` finds stragglers by it.
 MARKER_ENV = "TENANT_RELEASE_STACK_DIR"
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
@@ -526,7 +536,7 @@ def follow(stack: Stack, run_id: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     seen: dict[tuple[str, int], str] = {}
     order: dict[str, tuple[int, str]] = {}
-    names: list[str] = []
+    names: dict[str, list[str]] = {}  # deploy task -> tenant names by map index
     failures = 0
     while time.monotonic() < deadline:
         ensure_running(stack)
@@ -535,8 +545,10 @@ def follow(stack: Stack, run_id: str, timeout: float) -> str:
             order = order or task_order(stack, token)
             run = http("GET", f"{stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", token=token)
             instances = task_instances(stack, run_id, token)
-            if not names and any(ti["task_id"] == MAP_SOURCE_TASK and ti["state"] == "success" for ti in instances):
-                names = mapped_names(stack, run_id, token)
+            for ti in instances:
+                deploy_task = ti["task_id"].removesuffix(".open") + ".deploy"
+                if ti["task_id"].endswith(".open") and ti["state"] == "success" and deploy_task not in names:
+                    names[deploy_task] = mapped_names(stack, run_id, token, source=ti["task_id"])
             answer_approvals(stack, run_id)
         except (urllib.error.URLError, OSError) as exc:
             # A busy API server (many tenants, two cores) may time out a poll; the run goes on regardless.
@@ -559,9 +571,9 @@ def follow(stack: Stack, run_id: str, timeout: float) -> str:
     raise SystemExit(f"run {run_id} did not finish within {timeout:.0f}s; it goes on in Airflow ({stack.api_url})")
 
 
-def mapped_names(stack: Stack, run_id: str, token: str) -> list[str]:
-    """Tenant names by map index, from the list the deploy task is expanded over (names before they render)."""
-    url = f"{stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{MAP_SOURCE_TASK}/xcomEntries/return_value"
+def mapped_names(stack: Stack, run_id: str, token: str, *, source: str = MAP_SOURCE_TASK) -> list[str]:
+    """Tenant names by map index, from the list a wave's deploy task is expanded over (names before they render)."""
+    url = f"{stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{source}/xcomEntries/return_value"
     try:
         value = http("GET", url, token=token).get("value")
         if isinstance(value, str):
@@ -571,14 +583,15 @@ def mapped_names(stack: Stack, run_id: str, token: str) -> list[str]:
         return []
 
 
-def ti_label(ti: dict[str, Any], names: list[str]) -> str:
+def ti_label(ti: dict[str, Any], names: dict[str, list[str]]) -> str:
     index = ti["map_index"]
     if index < 0:
         return ti["task_id"]
     # Until the template renders, the API shows the plain index as the rendered name.
     label = ti.get("rendered_map_index")
-    if (not label or label == str(index)) and ti["task_id"] == MAPPED_TASK and index < len(names):
-        label = names[index]
+    known = names.get(ti["task_id"], [])
+    if (not label or label == str(index)) and is_deploy_task(ti["task_id"]) and index < len(known):
+        label = known[index]
     return f"{ti['task_id']}[{label or index}]"
 
 
@@ -645,7 +658,7 @@ def print_summary(stack: Stack, tag: str, run_id: str, env: dict[str, str]) -> N
 
 def print_logs(stack: Stack, run_id: str, token: str) -> None:
     instances = task_instances(stack, run_id, token)
-    deploys = [ti for ti in instances if ti["task_id"] == MAPPED_TASK and ti["map_index"] >= 0]
+    deploys = [ti for ti in instances if is_deploy_task(ti["task_id"]) and ti["map_index"] >= 0]
     if not deploys:
         stopped = [
             t["task_id"] for t in instances if t["map_index"] < 0 and t.get("state") == "failed" and t["task_id"] != "summary"
@@ -656,19 +669,19 @@ def print_logs(stack: Stack, run_id: str, token: str) -> None:
             say("No tenant needed a change: each is recorded in the history, none got a task instance (see fleet_changes' log).")
         return
     say("Per-tenant logs (UI link, file):")
-    for ti in sorted(deploys, key=lambda t: t["map_index"]):
+    for ti in sorted(deploys, key=lambda t: (t["task_id"], t["map_index"])):
         attempt = max(ti.get("try_number") or 1, 1)
         path = (
             stack.airflow_home
             / "logs"
             / f"dag_id={DAG_ID}"
             / f"run_id={run_id}"
-            / f"task_id={MAPPED_TASK}"
+            / f"task_id={ti['task_id']}"
             / f"map_index={ti['map_index']}"
             / f"attempt={attempt}.log"
         )
         name = ti.get("rendered_map_index") or ti["map_index"]
-        link = f"{stack.api_url}/dags/{DAG_ID}/runs/{run_id}/tasks/{MAPPED_TASK}/mapped/{ti['map_index']}"
+        link = f"{stack.api_url}/dags/{DAG_ID}/runs/{run_id}/tasks/{ti['task_id']}/mapped/{ti['map_index']}"
         say(f"  {name:<12} {ti['state'] or '-':<16} {link}")
         say(f"  {'':<12} {'':<16} {path}")
 

@@ -29,7 +29,7 @@ def serialized_release_dag():
 
 
 def test_only_the_mapped_tenant_deploys_start_in_the_triggerer(serialized_release_dag) -> None:
-    deploy = serialized_release_dag.get_task("deploy")
+    deploy = serialized_release_dag.get_task("wave_1.deploy")
     assert deploy.start_from_trigger is True
     assert deploy.start_trigger_args.trigger_cls == "tenant_release.airflow.triggers.FleetTenantStartTrigger"
     assert deploy.start_trigger_args.next_method == "execute_complete"
@@ -116,7 +116,7 @@ class _XComStore:
         if task_id == "approve_release" and key == "return_value":
             self.reads.append("gate")
             return self.gate
-        assert task_id == "tenant_targets"
+        assert task_id == "wave_1.open"
         self.reads.append(key)
         return self.values[key]
 
@@ -191,7 +191,7 @@ def test_tenants_started_in_the_triggerer_deploy_their_own_entry_and_end_there(
     )
     monkeypatch.setattr(triggers, "_read_xcom", store.read)
     monkeypatch.setattr(triggers, "_TARGET_LISTS", TargetListCache())
-    deploy_task = serialized_release_dag.get_task("deploy")
+    deploy_task = serialized_release_dag.get_task("wave_1.deploy")
 
     async def all_tenants() -> list[list[Any]]:
         return await asyncio.gather(*(_events(_started(deploy_task, i)) for i in range(len(built["names"]))))
@@ -225,7 +225,7 @@ def test_a_tenant_with_its_own_gate_goes_to_a_worker_before_touching_aws(
     )
     monkeypatch.setattr(triggers, "_read_xcom", _XComStore(entries, "l2").read)
     monkeypatch.setattr(triggers, "_TARGET_LISTS", TargetListCache())
-    events = asyncio.run(_events(_started(serialized_release_dag.get_task("deploy"), 1)))
+    events = asyncio.run(_events(_started(serialized_release_dag.get_task("wave_1.deploy"), 1)))
     assert [e.payload for e in events] == [{"gates": True}]
     tooling = runtime.cached_fleet(built["config_path"]).fleet.tooling
     dynamodb = runtime.aws_sessions().tooling_client("dynamodb", tooling.region)
@@ -253,7 +253,7 @@ def test_tenants_of_a_gated_run_start_only_when_its_gate_approved_their_artifact
     monkeypatch.setattr(triggers, "_read_xcom", store.read)
     monkeypatch.setattr(triggers, "_TARGET_LISTS", TargetListCache())
     monkeypatch.setattr(triggers, "_RELEASE_GATES", TargetListCache())
-    deploy_task = serialized_release_dag.get_task("deploy")
+    deploy_task = serialized_release_dag.get_task("wave_1.deploy")
 
     async def start(indexes: list[int]) -> list[list[Any]]:
         return await asyncio.gather(*(_events(_started(deploy_task, i)) for i in indexes))
@@ -289,7 +289,7 @@ def test_an_entry_from_an_older_list_fails_the_tenant_for_good(
     entries = _entries(built["names"], artifact=built["artifact"], config_path=built["config_path"], targets_id="old")
     monkeypatch.setattr(triggers, "_read_xcom", _XComStore(entries, "new").read)
     monkeypatch.setattr(triggers, "_TARGET_LISTS", TargetListCache())
-    events = asyncio.run(_events(_started(serialized_release_dag.get_task("deploy"), 0)))
+    events = asyncio.run(_events(_started(serialized_release_dag.get_task("wave_1.deploy"), 0)))
     assert len(events) == 1
     assert events[0].payload["permanent"] is True
     assert "target list changed" in events[0].payload["failed"]

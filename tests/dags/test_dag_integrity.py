@@ -40,17 +40,23 @@ def test_every_dag_has_tags_retries_and_a_doc(dagbag):
 
 def test_release_dag_shape(dagbag):
     dag = dagbag.dags["tenant_release"]
-    order = ["plan", "build", "deploy_dev", "approve_release", "deploy", "summary"]
+    order = ["plan", "build", "deploy_dev", "approve_release", "wave_1.open", "wave_1.deploy", "wave_1.bake", "wave_2.open"]
     for upstream, downstream in itertools.pairwise(order):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream}"
     # Finding the changes reads stacks only: it runs beside dev, and both must succeed before the gate.
     assert dag.get_task("fleet_changes").upstream_task_ids == {"plan", "build"}
     assert dag.get_task("approve_release").upstream_task_ids == {"deploy_dev", "fleet_changes"}
     assert dag.get_task("summary").trigger_rule == "all_done"
-    deploy = dag.get_task("deploy")
-    assert deploy.map_index_template == "{{ task.tenant }}"
+    # Six waves in a row, each open -> deploy (one task instance per tenant) -> bake; the last bake leads to the summary.
+    for index in range(1, 7):
+        deploy = dag.get_task(f"wave_{index}.deploy")
+        assert deploy.map_index_template == "{{ task.tenant }}"
+        assert dag.get_task(f"wave_{index}.bake").trigger_rule == "all_done"
+        if index > 1:
+            assert dag.get_task(f"wave_{index}.open").upstream_task_ids == {f"wave_{index - 1}.bake"}
+    assert dag.get_task("summary").upstream_task_ids == {"plan", "wave_6.bake"}
     params = dag.params
-    assert set(params.keys()) >= {"release_tag", "tenants", "override_freeze"}
+    assert set(params.keys()) >= {"release_tag", "tenants", "override_freeze", "override_hold", "redeploy_of"}
 
 
 def test_release_tag_param_rejects_a_bad_tag_before_a_run_exists(dagbag):

@@ -110,7 +110,7 @@ def test_a_gated_run_deploys_no_tenant_whose_artifact_its_gate_did_not_approve(
     sha256 = built_sha256("v1.4.0")
     states, records = task_states(run), history()
     for tenant, (account, region) in PROD.items():
-        assert states[("deploy", tenant)] == "failed"
+        assert states[("wave_1.deploy", tenant)] == "failed"
         assert deployed_version(account, region, tenant) is None
         record = records[(tenant, "v1.4.0")]
         assert record.status.value == "FAILED"
@@ -166,7 +166,7 @@ def test_per_tenant_approval_by_record_rejection_and_timeout(gated, release_dag,
     assert records[("clark", "v-2.0.0-regulated")].status.value == "SUCCEEDED"
     assert deployed_version("444444444444", "us-east-1", "clark") == "2.0.0"
     states = task_states(run)
-    assert states[("deploy", "bruce")] == "skipped" and states[("deploy", "lois")] == "skipped"
+    assert states[("wave_1.deploy", "bruce")] == "skipped" and states[("wave_1.deploy", "lois")] == "skipped"
 
 
 @pytest.fixture

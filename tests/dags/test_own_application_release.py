@@ -41,7 +41,7 @@ def test_a_tag_of_your_application_reaches_its_group_and_a_moved_tag_is_refused_
 
     assert str(run.state) == "success"
     states = task_states(run)
-    assert {name: states[("deploy", name)] for name in PROD} == dict.fromkeys(PROD, "success")
+    assert {name: states[("wave_1.deploy", name)] for name in PROD} == dict.fromkeys(PROD, "success")
     for name, (account, region) in PROD.items():
         stack = describe_stack(tenant_client("cloudformation", account, region), f"orders-{name}")
         assert stack is not None and stack_tag(stack, "ReleaseVersion") == "1.4.0"

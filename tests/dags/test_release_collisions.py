@@ -23,7 +23,7 @@ def test_an_older_release_is_refused_per_tenant_unless_the_run_allows_a_rollback
 
     assert str(refused.state) == "failed"
     assert deployed_version(CLARK, "us-east-1", "clark") == "2.0.0"
-    assert ("deploy", "clark") not in task_states(refused)  # refused before its deploy task: no task instance
+    assert ("wave_1.deploy", "clark") not in task_states(refused)  # refused before its deploy task: no task instance
     clark = history()[("clark", "v-1.9.0-regulated")]
     assert clark.status.value == "FAILED" and clark.rollback_from is None
     assert clark.reason.startswith("stack tenant-app-clark holds 2.0.0, newer than 1.9.0; nothing was deployed.")
@@ -50,7 +50,7 @@ def test_a_freeze_that_begins_while_a_tenant_waits_for_its_window_stops_its_depl
     assert diana.status.value == "SKIPPED"
     assert diana.reason == f"{FROZEN} its maintenance window; not deployed"
     assert deployed_version("666666666666", "us-east-1", "diana") is None
-    assert task_states(run)[("deploy", "diana")] == "skipped"
+    assert task_states(run)[("wave_1.deploy", "diana")] == "skipped"
 
 
 def test_a_run_triggered_with_override_freeze_deploys_a_tenant_that_waited_into_a_freeze(gated, release_dag, clock):  # noqa: F811

@@ -131,9 +131,9 @@ def test_release_deploys_its_group_and_isolates_a_tenant_whose_role_cannot_be_as
 
     assert str(run.state) == "failed"  # a failed tenant fails the run, so the UI shows it
     states = task_states(run)
-    assert states[("deploy", "acme")] == "success"
-    assert states[("deploy", "umbrella")] == "success"
-    assert states[("deploy", "globex")] == "failed"
+    assert states[("wave_1.deploy", "acme")] == "success"
+    assert states[("wave_1.deploy", "umbrella")] == "success"
+    assert states[("wave_1.deploy", "globex")] == "failed"
     assert states[("summary", -1)] == "failed"
     assert states[("deploy_dev", -1)] == "success"
     # prod group: acme (eu-central-1), globex, umbrella; initech is qa only and untouched.
@@ -173,7 +173,7 @@ def test_group_tag_and_second_release_only_touch_their_tenants(bootstrapped, rel
     again = release_dag.test(run_conf={"release_tag": "v-1.4.0-qa", "tenants": ["umbrella"]})
     assert str(again.state) == "success"
     # Already at the release: recorded UNCHANGED by fleet_changes, with no task instance and no change set.
-    assert not [key for key in task_states(again) if key[0] == "deploy" and key[1] != -1]
+    assert not [key for key in task_states(again) if key[0] == "wave_1.deploy" and key[1] != -1]
     umbrella_calls = [name for _, account, name in faults.calls[changes_before:] if account == "044444444444"]
     assert "create_change_set" not in umbrella_calls and "execute_change_set" not in umbrella_calls
     records = history()

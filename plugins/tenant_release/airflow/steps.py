@@ -19,6 +19,7 @@ from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, precise_now, record_results, run_identity, utc_now
 from tenant_release.errors import FleetConfigError, TenantReleaseError
 from tenant_release.models import (
+    FAILED_OUTCOMES,
     Application,
     ApprovalDecision,
     ApprovalPolicy,
@@ -26,13 +27,16 @@ from tenant_release.models import (
     FleetChanges,
     Outcome,
     PlannedTarget,
+    PlannedWave,
     Release,
+    RolloutCaps,
     RunPlan,
     Target,
     TenantResult,
     ToolingAccount,
 )
 from tenant_release.plan import ReleasePlan, plan_release
+from tenant_release.redeploy import redeploy_hint
 from tenant_release.rollout import plan_waves
 from tenant_release.tags import parse_release_tag
 from tenant_release.windows import ReleaseCalendar
@@ -170,8 +174,24 @@ def fleet_changes(
     return changes.model_dump(mode="json")
 
 
+def wave_deploy_kwargs(
+    changes_: dict[str, Any], plan: RunPlan, artifact: dict[str, Any], wave: PlannedWave, *, targets_id: str
+) -> list[dict[str, Any]]:
+    """The mapped deploy entries of one wave: its tenants that need a change, with the wave's caps."""
+    changes = FleetChanges.model_validate(changes_)
+    members = set(wave.tenants)
+    in_wave = FleetChanges(deploy=tuple(t for t in changes.deploy if t.tenant in members), unchanged=changes.unchanged)
+    caps = RolloutCaps(wave=wave.name, max_parallel=wave.max_parallel, max_parallel_per_region=wave.max_parallel_per_region)
+    return deploy_kwargs(in_wave.model_dump(mode="json"), plan.model_dump(mode="json"), artifact, targets_id=targets_id, rollout=caps)
+
+
 def deploy_kwargs(
-    changes_: dict[str, Any], plan_: dict[str, Any], artifact: dict[str, Any], *, targets_id: str
+    changes_: dict[str, Any],
+    plan_: dict[str, Any],
+    artifact: dict[str, Any],
+    *,
+    targets_id: str,
+    rollout: RolloutCaps | None = None,
 ) -> list[dict[str, Any]]:
     plan = RunPlan.model_validate(plan_)
     entries = FleetChanges.model_validate(changes_).deploy_kwargs(
@@ -181,6 +201,7 @@ def deploy_kwargs(
         targets_id=targets_id,
         allow_rollback=plan.allow_rollback,
         gated=plan.gated,
+        rollout=rollout,
     )
     # Each tenant's history writes carry the run's planned time and who triggered it (see aws.ledger).
     return [{**entry, "run_started_at": plan.planned_at, "triggered_by": plan.triggered_by} for entry in entries]
@@ -194,6 +215,7 @@ def summarize(
     run_id: str,
     *,
     try_number: int | None = None,
+    rollout_stop: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
     """Collect every planned tenant's outcome from the history, fill in those that never reported, print the table.
 
@@ -229,7 +251,17 @@ def summarize(
         unreported = result is None or result.run_id != run_id or result.status == Outcome.IN_PROGRESS
         if unreported:
             result = _unreported(
-                name, target, plan, artifact, dev_result, gate, run_id, previous=result, started=started, removed=removed
+                name,
+                target,
+                plan,
+                artifact,
+                dev_result,
+                gate,
+                run_id,
+                previous=result,
+                started=started,
+                removed=removed,
+                rollout_stop=_stop_for(plan, name, rollout_stop),
             )
         elif recorded.get(name) == result:  # this run's outcome is the latest item: only annotate it, if unchanged
             expected[name] = result
@@ -250,22 +282,35 @@ def summarize(
             if result.tenant in refused and latest is not None and latest.run_id == run_id:
                 # This run wrote while the summary ran (a tenant finished late): that is the run's true outcome.
                 results[index] = latest
+    held = {entry.tenant for entry in plan.held}
     counts = report.count_by_status(results)
     log.info(
-        "release %s summary (%s)\n%s\n%s",
+        "release %s summary (%s)\n%s\n%s%s",
         plan.release_tag,
         ", ".join(f"{k} {v}" for k, v in counts.items() if v),
         _gate_line(plan, gate),
+        _waves_line(plan, results, rollout_stop),
         report.render_table(results),
     )
-    failed = [r.tenant for r in results if r.status == Outcome.FAILED]
+    failed = [r.tenant for r in results if r.status in FAILED_OUTCOMES]
     stopped = _stopped_before_tenants(plan, artifact, dev_result, gate)
     if stopped:
         raise AirflowFailException(f"release {plan.release_tag} stopped before any tenant: {stopped}")
+    not_deployed = [r.tenant for r in results if r.status in (*FAILED_OUTCOMES, Outcome.SKIPPED) and r.tenant not in held]
+    hint = f"\n{redeploy_hint(plan.release_tag, run_id)}" if not_deployed else ""
+    if rollout_stop is not None:
+        skipped = [r.tenant for r in results if r.status == Outcome.SKIPPED and r.tenant not in held]
+        log.error("rollout of %s stopped: %s", plan.release_tag, rollout_stop[1])
+        raise AirflowFailException(
+            f"release {plan.release_tag} stopped: {rollout_stop[1]}. {len(failed)} tenant(s) failed"
+            f"{': ' + ', '.join(failed) if failed else ''}; {len(skipped)} not started. "
+            f"To redeploy only the failed and skipped tenants once the cause is fixed:{hint}"
+        )
     if failed:
         raise AirflowFailException(
             f"{len(failed)} of {len(results)} tenant(s) failed: {', '.join(failed)}. Their task logs (map index named "
-            "after the tenant) hold the reason; clear the failed task instances to re-run only them."
+            "after the tenant) hold the reason; clear the failed task instances to re-run only them in this run, or "
+            f"redeploy them in a new run:{hint}"
         )
     return {"counts": counts, "tenants": {r.tenant: r.status.value for r in results}}
 
@@ -294,8 +339,70 @@ def _fleet_for_summary(plan: RunPlan) -> tuple[LoadedFleet | None, ToolingAccoun
     return loaded, loaded.fleet.tooling
 
 
+def run_results(plan: RunPlan, run_id: str, tenants: tuple[str, ...]) -> dict[str, TenantResult]:
+    """This run's own outcome of each of `tenants` that has one: the latest history item when it is this run's
+    final one, else this run's newest attempt (a newer run may have written the latest item since)."""
+    tooling = plan.tooling or runtime.cached_fleet(plan.config_path).fleet.tooling
+    dynamodb = runtime.aws_sessions().tooling_client("dynamodb", tooling.region)
+    recorded = ledger.get_many(dynamodb, tooling.history_table, tenants=tenants, release=plan.release_tag)
+    own = _own_outcomes(dynamodb, tooling.attempts_table, plan, run_id, recorded, names=tenants)
+    results = {name: found.result for name, found in own.items()}
+    for name in tenants:
+        result = recorded.get(name)
+        if name not in results and result is not None and result.run_id == run_id:
+            results[name] = result
+    return results
+
+
+def outcome_reasons(results: dict[str, TenantResult]) -> dict[str, tuple[Outcome, str]]:
+    return {name: (result.status, result.reason or result.note or "") for name, result in results.items()}
+
+
+def deployed_with_alarms(
+    plan: RunPlan, run_id: str, entries: list[dict[str, Any]], results: dict[str, TenantResult]
+) -> list[dict[str, Any]]:
+    """The wave's entries whose tenant this run deployed (SUCCEEDED) and that name health alarms: the bake watches them."""
+    loaded = runtime.cached_fleet(plan.config_path)
+    watched = []
+    for entry in entries:
+        result = results.get(entry["tenant"])
+        if result is None or result.status != Outcome.SUCCEEDED or result.run_id != run_id:
+            continue
+        target = _target_or_none(loaded, entry["tenant"])
+        if target is not None and target.alarms:
+            watched.append({key: entry[key] for key in ("tenant", "target_digest", "artifact") if key in entry})
+    return watched
+
+
+def record_alarmed(plan: RunPlan, run_id: str, alarms: dict[str, str], *, try_number: int | None = None) -> None:
+    """Record each tenant whose health alarm fired during its wave's bake FAILED, with the alarm as the reason."""
+    results = run_results(plan, run_id, tuple(alarms))
+    started = precise_now()
+    stamp = {
+        "written_by": "bake",
+        "try_number": try_number,
+        "identity": run_identity(release_tag=plan.release_tag, run_id=run_id, triggered_by=plan.triggered_by),
+        "attempt_started_at": started,
+        "finished_at": utc_now(),
+    }
+    failed = [
+        result.model_copy(update={**stamp, "status": Outcome.FAILED, "reason": f"{alarms[name]} during its wave's bake"})
+        for name, result in results.items()
+        if result.status == Outcome.SUCCEEDED
+    ]
+    if failed:
+        tooling = plan.tooling or runtime.cached_fleet(plan.config_path).fleet.tooling
+        record_results(runtime.aws_sessions(), tooling, failed)
+
+
 def _own_outcomes(
-    dynamodb: Any, attempts_table: str, plan: RunPlan, run_id: str, recorded: dict[str, TenantResult]
+    dynamodb: Any,
+    attempts_table: str,
+    plan: RunPlan,
+    run_id: str,
+    recorded: dict[str, TenantResult],
+    *,
+    names: tuple[str, ...] | None = None,
 ) -> dict[str, ledger.Attempt]:
     """This run's own newest outcome (from the attempts) of each tenant whose latest item is not this run's final one.
 
@@ -304,7 +411,7 @@ def _own_outcomes(
     """
     names = [
         name
-        for name in plan.tenants
+        for name in (plan.tenants if names is None else names)
         if (result := recorded.get(name)) is None or result.run_id != run_id or result.status == Outcome.IN_PROGRESS
     ]
     if not names:
@@ -341,6 +448,36 @@ def _stopped_before_tenants(
     if gate.get("frozen"):
         return f"the {gate['frozen']}"
     return None
+
+
+def _stop_for(plan: RunPlan, tenant: str, rollout_stop: tuple[int, str] | None) -> str | None:
+    """Why the tenant was never started, when the rollout stopped at or before its wave."""
+    if rollout_stop is None:
+        return None
+    wave = next((w for w in plan.waves if tenant in w.tenants), None)
+    if wave is None or wave.index < rollout_stop[0]:
+        return None
+    return rollout_stop[1] if rollout_stop[1].startswith("not started") else f"not started: {rollout_stop[1]}"
+
+
+def _waves_line(plan: RunPlan, results: list[TenantResult], rollout_stop: tuple[int, str] | None) -> str:
+    """One line per wave: its tenants' outcomes, and where the rollout stopped."""
+    if len(plan.waves) <= 1 and rollout_stop is None:
+        return ""
+    by_tenant = {r.tenant: r.status for r in results}
+    lines = []
+    for wave in plan.waves:
+        counts: dict[str, int] = {}
+        for tenant in wave.tenants:
+            status = by_tenant.get(tenant)
+            counts[status.value if status else "?"] = counts.get(status.value if status else "?", 0) + 1
+        lines.append(
+            f"wave {wave.index} {wave.name} ({len(wave.tenants)}; max_failures {wave.max_failures}): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        )
+    if rollout_stop is not None:
+        lines.append(f"rollout stopped: {rollout_stop[1]}")
+    return "\n".join(lines) + "\n"
 
 
 def _gate_line(plan: RunPlan, gate: dict[str, Any] | None) -> str:
@@ -393,6 +530,7 @@ def _unreported(
     previous: TenantResult | None,
     started: str,
     removed: bool = False,
+    rollout_stop: str | None = None,
 ) -> TenantResult:
     now = utc_now()
     started_here = previous is not None and previous.run_id == run_id
@@ -406,6 +544,8 @@ def _unreported(
         status, reason = Outcome.SKIPPED, "not deployed: removed from the fleet file after this run was planned"
     elif gate.get("frozen"):
         status, reason = Outcome.SKIPPED, gate["frozen"]
+    elif rollout_stop is not None and not started_here:
+        status, reason = Outcome.SKIPPED, rollout_stop
     else:
         status, reason = Outcome.FAILED, "the tenant's task ended without reporting a result (worker lost?); see its log"
     if started_here:  # started, then lost: keep what it knew, as that attempt's outcome (its own late write wins)

@@ -37,6 +37,13 @@ from tenant_release import classify, naming
 from tenant_release.models import ApprovalDecision
 
 RELEASE_WIDE = "*"
+WAVE_PREFIX = "wave:"  # a wave's approval is recorded under the tenant key "wave:<name>" (tenant names have no ':')
+
+
+def wave_approver(wave: str) -> str:
+    """The approvals-table key a wave's approval is recorded under (`tenant-release approve TAG --wave NAME`)."""
+    return f"{WAVE_PREFIX}{wave}"
+
 APPROVALS_PREFIX = naming.APPROVALS_PREFIX
 APPROVE_WORDS = frozenset({"approve", "approved", "yes", "y", "ok", "okay", "lgtm", "accept", "accepted", "true", "1", "go"})
 REJECT_WORDS = frozenset(
