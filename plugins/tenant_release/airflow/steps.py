@@ -298,6 +298,8 @@ def summarize(
         raise AirflowFailException(f"release {plan.release_tag} stopped before any tenant: {stopped}")
     not_deployed = [r.tenant for r in results if r.status in (*FAILED_OUTCOMES, Outcome.SKIPPED) and r.tenant not in held]
     hint = f"\n{redeploy_hint(plan.release_tag, run_id)}" if not_deployed else ""
+    if hint:
+        log.info("to redeploy only the %d failed or skipped tenant(s) in a new run:%s", len(not_deployed), hint)
     if rollout_stop is not None:
         skipped = [r.tenant for r in results if r.status == Outcome.SKIPPED and r.tenant not in held]
         log.error("rollout of %s stopped: %s", plan.release_tag, rollout_stop[1])

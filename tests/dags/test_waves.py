@@ -1,0 +1,135 @@
+"""Rollout waves under dag.test() against moto: a wave over its failure tolerance stops the rollout, later waves'
+tenants are never touched and end SKIPPED with the rule that stopped it; a wave within its tolerance goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tenant_release.models import Outcome
+
+from tests.conftest import bootstrap
+from tests.dags.test_release_dag import deployed_version, faults, history, task_states  # noqa: F401 (fixture)
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+WAVED_FLEET = """
+tooling: {account_id: "123456789012", region: us-east-1, artifact_bucket: tr-test-artifacts}
+dev: {name: dev, account_id: "123456789012", region: us-east-1}
+defaults: {region: us-east-1}
+default_group: qa
+rollout:
+  waves:
+    - {name: canary, groups: [canary], max_failures: 0}
+    - {name: early, groups: [early], max_failures: %(early_tolerance)s}
+    - {name: general}
+tenants:
+  - {name: can1, account_id: "210000000001", groups: [qa, canary]}
+  - {name: early1, account_id: "210000000002", groups: [qa, early]}
+  - {name: early2, account_id: "210000000003", groups: [qa, early]}
+  - {name: early3, account_id: "210000000004", groups: [qa, early]}
+  - {name: gen1, account_id: "210000000005", groups: [qa]}
+  - {name: gen2, account_id: "210000000006", groups: [qa], region: eu-west-1}
+"""
+ACCOUNTS = {
+    "can1": "210000000001",
+    "early1": "210000000002",
+    "early2": "210000000003",
+    "early3": "210000000004",
+    "gen1": "210000000005",
+    "gen2": "210000000006",
+}
+REGIONS = {"gen2": "eu-west-1"}
+
+
+def waved_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, early_tolerance: str = "0") -> Path:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(WAVED_FLEET % {"early_tolerance": early_tolerance})
+    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(path))
+    bootstrap(path)
+    return path
+
+
+@pytest.fixture
+def release_dag(airflow_db: None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS / "release.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["tenant_release"]
+
+
+def version(tenant: str) -> str | None:
+    return deployed_version(ACCOUNTS[tenant], REGIONS.get(tenant, "us-east-1"), tenant)
+
+
+def deny_role_of(faults, tenant: str) -> None:
+    faults.add(
+        service="sts",
+        operation="assume_role",
+        account="tooling",
+        code="AccessDenied",
+        message=f"User is not authorized to perform: sts:AssumeRole on arn:aws:iam::{ACCOUNTS[tenant]}:role/tenant-release-deploy",
+        when=lambda kwargs, account=ACCOUNTS[tenant]: kwargs["RoleArn"].startswith(f"arn:aws:iam::{account}:"),
+    )
+
+
+def test_a_canary_over_its_tolerance_stops_the_rollout_and_later_waves_are_never_touched(
+    moto, tmp_path, monkeypatch, release_dag, faults, caplog
+):
+    waved_fleet(tmp_path, monkeypatch)
+    deny_role_of(faults, "can1")
+
+    run = release_dag.test(run_conf={"release_tag": "v-2.0.0-qa"})
+
+    assert run.state == "failed"
+    states = task_states(run)
+    assert states[("wave_1.deploy", "can1")] == "failed"
+    assert states[("wave_1.bake", -1)] == "failed"
+    assert ("wave_2.deploy", "early1") not in states  # never expanded: no task instance, nothing touched
+    recorded = history()
+    stop = "wave canary: 1 of 1 failed, tolerance 0"
+    assert recorded[("can1", "v-2.0.0-qa")].status == Outcome.FAILED
+    for tenant in ("early1", "early2", "early3", "gen1", "gen2"):
+        item = recorded[(tenant, "v-2.0.0-qa")]
+        assert (item.status, item.reason) == (Outcome.SKIPPED, f"not started: {stop}"), tenant
+        assert version(tenant) is None, f"{tenant}'s stack was created although its wave never started"
+    summary = "\n".join(r.getMessage() for r in caplog.records if "summary" in r.getMessage() or "stopped" in r.getMessage())
+    assert f"rollout stopped: {stop}" in summary
+    assert f"tenant-release redeploy v-2.0.0-qa --failed --run {run.run_id}" in caplog.text
+
+
+def test_a_wave_within_its_tolerance_lets_the_next_wave_start(moto, tmp_path, monkeypatch, release_dag, faults):
+    waved_fleet(tmp_path, monkeypatch, early_tolerance='"34%"')  # 34% of 3 = 1 tolerated
+    deny_role_of(faults, "early2")
+
+    run = release_dag.test(run_conf={"release_tag": "v-2.0.0-qa"})
+
+    assert run.state == "failed"  # a failed tenant fails the run, but did not stop the rollout
+    recorded = history()
+    assert recorded[("early2", "v-2.0.0-qa")].status == Outcome.FAILED
+    for tenant in ("can1", "early1", "early3", "gen1", "gen2"):
+        assert recorded[(tenant, "v-2.0.0-qa")].status == Outcome.SUCCEEDED, tenant
+        assert version(tenant) == "2.0.0"
+    states = task_states(run)
+    assert states[("wave_2.bake", -1)] == "success"
+    assert states[("wave_3.deploy", "gen2")] == "success"
+    assert states[("wave_4.open", -1)] == "skipped"  # the fleet declares three waves
+
+
+def test_a_second_wave_tripped_by_two_failures_skips_the_third_with_the_rule(moto, tmp_path, monkeypatch, release_dag, faults):
+    waved_fleet(tmp_path, monkeypatch, early_tolerance="1")
+    deny_role_of(faults, "early1")
+    deny_role_of(faults, "early3")
+
+    run = release_dag.test(run_conf={"release_tag": "v-2.0.0-qa"})
+
+    assert run.state == "failed"
+    recorded = history()
+    assert recorded[("can1", "v-2.0.0-qa")].status == Outcome.SUCCEEDED
+    assert recorded[("early2", "v-2.0.0-qa")].status == Outcome.SUCCEEDED
+    for tenant in ("gen1", "gen2"):
+        item = recorded[(tenant, "v-2.0.0-qa")]
+        assert item.status == Outcome.SKIPPED
+        assert item.reason == "not started: wave early: 2 of 3 failed, tolerance 1"
+        assert version(tenant) is None
