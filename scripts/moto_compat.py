@@ -22,6 +22,12 @@ a stack in progress settles by the time the file says when it is next described,
 in progress and then let them go) or from `TENANT_RELEASE_MOTO_SETTLE_SECONDS`; unset, stacks settle at once
 as before. With
 `TENANT_RELEASE_MOTO_QUIET` set, the server logs no line per request.
+
+Nor can moto fail a stack. For tests of what a failing stack does to a rollout, the file named by
+`TENANT_RELEASE_MOTO_FAIL_FILE` maps stack names to a failure reason (JSON); executing a change set on such a
+stack ends it as CloudFormation would after a resource failed (`ROLLBACK_COMPLETE` for a create,
+`UPDATE_ROLLBACK_COMPLETE` for an update), with the resource's failure event carrying that reason. Read at each
+execution, so a test can make a stack fail for one release and let it succeed on the redeploy.
 """
 
 from __future__ import annotations
@@ -34,6 +40,45 @@ from typing import Any
 SETTLE_FILE_ENV = "TENANT_RELEASE_MOTO_SETTLE_FILE"
 SETTLE_SECONDS_ENV = "TENANT_RELEASE_MOTO_SETTLE_SECONDS"
 QUIET_ENV = "TENANT_RELEASE_MOTO_QUIET"
+FAIL_FILE_ENV = "TENANT_RELEASE_MOTO_FAIL_FILE"
+
+
+def failing_stacks() -> dict[str, str]:
+    path = os.environ.get(FAIL_FILE_ENV)
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            found = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return {str(name): str(reason) for name, reason in found.items()} if isinstance(found, dict) else {}
+
+
+def _fail_stack(stack: Any, change_set_type: str, reason: str) -> str:
+    """Add the events CloudFormation leaves when a resource fails and the stack rolls back; return the final status."""
+    from moto.cloudformation.models import Event
+
+    failed, rolling, final = (
+        ("CREATE_FAILED", "ROLLBACK_IN_PROGRESS", "ROLLBACK_COMPLETE")
+        if change_set_type == "CREATE"
+        else ("UPDATE_FAILED", "UPDATE_ROLLBACK_IN_PROGRESS", "UPDATE_ROLLBACK_COMPLETE")
+    )
+    stack.events.append(
+        Event(
+            stack_id=stack.stack_id,
+            stack_name=stack.name,
+            logical_resource_id="Function",
+            physical_resource_id=None,
+            resource_type="AWS::Lambda::Function",
+            resource_status=failed,
+            resource_status_reason=reason,
+            resource_properties=None,
+        )
+    )
+    stack._add_stack_event(rolling, resource_status_reason="The following resource(s) failed: [Function]")
+    stack._add_stack_event(final)
+    return final
 
 
 def settle_seconds() -> float:
@@ -109,6 +154,9 @@ def _apply_change_set_fixes() -> None:
                 change_set.stack.parameters = change_set.parameters
             change_set.stack.template_dict = change_set.stack.parse_template(change_set.template)
             change_set.stack.output_map = change_set.stack._create_output_map()
+            failure = failing_stacks().get(change_set.stack.name)
+            if failure is not None:
+                change_set.stack.status = _fail_stack(change_set.stack, change_set.change_set_type, failure)
             if delay > 0:
                 stack = change_set.stack
                 stack._executed_at, stack._settled_status = time.time(), stack.status
