@@ -475,6 +475,25 @@ def up(stack: Stack, tag: str, timeout: float) -> int:
     return 0 if state == "success" else 1
 
 
+def run_release(stack: Stack, tag: str, conf: dict[str, Any], timeout: float) -> int:
+    """Trigger one more release on a running stack (`up` left it running) and follow it like `up` does."""
+    env = environment(stack)
+    token = login(stack)
+    body = {"logical_date": None, "conf": {"release_tag": tag, **conf}}
+    say(f"trigger {DAG_ID} with {json.dumps(body['conf'])} (REST: POST /api/v2/dags/{DAG_ID}/dagRuns)")
+    started = time.monotonic()
+    run_id = http("POST", f"{stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns", body, token)["dag_run_id"]
+    record_run(stack, run_id=run_id, tag=tag, state="running", timings={})
+    say(f"  run {run_id}: {stack.api_url}/dags/{DAG_ID}/runs/{run_id}")
+    state = follow(stack, run_id, timeout)
+    took = time.monotonic() - started
+    say(f"release {tag} finished: {state}  (run took {took:.0f}s)")
+    print_summary(stack, tag, run_id, env)
+    print_logs(stack, run_id, login(stack))
+    record_run(stack, run_id=run_id, tag=tag, state=state, timings={"run": took})
+    return 0 if state == "success" else 1
+
+
 def write_endpoint_file(stack: Stack) -> None:
     """Where this stack's AWS emulation listens, for `tenant-release status/history/approve` run from a plain shell."""
     facts = {"endpoint_url": stack.moto_url, "region": "us-east-1", "stop": stop_command(stack)}
@@ -807,6 +826,11 @@ def build_parser() -> argparse.ArgumentParser:
     up_parser.add_argument("--result-backend", default=None, help="Celery result backend (default: db+ the metadata DB)")
     parallelism = int(env.get("TENANT_RELEASE_PARALLELISM", "6"))
     up_parser.add_argument("--parallelism", type=int, default=parallelism, help="task slots (and Celery worker concurrency)")
+    run_parser = sub.add_parser("run", help="trigger one more release on the stack `up` left running, and follow it")
+    run_parser.add_argument("--tag", required=True, help="release tag")
+    run_parser.add_argument("--conf", default="{}", help='more trigger params as JSON, e.g. \'{"redeploy_of": "<run id>"}\'')
+    run_parser.add_argument("--timeout", type=float, default=1800, help="seconds to follow the run")
+    add_location_options(run_parser)
     down_parser = sub.add_parser("down", help="stop everything `up` started")
     add_location_options(down_parser)
     restart_parser = sub.add_parser("restart", help="kill components of a running stack and start them again")
@@ -850,6 +874,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "down":
         return down(Stack(state_dir=args.state_dir.resolve()))
+    if args.command == "run":
+        try:
+            conf = json.loads(args.conf)
+        except ValueError as exc:
+            parser.error(f"--conf is not JSON: {exc}")
+        if not isinstance(conf, dict):
+            parser.error("--conf must be a JSON object of trigger params")
+        return run_release(running_stack(args.state_dir.resolve()), args.tag, conf, args.timeout)
     if args.command == "restart":
         return restart(running_stack(args.state_dir.resolve()), args.components, signal.Signals[f"SIG{args.signal}"])
     return up(stack_from_args(parser, args), args.tag, args.timeout)

@@ -360,19 +360,23 @@ def outcome_reasons(results: dict[str, TenantResult]) -> dict[str, tuple[Outcome
     return {name: (result.status, result.reason or result.note or "") for name, result in results.items()}
 
 
-def deployed_with_alarms(
-    plan: RunPlan, run_id: str, entries: list[dict[str, Any]], results: dict[str, TenantResult]
+def watched_tenants(
+    plan: RunPlan, run_id: str, wave: PlannedWave, artifact: dict[str, Any] | None, results: dict[str, TenantResult]
 ) -> list[dict[str, Any]]:
-    """The wave's entries whose tenant this run deployed (SUCCEEDED) and that name health alarms: the bake watches them."""
+    """The wave's tenants that run this release after this run (deployed, or found already at it) and name health
+    alarms: the bake watches them. Each entry names the tenant, its planned settings' digest and the artifact."""
+    if not artifact:
+        return []
     loaded = runtime.cached_fleet(plan.config_path)
+    digests = {entry.tenant: entry.target_digest for entry in plan.targets}
     watched = []
-    for entry in entries:
-        result = results.get(entry["tenant"])
-        if result is None or result.status != Outcome.SUCCEEDED or result.run_id != run_id:
+    for name in wave.tenants:
+        result = results.get(name)
+        if result is None or result.run_id != run_id or result.status not in (Outcome.SUCCEEDED, Outcome.UNCHANGED):
             continue
-        target = _target_or_none(loaded, entry["tenant"])
-        if target is not None and target.alarms:
-            watched.append({key: entry[key] for key in ("tenant", "target_digest", "artifact") if key in entry})
+        target = _target_or_none(loaded, name)
+        if target is not None and target.alarms and name in digests:
+            watched.append({"tenant": name, "target_digest": digests[name], "artifact": artifact})
     return watched
 
 
@@ -390,7 +394,7 @@ def record_alarmed(plan: RunPlan, run_id: str, alarms: dict[str, str], *, try_nu
     failed = [
         result.model_copy(update={**stamp, "status": Outcome.FAILED, "reason": f"{alarms[name]} during its wave's bake"})
         for name, result in results.items()
-        if result.status == Outcome.SUCCEEDED
+        if result.status in (Outcome.SUCCEEDED, Outcome.UNCHANGED)
     ]
     if failed:
         tooling = plan.tooling or runtime.cached_fleet(plan.config_path).fleet.tooling

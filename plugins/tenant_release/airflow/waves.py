@@ -246,9 +246,8 @@ class WaveBakeOperator(BaseOperator):
             raise AirflowFailException(stopped)
         plan = RunPlan.model_validate(ti.xcom_pull(task_ids="plan"))
         wave = PlannedWave.model_validate(found)
-        entries = ti.xcom_pull(task_ids=open_task_id(self.wave_index), default=None) or []
         outcomes = steps.run_results(plan, context["run_id"], wave.tenants)
-        watched = steps.deployed_with_alarms(plan, context["run_id"], entries, outcomes)
+        watched = steps.watched_tenants(plan, context["run_id"], wave, ti.xcom_pull(task_ids="build", default=None), outcomes)
         verdict = judge_wave(wave, steps.outcome_reasons(outcomes), {})
         if watched and verdict.passed:
             from tenant_release.airflow.wave_triggers import WaveBakeTrigger
