@@ -133,3 +133,34 @@ def test_a_second_wave_tripped_by_two_failures_skips_the_third_with_the_rule(mot
         assert item.status == Outcome.SKIPPED
         assert item.reason == "not started: wave early: 2 of 3 failed, tolerance 1"
         assert version(tenant) is None
+
+
+def test_a_wave_that_needs_approval_starts_only_once_its_artifact_is_approved_and_a_rejection_stops_the_rollout(
+    moto, tmp_path, monkeypatch, release_dag
+):
+    from tests.dags.test_release_dag import approve
+
+    path = waved_fleet(tmp_path, monkeypatch)
+    path.write_text(path.read_text().replace("{name: general}", "{name: general, approval: true}"))
+
+    approve("v-2.0.0-qa", "wave:general", approved=False, by="cab")
+    run = release_dag.test(run_conf={"release_tag": "v-2.0.0-qa"})
+
+    assert run.state == "failed"
+    states = task_states(run)
+    assert states[("wave_2.bake", -1)] == "success"
+    assert states[("wave_3.open", -1)] == "failed"
+    recorded = history()
+    for tenant in ("gen1", "gen2"):
+        item = recorded[(tenant, "v-2.0.0-qa")]
+        assert item.status == Outcome.SKIPPED
+        assert item.reason == "not started: wave general: rejected by cab via dynamodb", item.reason
+        assert version(tenant) is None
+    assert version("early3") == "2.0.0"
+
+    approve("v-2.0.0-qa", "wave:general", by="cab")
+    again = release_dag.test(run_conf={"release_tag": "v-2.0.0-qa"})
+
+    assert again.state == "success"
+    assert version("gen1") == version("gen2") == "2.0.0"
+    assert history()[("gen1", "v-2.0.0-qa")].run_id == again.run_id

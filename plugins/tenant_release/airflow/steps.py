@@ -463,7 +463,7 @@ def _stop_for(plan: RunPlan, tenant: str, rollout_stop: tuple[int, str] | None) 
     wave = next((w for w in plan.waves if tenant in w.tenants), None)
     if wave is None or wave.index < rollout_stop[0]:
         return None
-    return rollout_stop[1] if rollout_stop[1].startswith("not started") else f"not started: {rollout_stop[1]}"
+    return f"not started: {rollout_stop[1]}"
 
 
 def _waves_line(plan: RunPlan, results: list[TenantResult], rollout_stop: tuple[int, str] | None) -> str:

@@ -102,7 +102,7 @@ class WaveOpenOperator(ApprovalOperator):
     ) -> list[dict[str, Any]]:
         control = _control(plan)
         if control is not None and control.aborts(plan.planned_at):
-            self._stop(context, f"not started: the rollout of {plan.release_tag} was {control.describe()}")
+            self._stop(context, control.describe())
         if control is not None and control.pauses():
             from tenant_release.airflow.control_triggers import RolloutResumedTrigger
 
@@ -120,13 +120,13 @@ class WaveOpenOperator(ApprovalOperator):
         if wave.index > 1:
             frozen = runtime.freeze_began(plan.config_path, context.get("params"), waiting_for=f"wave {wave.index - 1}")
             if frozen:
-                self._stop(context, f"wave {wave.name} not started: {frozen}")
+                self._stop(context, f"wave {wave.name}: {frozen}")
         if wave.approval and decision is None:
             decision = self._recorded_decision(context, plan, wave)
             if decision is None:
                 self._ask(context, plan, wave)
         if decision is not None and not decision.approved:
-            self._stop(context, f"wave {wave.name} not started: {decision.describe()}")
+            self._stop(context, f"wave {wave.name}: {decision.describe()}")
         if decision is not None:
             self.log.info("wave %s %s (artifact %s)", wave.name, decision.describe(), decision.sha256)
         return self._entries(context, plan, wave)
