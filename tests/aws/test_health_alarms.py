@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tenant_release import classify
+from tenant_release import classify, cli
 from tenant_release.aws import alarms, ledger
 from tenant_release.aws.session import AwsSessions
 from tenant_release.config import load_fleet
@@ -286,7 +286,12 @@ def test_a_tenant_that_stopped_asking_for_rollback_has_its_stacks_earlier_trigge
     ids=["update rolled back", "create rolled back"],
 )
 def test_a_stack_rolled_back_while_its_alarm_fires_is_recorded_rolled_back_with_the_alarm_and_not_retried(
-    world: World, sessions: AwsSessions, faults: Faults, status: str, deployed_before: str | None
+    world: World,
+    sessions: AwsSessions,
+    faults: Faults,
+    status: str,
+    deployed_before: str | None,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     make_alarm(world, ACME, "eu-central-1", "tenant-app-acme-errors")
     if deployed_before:
@@ -309,6 +314,10 @@ def test_a_stack_rolled_back_while_its_alarm_fires_is_recorded_rolled_back_with_
     assert (recorded.version_before, recorded.version_after) == (deployed_before, None)
     assert ("runs 1.4.0 again" if deployed_before else "holds nothing (the next release creates it anew)") in recorded.reason
     assert str(rolled_back.value) == recorded.reason
+    # What an operator reads: `tenant-release history` shows the outcome and the alarm.
+    assert cli.main(["--config", str(world.loaded.path), "history", f"v{release}"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("acme ")]
+    assert "ROLLED_BACK" in row and "rolled back by CloudFormation: alarm tenant-app-acme-errors in ALARM since" in row
     # Retrying would deploy into the same unhealthy application: a person decides.
     assert classify.needs_a_person(rolled_back.value)
     from airflow.sdk.exceptions import AirflowFailException
