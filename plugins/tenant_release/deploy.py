@@ -15,11 +15,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tenant_release import classify, health, naming
-from tenant_release.aws import artifacts, leases, ledger, stacks
+from tenant_release.aws import alarms, artifacts, leases, ledger, stacks
 from tenant_release.aws.session import AwsSessions
 from tenant_release.errors import (
+    AlarmRollbackError,
     PermanentAwsError,
     RollbackRefusedError,
+    RollbackTriggerError,
     StackBusyError,
     StackFailedError,
     TenantBusyError,
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 # LEASE_RENEW_SECONDS: one UpdateItem per tenant every few minutes, not one per poll).
 LEASE_SECONDS = 15 * 60.0
 LEASE_RENEW_SECONDS = 5 * 60.0
+# CloudFormation takes at most this many rollback triggers per stack operation.
+MAX_ROLLBACK_TRIGGERS = 5
 
 
 def utc_now() -> str:
@@ -191,13 +195,17 @@ class TargetDeployment:
         # Against what the stack holds now, never a value an earlier attempt read: another run may have shipped a
         # newer version in between (runs overlap).
         self.check_rollback(progress, holds=holds)
-        self.record(self.result(progress, status=Outcome.IN_PROGRESS))
-        progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.template_key)
-        if (
+        holds_this_build = (
             current is not None
             and current.get("StackStatus") in stacks.SUCCESS_STATES
             and (stacks.stack_tag(current, stacks.TAG_DEPLOY_DIGEST) == digest)
-        ):
+        )
+        # Before anything is copied: a tenant whose rollback alarms cannot be used is not deployed without them (a
+        # stack that already holds this build gets no change set, so it needs none).
+        rollback_configuration = None if holds_this_build else self.rollback_configuration(current)
+        self.record(self.result(progress, status=Outcome.IN_PROGRESS))
+        progress.artifact_uri = naming.s3_uri(target.artifact_bucket, artifact.template_key)
+        if holds_this_build:
             # The stack already runs this exact build from copies verified when they were made: nothing to copy.
             log.info("%s already holds this build (deploy digest %s): no copy needed", target.stack_name, digest)
         else:
@@ -217,6 +225,7 @@ class TargetDeployment:
                 },
                 execution_role_arn=target.execution_role_arn,
                 capabilities=[str(c) for c in self.run.application.capabilities],
+                rollback_configuration=rollback_configuration,
                 change_set_name=change_set_name,
                 deploy_digest=digest,
                 stack=first_read.pop() if first_read else stacks.NOT_READ,
@@ -250,6 +259,91 @@ class TargetDeployment:
     def newer_than_release(self, version: str | None) -> str | None:
         """`version` (what the target holds), if it is newer than the release (deploying would roll it back)."""
         return version if self.guard_rollback and is_newer(version, self.run.artifact.version) else None
+
+    # --- health alarms: the tenant's own signal that its application is unhealthy ------------------------------
+
+    def firing_alarms(self) -> list[alarms.FiringAlarm]:
+        """The tenant's health alarms in ALARM now, read in its own account and region as this run's session."""
+        if not self.target.alarms:
+            return []
+        return self.retry.call(
+            "read alarms", alarms.firing_alarms, self.client("cloudwatch"), self.target.alarms, log=log.warning
+        )
+
+    def rollback_configuration(self, stack: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The change set's RollbackConfiguration: the tenant's matching alarms when it asks for `rollback_on_alarm`.
+
+        A tenant that no longer asks for it has its stack's earlier triggers removed: CloudFormation keeps using the
+        last ones it was given otherwise. None: nothing to say (the stack has no triggers and the tenant wants none).
+        """
+        target = self.target
+        if not target.rollback_on_alarm:
+            earlier = ((stack or {}).get("RollbackConfiguration") or {}).get("RollbackTriggers")
+            return {"RollbackTriggers": []} if earlier else None
+        where = f"account {target.account_id} region {target.region}"
+        patterns = ", ".join(target.alarms) or "(none)"
+        if not target.alarms:
+            raise RollbackTriggerError(
+                f"tenant {target.name} sets rollback_on_alarm but names no alarms; nothing was deployed. Fix: list its "
+                'health alarms in the fleet file (alarms: ["tenant-app-{name}-*"]) or set rollback_on_alarm: false'
+            )
+        matching = self.retry.call(
+            "read alarms", alarms.matching_alarms, self.client("cloudwatch"), target.alarms, log=log.warning
+        )
+        if not matching:
+            raise RollbackTriggerError(
+                f"tenant {target.name} asks CloudFormation to roll back on its alarms ({patterns}), but no CloudWatch "
+                f"alarm in {where} matches them; nothing was deployed. Fix: create the alarms there, correct the "
+                "patterns in the fleet file, or set rollback_on_alarm: false for this tenant"
+            )
+        if len(matching) > MAX_ROLLBACK_TRIGGERS:
+            names = ", ".join(alarm["AlarmName"] for alarm in matching)
+            raise RollbackTriggerError(
+                f"tenant {target.name}'s alarms ({patterns}) match {len(matching)} alarms in {where}: {names}; "
+                f"CloudFormation takes at most {MAX_ROLLBACK_TRIGGERS} rollback triggers, so nothing was deployed. Fix: "
+                f"narrow the patterns to at most {MAX_ROLLBACK_TRIGGERS} alarms, or name one composite alarm that "
+                "combines them"
+            )
+        for alarm in matching:
+            if alarm.get("StateValue") == alarms.FIRING:  # CloudFormation will undo this deploy as soon as it starts
+                log.warning(
+                    "%s: %s, before the deploy: CloudFormation will roll it back", target.name, alarms.as_firing(alarm).describe()
+                )
+        log.info(
+            "%s: CloudFormation rolls back on %s (monitoring %d min)",
+            target.name,
+            ", ".join(alarm["AlarmName"] for alarm in matching),
+            target.rollback_monitoring_minutes,
+        )
+        return {
+            "RollbackTriggers": alarms.rollback_triggers(matching),
+            "MonitoringTimeInMinutes": target.rollback_monitoring_minutes,
+        }
+
+    def raise_for_alarm_rollback(self, progress: DeployProgress, stack_status: str) -> None:
+        """A stack rolled back while one of its rollback alarms is firing was rolled back by that alarm: say so."""
+        if not (self.target.rollback_on_alarm and stack_status in stacks.ROLLED_BACK_STATES):
+            return
+        try:
+            firing = self.firing_alarms()
+        except Exception as exc:  # the rollback is reported from its stack events instead
+            log.warning("%s: could not read its alarms after the rollback: %s", self.target.name, failure_reason(exc))
+            return
+        if not firing:
+            return
+        described = [alarm.describe() for alarm in firing]
+        stack = self.target.stack_name
+        if stack_status == stacks.FAILED_CREATE_STATE:
+            now = f"The stack {stack} was being created and holds nothing (the next release creates it anew)"
+        else:
+            now = f"The stack {stack} runs {progress.version_before or 'what it ran before'} again"
+        raise AlarmRollbackError(
+            f"rolled back by CloudFormation: {'; '.join(described)}. {now}. Fix: find why the alarm fired (it is the "
+            "tenant's health signal), then redeploy this tenant",
+            stack_status=stack_status,
+            alarms=described,
+            events=stacks.failure_reasons(self.client("cloudformation"), self.target.stack_name),
+        )
 
     # --- the tenant's lease: one run at a time deploys a target ---------------------------------------------------
 
@@ -344,6 +438,7 @@ class TargetDeployment:
         """After the stack settled: explain a failure from its events, or check that it runs the release."""
         cloudformation = self.client("cloudformation")
         if stack_status not in stacks.SUCCESS_STATES:
+            self.raise_for_alarm_rollback(progress, stack_status)
             stacks.raise_for_failed_stack(cloudformation, self.target.stack_name, stack_status)
         reported = self.retry.call("verify", self.verify, log=log.warning)
         if self.run.application.health:
@@ -436,7 +531,8 @@ class TargetDeployment:
 
     def failure(self, progress: DeployProgress, exc: BaseException) -> TenantResult:
         stack_status = exc.stack_status if isinstance(exc, StackFailedError) else None
-        return self.result(progress, status=Outcome.FAILED, reason=failure_reason(exc), stack_status=stack_status)
+        status = Outcome.ROLLED_BACK if isinstance(exc, AlarmRollbackError) else Outcome.FAILED
+        return self.result(progress, status=status, reason=failure_reason(exc), stack_status=stack_status)
 
     def earlier_attempt(self) -> TenantResult | None:
         """This tenant's history item if an earlier attempt of this same run wrote it."""

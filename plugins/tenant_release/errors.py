@@ -70,3 +70,15 @@ class RollbackRefusedError(TenantReleaseError):
 
 class ReleaseGateError(TenantReleaseError):
     """A tenant of a gated run found no approval of the artifact it was about to deploy in the run's release gate."""
+
+
+class RollbackTriggerError(PermanentAwsError):
+    """`rollback_on_alarm` cannot be honoured: the tenant's alarm patterns match no alarm, or more than CloudFormation takes."""
+
+
+class AlarmRollbackError(StackFailedError):
+    """CloudFormation rolled the stack back because one of the tenant's health alarms fired while it settled."""
+
+    def __init__(self, message: str, *, stack_status: str, alarms: list[str], events: list[str] | None = None) -> None:
+        super().__init__(message, stack_status=stack_status, events=events)
+        self.alarms = alarms  # "alarm X in ALARM since ..." of each firing alarm

@@ -53,6 +53,11 @@ def fleet_problems(fleet: Fleet) -> list[str]:
             )
             continue
         problems += [f"{who}: {problem}" for problem in target_name_problems(target)]
+        if target.rollback_on_alarm and not target.alarms:  # else every deploy of it fails, naming no alarm
+            problems.append(
+                f"{who}: rollback_on_alarm is set but no alarms are named. Fix: list its health alarms "
+                '(alarms: ["tenant-app-{name}-*"]) or set rollback_on_alarm: false'
+            )
         clash = app_prefix_problem(fleet, target)
         if clash:  # one line per prefix: the fleet defaults usually give every target the same one
             prefix_clashes.setdefault(clash[0], []).append((who, clash[1]))

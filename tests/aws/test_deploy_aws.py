@@ -12,6 +12,7 @@ import json
 import random
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,14 +152,21 @@ def recorder(into: list[dict[str, Any]]) -> Callable[[dict[str, Any]], bool]:
     return when
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
+@contextmanager
+def world_of(fleet: Path) -> Iterator[World]:
+    """Emulated AWS with `fleet` bootstrapped and releases 1.4.0 and 1.5.0 built."""
     with pytest.MonkeyPatch.context() as env, emulated_aws(env):
-        loaded = bootstrap(FLEET)
+        loaded = bootstrap(fleet)
         base_session = boto3.Session()
         sessions = AwsSessions(base_session)
         artifacts = {version: build(sessions, loaded, version) for version in ("1.4.0", "1.5.0")}
         yield World(loaded=loaded, artifacts=artifacts, base_session=base_session)
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with world_of(FLEET) as world:
+        yield world
 
 
 @pytest.fixture(autouse=True)

@@ -273,6 +273,15 @@ def test_deploy_role_manages_only_application_stacks_and_passes_only_the_executi
     assert "Tooling" not in json.dumps(statements).replace("ToolingAccountId", "")
 
 
+def test_deploy_role_only_reads_the_alarms_of_its_own_account() -> None:
+    # Health alarms are named by the tenant, so not by the application prefix; read-only, never another account's.
+    statements = _role_statements(BOOTSTRAP_TEMPLATE, "DeployRole")
+    (alarms,) = _statements_with_action(statements, "cloudwatch:")
+    assert (alarms["Sid"], alarms["Action"]) == ("ReadHealthAlarms", "cloudwatch:DescribeAlarms")
+    assert alarms["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:cloudwatch:*:${AWS::AccountId}:alarm:*"}
+    assert "Condition" not in alarms
+
+
 def test_execution_role_manages_only_application_functions_roles_and_logs() -> None:
     # What it may do; the Deny on the project's own resources is checked in test_least_privilege.py.
     statements = [s for s in _role_statements(BOOTSTRAP_TEMPLATE, "ExecutionRole") if s.get("Sid") != "NeverManageTenantRelease"]

@@ -24,6 +24,8 @@ NEEDS_A_PERSON_STATES = frozenset(
     {"UPDATE_ROLLBACK_FAILED", "ROLLBACK_FAILED", "DELETE_FAILED", "CREATE_FAILED", "UPDATE_FAILED", "IMPORT_ROLLBACK_FAILED"}
 )
 FAILED_CREATE_STATE = "ROLLBACK_COMPLETE"
+# Where a stack ends when CloudFormation undid the operation (a failed resource, or a rollback trigger's alarm).
+ROLLED_BACK_STATES = frozenset({"UPDATE_ROLLBACK_COMPLETE", FAILED_CREATE_STATE})
 
 _FIX_FOR_STATE = {
     "UPDATE_ROLLBACK_FAILED": "fix what the events name, then continue the rollback with the tenant account's "
@@ -89,6 +91,7 @@ def start_deploy(
     change_set_name: str,
     deploy_digest: str,
     capabilities: list[str] | None = None,
+    rollback_configuration: dict[str, Any] | None = None,
     stack: dict[str, Any] | object | None = NOT_READ,
     wait: bool = True,
     wait_poll: float = 2.0,
@@ -98,6 +101,7 @@ def start_deploy(
     """Create (or find again) the deterministic change set and execute it, unless nothing would change.
 
     `stack` is the stack as the caller has just read it (None: there is none), to save a second read.
+    `rollback_configuration`: CloudFormation's rollback triggers for the change set (None: leave the stack's as they are).
     With `wait=False` a change set just created is returned `pending` instead of waited for here: CloudFormation
     takes seconds to make one, and a thread that sleeps meanwhile is a thread a thousand tenants share.
     """
@@ -161,6 +165,7 @@ def start_deploy(
                 RoleARN=execution_role_arn,
                 Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())],
                 Description=f"tenant-release {tags.get(TAG_RELEASE_VERSION, '')}",
+                **({"RollbackConfiguration": rollback_configuration} if rollback_configuration is not None else {}),
             )
         except ClientError as exc:
             if classify.is_no_changes(classify.error_message(exc)):
