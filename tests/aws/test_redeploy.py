@@ -13,13 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from tenant_release import cli, redeploy
 from tenant_release.aws import ledger
 from tenant_release.models import Outcome, TenantResult, ToolingAccount
 
-from tests.conftest import bootstrap, emulated_aws
+from tests.aws import test_history_audit as history_audit
 
 FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet.yaml"
 TOOLING = ToolingAccount(account_id="123456789012", artifact_bucket="tr-test-artifacts")
@@ -32,13 +31,8 @@ def at(minutes: float) -> str:
     return (T0 + timedelta(minutes=minutes)).isoformat(timespec="microseconds")
 
 
-@pytest.fixture(scope="module")
-def tooling() -> Iterator[Any]:
-    """The tooling account as bootstrap leaves it (history and attempts tables from tooling.yaml)."""
-    with pytest.MonkeyPatch.context() as env, emulated_aws(env):
-        env.setenv("TENANT_RELEASE_CONFIG", str(FLEET))
-        bootstrap(FLEET)
-        yield boto3.client("dynamodb", region_name="us-east-1")
+# The tooling account as bootstrap leaves it (history and attempts tables from tooling.yaml), once for the module.
+tooling = history_audit.tooling
 
 
 def write(dynamodb: Any, tenant: str, run_id: str, status: Outcome, reason: str = "", *, release: str = "v1.4.0") -> None:
@@ -228,3 +222,30 @@ def test_redeploy_of_a_run_with_no_failures_says_so(fleet_history: Any, capsys):
     _, err = capsys.readouterr()
     assert code == 2
     assert err == f"tenant-release: run {RUN_B} of v1.7.0 has no failed or skipped tenant; nothing to redeploy\n"
+
+
+def test_the_plan_of_a_redeploy_run_takes_the_failed_tenants_and_keeps_a_tenant_held_since(
+    fleet_history: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from airflow.sdk.exceptions import AirflowFailException
+    from tenant_release.airflow import steps
+
+    fleet = tmp_path / "tenants.yaml"
+    held = FLEET.read_text().replace("  - name: umbrella\n", '  - name: umbrella\n    hold: "customer freeze"\n')
+    fleet.write_text(held)
+    monkeypatch.setenv("TENANT_RELEASE_CONFIG", str(fleet))
+    now = datetime(2027, 3, 2, 2, 30, tzinfo=UTC)
+
+    plan = steps.plan({"release_tag": "v1.6.0", "redeploy_of": RUN_A}, now=now, max_map_length=1024)
+    assert plan["redeploy_of"] == RUN_A
+    assert plan["tenants"] == ["acme", "umbrella"]  # globex succeeded in run A: not part of this run at all
+    assert [t["tenant"] for t in plan["targets"]] == ["acme"]
+    assert plan["held"] == [{"tenant": "umbrella", "reason": "held back: customer freeze"}]
+
+    fleet.write_text(held.replace("  - name: acme\n", '  - name: acme\n    hold: "under investigation"\n'))
+    with pytest.raises(AirflowFailException) as refused:
+        steps.plan({"release_tag": "v1.6.0", "redeploy_of": RUN_A}, now=now, max_map_length=1024)
+    assert str(refused.value).startswith(
+        f"every tenant to redeploy from run {RUN_A} is held back now: acme (held back: under investigation); "
+        "umbrella (held back: customer freeze); nothing to redeploy"
+    )

@@ -7,37 +7,18 @@ stacks of the tenants that succeeded there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from tenant_release.airflow import runtime
-from tenant_release.aws.session import AwsSessions
-
-from tests.dags.test_release_dag import DAGS, approve, deployed_version, history, task_states
-from tests.faults import Faults
+from tests.dags import test_release_dag as release_tests
+from tests.dags.test_release_dag import approve, deployed_version, history, task_states
 
 ACME, GLOBEX, UMBRELLA = "111111111111", "222222222222", "044444444444"
 # Every param a run of this module sets, so that dag.test() (which keeps the last run's conf) starts clean.
 CLEAN = {"tenants": [], "override_hold": "", "redeploy_of": ""}
 
 
-@pytest.fixture
-def release_dag(airflow_db: None):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / "release.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags["tenant_release"]
-
-
-@pytest.fixture
-def faults() -> Iterator[Faults]:
-    """Every tenant call recorded (service, account, operation); faults injected where a test adds them."""
-    injected = Faults()
-    previous = runtime.use_session_factory(lambda: AwsSessions(client_hook=injected.hook))
-    yield injected
-    runtime.use_session_factory(previous)
+# The release DAG as dag.test() runs it, and every tenant call recorded (service, account, operation).
+release_dag, faults = release_tests.release_dag, release_tests.faults
 
 
 def deploy_states(run) -> dict[str, str]:
