@@ -217,12 +217,18 @@ class Demo:
             print(f"### wave early is baking: {self.alarmed}'s alarm goes to ALARM", flush=True)
             self.set_alarm(self.alarmed, "ALARM")
         up.wait()
-        self.facts["runs"]["first"] = {"run_id": run_id, "state": self.last_run()["state"], "outcomes": self.outcomes(tag, run_id)}
+        self.facts["runs"]["first"] = {
+            "run_id": run_id,
+            "state": self.last_run()["state"],
+            "outcomes": self.outcomes(tag, run_id),
+        }
         return run_id
 
     def redeploy(self, first_run: str) -> None:
         tag = self.args.tag
-        print(f"### fix {self.failing}'s stack and {self.alarmed}'s errors, then redeploy only the failed and skipped", flush=True)
+        print(
+            f"### fix {self.failing}'s stack and {self.alarmed}'s errors, then redeploy only the failed and skipped", flush=True
+        )
         self.fail_file.write_text("{}")
         self.set_alarm(self.alarmed, "OK")
         before = self.stack_marks()

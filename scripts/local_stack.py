@@ -50,6 +50,8 @@ def is_deploy_task(task_id: str) -> bool:
 
 def source_of(deploy_task: str) -> str:
     return deploy_task.rsplit(".", 1)[0] + ".open"
+
+
 # Every process `up` starts carries this variable (the state dir): `down` finds stragglers by it.
 MARKER_ENV = "TENANT_RELEASE_STACK_DIR"
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
+import shlex
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,31 +64,96 @@ def _describe_application(loaded: LoadedFleet) -> str:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from tenant_release.holds import apply_holds
+    from tenant_release.rollout import plan_waves
+
     loaded = load_fleet(args.config)
     release = parse_release_tag(args.tag)
     plan = plan_release(loaded, release, only_tenants=args.tenants)
-    checked = _check_template(loaded, [loaded.target(loaded.fleet.dev.name), *plan.targets], release)
-    gated = f" (gated: needs approval, for {', '.join(plan.gated_tenants)})" if plan.gated else ""
+    # The run's own decision: a named held tenant is refused here as the run would refuse it.
+    holds = apply_holds(
+        plan.targets, release, named=plan.tenant_names if args.tenants else (), override_hold=args.override_hold or ""
+    )
+    checked = _check_template(loaded, [loaded.target(loaded.fleet.dev.name), *holds.deployable], release)
+    gated_tenants = [name for name in plan.gated_tenants if name not in holds.held_names]
+    gated = f" (gated: needs approval, for {', '.join(gated_tenants)})" if gated_tenants else ""
     _out(f"{release.tag}: version {release.version} to group {plan.group}{gated}")
     _out(f"  source: {_source_for(loaded, release)}")
     _out(f"  template parameters: {checked}")
+    held = "; ".join(f"{h.tenant} ({h.reason})" for h in holds.held)
+    _out(f"  held back or pinned (recorded SKIPPED, not deployed): {held or 'none'}")
+    if holds.overridden:
+        _out(f"  hold overridden ({holds.override_reason}): {'; '.join(f'{h.tenant} ({h.reason})' for h in holds.overridden)}")
+    waves = plan_waves(loaded.fleet, holds.deployable)
+    _out("  waves: " + (", ".join(f"{w.index} {w.name} ({len(w.tenants)})" for w in waves) or "none (no tenant to deploy)"))
+    wave_of = {name: f"{wave.index}-{wave.name}" for wave in waves for name in wave.tenants}
+    hold_of = {h.tenant: h.reason for h in holds.held} | {h.tenant: f"overridden: {h.reason}" for h in holds.overridden}
     gated_groups = set(loaded.fleet.gated_groups)
-    rows = [("TENANT", "ACCOUNT", "REGION", "STACK", "GATE", "APPROVAL", "WINDOW")]
+    rows = [("TENANT", "ACCOUNT", "REGION", "STACK", "WAVE", "GATE", "APPROVAL", "WINDOW", "HOLD")]
     rows += [
         (
             t.name,
             t.account_id,
             t.region,
             t.stack_name,
-            ",".join(sorted(gated_groups & set(t.groups))) if t.name in plan.gated_tenants else "-",
+            wave_of.get(t.name, "-"),
+            ",".join(sorted(gated_groups & set(t.groups))) if t.name in gated_tenants else "-",
             t.approval.value,
             t.maintenance_window or "any time",
+            hold_of.get(t.name, "-"),
         )
         for t in plan.targets
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    _table(rows)
+    return 0
+
+
+def _cmd_redeploy(args: argparse.Namespace) -> int:
+    """Redeploy a release to the tenants that failed or were skipped in one of its runs (see tenant_release.redeploy)."""
+    from tenant_release import airflow_rest, redeploy
+    from tenant_release.aws.session import AwsSessions
+    from tenant_release.holds import apply_holds
+
+    release = parse_release_tag(args.tag)  # every input checked before AWS
+    run_id = redeploy.check_run_id(args.run) if args.run is not None else None
+    url = airflow_rest.base_url(args.airflow_url)
+    if not args.print_only:
+        airflow_rest.check_credentials()
+    loaded = load_fleet(args.config)
+    tooling = loaded.fleet.tooling
+    targeted = plan_release(loaded, release)
+    dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
+    if run_id is None:
+        run_id = redeploy.latest_run(dynamodb, tooling, release.tag, targeted.tenant_names)
+        _out(f"latest run of {release.tag} in the history: {run_id}")
+    chosen = redeploy.selected(dynamodb, tooling, release.tag, run_id, targeted.tenant_names)
+    holds = apply_holds([loaded.target(name) for name in chosen], release)
+    if not holds.deployable:
+        raise redeploy.RedeployError(
+            f"every tenant to redeploy from run {run_id} is held back now: "
+            f"{'; '.join(f'{h.tenant} ({h.reason})' for h in holds.held)}; nothing to redeploy. Lift the hold in the fleet "
+            "file first"
+        )
+    _out(f"redeploy {release.tag} to {len(holds.deployable)} tenant(s) that failed or were skipped in run {run_id}:")
+    still_held = {h.tenant: h.reason for h in holds.held}
+    rows = [("TENANT", "IN THAT RUN", "REASON")]
+    for name, result in chosen.items():
+        reason = redeploy.describe(result).partition(": ")[2]
+        if name in still_held:
+            reason += f" [still {still_held[name]}: SKIPPED again]"
+        rows.append((name, result.status.value, reason))
+    _table(rows)
+    conf = redeploy.trigger_conf(release.tag, run_id)
+    payload = json.dumps(conf)
+    if args.print_only:
+        _out(f"trigger payload (POST {url}/api/v2/dags/{redeploy.DAG_ID}/dagRuns):")
+        _out(json.dumps({"logical_date": None, "conf": conf}))
+        _out(f"or: airflow dags trigger {redeploy.DAG_ID} --conf {shlex.quote(payload)}")
+        return 0
+    run = airflow_rest.trigger_run(url, redeploy.DAG_ID, conf)
+    run_ref = run.get("dag_run_id", "?") if isinstance(run, dict) else "?"
+    _out(f"triggered {redeploy.DAG_ID} run {run_ref} with conf {payload}")
+    _out(f"  follow it: {url}/dags/{redeploy.DAG_ID}/runs/{urllib.parse.quote(str(run_ref), safe='')}")
     return 0
 
 
@@ -378,7 +446,27 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print which tenants a release tag targets")
     plan.add_argument("tag", help="e.g. v1.4.0 (default group) or v-1.4.0-qa")
     plan.add_argument("--tenants", nargs="*", default=None, help="narrow to these tenants")
+    plan.add_argument(
+        "--override-hold", default=None, metavar="REASON", help="as the run's override_hold: deploy named held tenants"
+    )
     plan.set_defaults(func=_cmd_plan)
+    redeploy = sub.add_parser(
+        "redeploy",
+        help="redeploy a release to only the tenants that failed or were skipped in one of its runs",
+        description="Reads the run's outcomes from the history, prints the tenants, and triggers a tenant_release run "
+        "with redeploy_of through Airflow's REST API. Credentials: $TENANT_RELEASE_AIRFLOW_TOKEN, or "
+        "$TENANT_RELEASE_AIRFLOW_USER and $TENANT_RELEASE_AIRFLOW_PASSWORD.",
+    )
+    redeploy.add_argument("tag", help="the release tag, e.g. v1.4.0")
+    redeploy.add_argument(
+        "--failed", action="store_true", required=True, help="the tenants that failed, rolled back, were skipped or lost"
+    )
+    redeploy.add_argument("--run", default=None, help="the earlier run's id (default: the tag's latest run in the history)")
+    redeploy.add_argument(
+        "--airflow-url", default=None, help="Airflow's address (default: $TENANT_RELEASE_AIRFLOW_URL or http://localhost:8080)"
+    )
+    redeploy.add_argument("--print-only", action="store_true", help="print the trigger payload and command; trigger nothing")
+    redeploy.set_defaults(func=_cmd_redeploy)
     boot = sub.add_parser(
         "bootstrap",
         help="deploy the tooling stack, then each target account's bootstrap stack (idempotent)",
@@ -460,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # The commands the README shows after `make run`: they use its emulation when the shell points nowhere else.
-_LOCAL_EMULATION_COMMANDS = (_cmd_history, _cmd_status, _cmd_approve, _cmd_queue_list, _cmd_queue_cancel)
+_LOCAL_EMULATION_COMMANDS = (_cmd_history, _cmd_status, _cmd_approve, _cmd_queue_list, _cmd_queue_cancel, _cmd_redeploy)
 
 
 if __name__ == "__main__":

@@ -311,7 +311,7 @@ def _rollout_problems(fleet: Fleet) -> list[str]:
         if named:
             problems.append(
                 f"tenants name wave(s) {', '.join(named)} but the fleet file declares no rollout; add rollout.waves "
-                "(see README \"Progressive rollout\") or remove the tenants' wave"
+                '(see README "Progressive rollout") or remove the tenants\' wave'
             )
         return problems
     groups = fleet.groups()

@@ -476,7 +476,7 @@ _PERCENT = re.compile(r"^(\d{1,3}(\.\d+)?)\s*%$")
 
 def _max_failures(value: Any) -> Any:
     if isinstance(value, bool):
-        raise ValueError("max_failures must be a count (0, 2) or a percentage of the wave (\"10%\")")
+        raise ValueError('max_failures must be a count (0, 2) or a percentage of the wave ("10%")')
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"max_failures {value} must be 0 or more")
@@ -487,7 +487,7 @@ def _max_failures(value: Any) -> Any:
             return value.strip().replace(" ", "")
         if value.strip().isdigit():
             return int(value.strip())
-    raise ValueError(f"max_failures {value!r} must be a count (0, 2) or a percentage of the wave (\"10%\", at most 100%)")
+    raise ValueError(f'max_failures {value!r} must be a count (0, 2) or a percentage of the wave ("10%", at most 100%)')
 
 
 class WaveSpec(_Strict):

@@ -106,9 +106,7 @@ def hold_reason(target: Target, release: Release) -> str | None:
 
 
 def held_tenants(targets: Iterable[Target], release: Release) -> tuple[HeldTenant, ...]:
-    return tuple(
-        HeldTenant(tenant=target.name, reason=reason) for target in targets if (reason := hold_reason(target, release))
-    )
+    return tuple(HeldTenant(tenant=target.name, reason=reason) for target in targets if (reason := hold_reason(target, release)))
 
 
 def judge_wave(

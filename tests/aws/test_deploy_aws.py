@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import moto_compat
 import pytest
 from tenant_release import naming
 from tenant_release.aws import ledger
@@ -32,6 +33,7 @@ from tenant_release.config import LoadedFleet, load_fleet
 from tenant_release.deploy import ReleaseRun, TargetDeployment
 from tenant_release.errors import (
     RollbackRefusedError,
+    StackFailedError,
 )
 from tenant_release.models import Artifact, DeployProgress, Outcome, PlannedTarget, TenantResult
 from tenant_release.tags import parse_release_tag
@@ -571,3 +573,22 @@ def test_a_change_set_still_being_created_is_executed_once_ready_without_a_threa
     assert deployment.poll().settled
     result = deployment.finish(ready, stack_status=deployment.poll().status)
     assert (result.status, result.version_after) == (Outcome.SUCCEEDED, "1.4.0")
+
+
+def test_a_stack_listed_as_failing_rolls_back_with_the_reason_and_deploys_once_taken_off(world, sessions, tmp_path, monkeypatch):
+    fail_file = tmp_path / "fail.json"
+    fail_file.write_text(json.dumps({"tenant-app-globex": "Resource handler returned message: MemorySize too large"}))
+    monkeypatch.setenv(moto_compat.FAIL_FILE_ENV, str(fail_file))
+
+    with pytest.raises(StackFailedError) as failed:
+        world.deployment(sessions, "globex").run_to_completion(poll_interval=0)
+    assert "ended ROLLBACK_COMPLETE" in str(failed.value)
+    assert "Function (AWS::Lambda::Function) CREATE_FAILED: Resource handler returned message: MemorySize too large" in str(
+        failed.value
+    )
+    assert world.stack(GLOBEX, "us-east-1", "tenant-app-globex")["StackStatus"] == "ROLLBACK_COMPLETE"
+
+    fail_file.write_text("{}")
+    result = world.deployment(sessions, "globex").run_to_completion(poll_interval=0)
+    assert result.status.value == "SUCCEEDED"
+    assert world.stack(GLOBEX, "us-east-1", "tenant-app-globex")["StackStatus"] == "CREATE_COMPLETE"

@@ -9,9 +9,7 @@ import pytest
 from tenant_release.models import Outcome
 
 from tests.conftest import bootstrap
-from tests.dags.test_release_dag import deployed_version, faults, history, task_states  # noqa: F401 (fixture)
-
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+from tests.dags.test_release_dag import deployed_version, history, task_states
 
 WAVED_FLEET = """
 tooling: {account_id: "123456789012", region: us-east-1, artifact_bucket: tr-test-artifacts}
@@ -50,15 +48,6 @@ def waved_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, early_tolera
     return path
 
 
-@pytest.fixture
-def release_dag(airflow_db: None):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / "release.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags["tenant_release"]
-
-
 def version(tenant: str) -> str | None:
     return deployed_version(ACCOUNTS[tenant], REGIONS.get(tenant, "us-east-1"), tenant)
 
@@ -69,7 +58,7 @@ def deny_role_of(faults, tenant: str) -> None:
         operation="assume_role",
         account="tooling",
         code="AccessDenied",
-        message=f"User is not authorized to perform: sts:AssumeRole on arn:aws:iam::{ACCOUNTS[tenant]}:role/tenant-release-deploy",
+        message=f"not authorized to perform: sts:AssumeRole on arn:aws:iam::{ACCOUNTS[tenant]}:role/tenant-release-deploy",
         when=lambda kwargs, account=ACCOUNTS[tenant]: kwargs["RoleArn"].startswith(f"arn:aws:iam::{account}:"),
     )
 

@@ -245,6 +245,50 @@ CASES = [
     Bad("plan: unknown tenant", None, ("unknown tenant(s) 'nosuch'",), ("plan", "v1.4.0", "--tenants", "nosuch")),
     Bad("bootstrap: bad fleet", sub("gated_groups: [prod]", "gated_groups: [prd]"), ("gates nothing",), ("bootstrap",)),
     Bad(
+        "plan: names a held tenant",
+        add_to("acme", 'hold: "customer freeze until 2027-01-10"'),
+        ("tenant acme is held back: customer freeze until 2027-01-10", "trigger with override_hold set to the reason"),
+        ("plan", "v1.4.0", "--tenants", "acme", "globex"),
+    ),
+    Bad(
+        "plan: names a pinned tenant",
+        add_to("acme", 'pin: "1.3"'),
+        ("tenant acme is pinned to 1.3.x: 1.4.0 is not a 1.3 release", "override_hold"),
+        ("plan", "v1.4.0", "--tenants", "acme"),
+    ),
+    Bad(
+        "plan: override without tenants",
+        add_to("acme", 'hold: "customer freeze"'),
+        ("override_hold deploys held or pinned tenants that the tenants param names", "acme (held back: customer freeze)"),
+        ("plan", "v1.4.0", "--override-hold", "ticket 42"),
+    ),
+    Bad("redeploy: tag", None, ("release tag 'v1.4' is not valid",), ("redeploy", "v1.4", "--failed", "--print-only")),
+    Bad(
+        "redeploy: run id",
+        None,
+        ("run id 'manual run 1' is not an Airflow run id", "copy it from the run's summary"),
+        ("redeploy", "v1.4.0", "--failed", "--run", "manual run 1", "--print-only"),
+    ),
+    Bad(
+        "redeploy: airflow url",
+        None,
+        ("Airflow URL 'localhost:8080' is not an http(s) address", "--airflow-url"),
+        ("redeploy", "v1.4.0", "--failed", "--airflow-url", "localhost:8080", "--print-only"),
+    ),
+    Bad(
+        "redeploy: no airflow credentials",
+        None,
+        ("no Airflow credentials", "TENANT_RELEASE_AIRFLOW_TOKEN", "--print-only"),
+        ("redeploy", "v1.4.0", "--failed"),
+    ),
+    Bad("redeploy: without --failed", None, ("--failed",), ("redeploy", "v1.4.0")),
+    Bad(
+        "redeploy: unknown group",
+        None,
+        ("group 'nosuch', which no tenant",),
+        ("redeploy", "v-1.4.0-nosuch", "--failed", "--print-only"),
+    ),
+    Bad(
         "bootstrap: concurrency 0",
         None,
         ("--concurrency", "'0' is not a whole number from 1 to 256"),
@@ -277,6 +321,8 @@ def plain_shell(monkeypatch: pytest.MonkeyPatch, stack_dir: Path) -> None:
     home.mkdir(exist_ok=True)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("TENANT_RELEASE_STACK_DIR", str(stack_dir))
+    for name in ("TENANT_RELEASE_AIRFLOW_TOKEN", "TENANT_RELEASE_AIRFLOW_USER", "TENANT_RELEASE_AIRFLOW_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -41,8 +41,10 @@ def test_plan_lists_the_tags_tenants(fleet_file: Path, capsys):
     assert lines[0] == "v1.4.0: version 1.4.0 to group prod (gated: needs approval, for acme, globex, umbrella)"
     assert lines[1].startswith("  source: the bundled sample")
     assert lines[2].startswith("  template parameters: the parameters of 4 target(s) fit ")
-    assert lines[3].split() == ["TENANT", "ACCOUNT", "REGION", "STACK", "GATE", "APPROVAL", "WINDOW"]
-    assert [line.split()[0] for line in lines[4:]] == ["acme", "globex", "umbrella"]
+    assert lines[3] == "  held back or pinned (recorded SKIPPED, not deployed): none"
+    assert lines[4] == "  waves: 1 all (3)"
+    assert lines[5].split() == ["TENANT", "ACCOUNT", "REGION", "STACK", "WAVE", "GATE", "APPROVAL", "WINDOW", "HOLD"]
+    assert [line.split()[0] for line in lines[6:]] == ["acme", "globex", "umbrella"]
     assert "044444444444" in out  # the leading zero survives
 
 
@@ -52,11 +54,11 @@ def test_plan_says_which_tenants_of_another_groups_tag_are_gated(fleet_file: Pat
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "v-1.4.0-canary: version 1.4.0 to group canary (gated: needs approval, for acme)"
-    assert lines[4].split()[0] == "acme" and lines[4].split()[4] == "prod"
+    assert lines[6].split()[0] == "acme" and lines[6].split()[5] == "prod"
     code, out, _ = run(capsys, "plan", "v-1.4.0-qa")
     lines = out.splitlines()
     assert lines[0] == "v-1.4.0-qa: version 1.4.0 to group qa (gated: needs approval, for umbrella)"
-    gate = {line.split()[0]: line.split()[4] for line in lines[4:]}
+    gate = {line.split()[0]: line.split()[5] for line in lines[6:]}
     assert gate == {"initech": "-", "umbrella": "prod"}
     code, out, _ = run(capsys, "plan", "v-1.4.0-qa", "--tenants", "initech")
     assert out.splitlines()[0] == "v-1.4.0-qa: version 1.4.0 to group qa"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -16,14 +17,16 @@ from tenant_release.aws import ledger
 from tenant_release.build import build_release, check_template_locally
 from tenant_release.changes import find_changes, record_unchanged
 from tenant_release.config import LoadedFleet, load_fleet
-from tenant_release.deploy import ReleaseRun, precise_now, record_results, run_identity, utc_now
+from tenant_release.deploy import ReleaseRun, TargetDeployment, precise_now, record_results, run_identity, utc_now
 from tenant_release.errors import FleetConfigError, TenantReleaseError
+from tenant_release.holds import apply_holds, override_note, run_override_note
 from tenant_release.models import (
     FAILED_OUTCOMES,
     Application,
     ApprovalDecision,
     ApprovalPolicy,
     Artifact,
+    DeployProgress,
     FleetChanges,
     Outcome,
     PlannedTarget,
@@ -36,7 +39,7 @@ from tenant_release.models import (
     ToolingAccount,
 )
 from tenant_release.plan import ReleasePlan, plan_release
-from tenant_release.redeploy import redeploy_hint
+from tenant_release.redeploy import RedeployError, check_run_id, failed_tenants, redeploy_hint
 from tenant_release.rollout import plan_waves
 from tenant_release.tags import parse_release_tag
 from tenant_release.windows import ReleaseCalendar
@@ -45,22 +48,42 @@ log = logging.getLogger(__name__)
 
 
 def plan(params: dict[str, Any], *, now: datetime, max_map_length: int, triggered_by: str | None = None) -> dict[str, Any]:
-    """Read the fleet file (now, not at parse time) and fix the run's targets; fail before any deploy."""
+    """Read the fleet file (now, not at parse time) and fix the run's targets; fail before any deploy.
+
+    Held and pinned tenants of the selection stay planned tenants (the summary reports them) but are neither
+    targets nor in a wave: `fleet_changes` records them SKIPPED with the reason.
+    """
     try:
         loaded = load_fleet()
         release = parse_release_tag(params["release_tag"])
-        selected = plan_release(loaded, release, only_tenants=params.get("tenants") or None)
+        named = params.get("tenants") or None
+        redeploy_of = str(params.get("redeploy_of") or "").strip()
+        if redeploy_of:
+            named = _redeploy_selection(loaded, release, redeploy_of, named=named, override_hold=params.get("override_hold"))
+        selected = plan_release(loaded, release, only_tenants=named)
+        holds = apply_holds(
+            selected.targets,
+            release,
+            named=() if redeploy_of else selected.tenant_names if named else (),
+            override_hold=str(params.get("override_hold") or ""),
+        )
+        if redeploy_of and not holds.deployable:
+            raise RedeployError(
+                f"every tenant to redeploy from run {redeploy_of} is held back now: "
+                f"{'; '.join(f'{held.tenant} ({held.reason})' for held in holds.held)}; nothing to redeploy. Lift the hold "
+                "in the fleet file, or trigger with tenants naming them and override_hold set to the reason"
+            )
         dev = loaded.target(loaded.fleet.dev.name)
         # Parameters the template would refuse fail the run here, for every tenant at once, not tenant by tenant later.
         checked = check_template_locally(
-            loaded.fleet.application, loaded.path, [dev, *selected.targets], version=release.version, release=release
+            loaded.fleet.application, loaded.path, [dev, *holds.deployable], version=release.version, release=release
         )
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
     log.info("template parameters: %s", checked)
-    if len(selected.targets) > max_map_length:
+    if len(holds.deployable) > max_map_length:
         raise AirflowFailException(
-            f"{release.tag} targets {len(selected.targets)} tenants, more than Airflow maps in one task "
+            f"{release.tag} targets {len(holds.deployable)} tenants, more than Airflow maps in one task "
             f"([core] max_map_length = {max_map_length}); nothing was deployed. Raise it (AIRFLOW__CORE__MAX_MAP_LENGTH) "
             "or narrow the run with the tenants param."
         )
@@ -74,25 +97,63 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int, triggere
     freeze_note = f"shipped during freeze {freeze} ({freeze.reason}), override: {override}" if freeze else None
     if freeze_note:
         log.warning("%s", freeze_note)
+    for held in holds.held:
+        log.info("%s is not deployed by this run: %s (recorded SKIPPED)", held.tenant, held.reason)
+    for held in holds.overridden:
+        log.warning("%s: %s", held.tenant, override_note(holds.override_reason, held))
+    if params.get("override_hold") and not holds.overridden:
+        log.info("override_hold is set but none of the named tenants is held back or pinned; nothing to override")
     log.info(
-        "release %s (version %s) to group %s: %d tenant(s): %s",
+        "release %s (version %s) to group %s: %d tenant(s) to deploy: %s",
         release.tag,
         release.version,
         selected.group,
-        len(selected.targets),
-        ", ".join(selected.tenant_names),
+        len(holds.deployable),
+        ", ".join(target.name for target in holds.deployable) or "none",
     )
+    # Only the tenants the run deploys make it gated: a held tenant of a gated group is never touched.
+    deployed = replace(selected, gated_tenants=tuple(name for name in selected.gated_tenants if name not in holds.held_names))
     return RunPlan(
-        **plan_fields(loaded, release, selected),
-        targets=tuple(planned_target(t, loaded.fleet.application) for t in selected.targets),
+        **plan_fields(loaded, release, deployed),
+        targets=tuple(planned_target(t, loaded.fleet.application) for t in holds.deployable),
         dev=planned_target(dev, loaded.fleet.application),
         freeze_override=freeze_note,
         rebuild=bool(params.get("rebuild")),
         planned_at=precise_now(),
         triggered_by=triggered_by,
         allow_rollback=str(params.get("allow_rollback") or "").strip(),
-        waves=plan_waves(loaded.fleet, selected.targets),
+        waves=plan_waves(loaded.fleet, holds.deployable),
+        held=holds.held,
+        override_hold=holds.override_reason,
+        redeploy_of=redeploy_of or None,
     ).model_dump(mode="json")
+
+
+def _redeploy_selection(loaded: LoadedFleet, release: Release, redeploy_of: str, *, named: Any, override_hold: Any) -> list[str]:
+    """The tenants of the tag's group that failed or were skipped in run `redeploy_of` (see tenant_release.redeploy)."""
+    if named:
+        raise RedeployError(
+            "redeploy_of selects the tenants itself (those that failed or were skipped in that run); leave tenants empty, "
+            "or to deploy named tenants leave redeploy_of empty"
+        )
+    if str(override_hold or "").strip():
+        raise RedeployError(
+            "override_hold deploys held tenants named in tenants, and a redeploy_of run names none: a held tenant stays "
+            "held (SKIPPED) in a redeploy. Leave override_hold empty, or trigger without redeploy_of with tenants naming "
+            "the held tenants and override_hold set to the reason"
+        )
+    run_id = check_run_id(redeploy_of)
+    group = plan_release(loaded, release)  # refuses a tag whose group does not exist, before any AWS call
+    tooling = loaded.fleet.tooling
+    dynamodb = runtime.aws_sessions().tooling_client("dynamodb", tooling.region)
+    chosen = failed_tenants(dynamodb, tooling, release.tag, run_id, group.tenant_names)
+    log.info(
+        "redeploy of run %s: %d tenant(s) failed or were skipped there:\n%s",
+        run_id,
+        len(chosen),
+        "\n".join(f"  {name}: {outcome}" for name, outcome in chosen.items()),
+    )
+    return list(chosen)
 
 
 def planned_target(target: Target, application: Application) -> PlannedTarget:
@@ -161,15 +222,19 @@ def fleet_changes(
         sessions = runtime.aws_sessions()
         concurrency = int(runtime.setting("fleet_changes_concurrency", 16))
         changes, settled = find_changes(sessions, run, planned, concurrency=concurrency, try_number=try_number)
-        record_unchanged(sessions, run, settled)  # UNCHANGED, and FAILED for a refused rollback
+        held = _held_results(sessions, run, loaded, plan, try_number=try_number)
+        # UNCHANGED, FAILED for a refused rollback, SKIPPED for a held or pinned tenant: one write path.
+        record_unchanged(sessions, run, [*settled, *held])
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
     log.info(
-        "%d of %d tenant(s) need a change; %d already at %s (recorded UNCHANGED, no task instance)",
+        "%d of %d tenant(s) need a change; %d already at %s (recorded UNCHANGED, no task instance); %d held back or "
+        "pinned (recorded SKIPPED, never read or deployed)",
         len(changes.deploy),
         len(plan.targets),
         len(changes.unchanged),
         plan.release_tag,
+        len(held),
     )
     return changes.model_dump(mode="json")
 
@@ -182,7 +247,24 @@ def wave_deploy_kwargs(
     members = set(wave.tenants)
     in_wave = FleetChanges(deploy=tuple(t for t in changes.deploy if t.tenant in members), unchanged=changes.unchanged)
     caps = RolloutCaps(wave=wave.name, max_parallel=wave.max_parallel, max_parallel_per_region=wave.max_parallel_per_region)
-    return deploy_kwargs(in_wave.model_dump(mode="json"), plan.model_dump(mode="json"), artifact, targets_id=targets_id, rollout=caps)
+    return deploy_kwargs(
+        in_wave.model_dump(mode="json"), plan.model_dump(mode="json"), artifact, targets_id=targets_id, rollout=caps
+    )
+
+
+def _held_results(
+    sessions: Any, run: ReleaseRun, loaded: LoadedFleet, plan: RunPlan, *, try_number: int | None
+) -> list[TenantResult]:
+    """A SKIPPED result, with the hold or pin as its reason, for each tenant the plan held back; no AWS call."""
+    results = []
+    for held in plan.held:
+        target = _target_or_none(loaded, held.tenant)
+        if target is None:  # removed from the fleet file since the plan: the summary reports it from the history
+            continue
+        deployment = TargetDeployment(sessions=sessions, run=run, target=target, try_number=try_number, writer="fleet_changes")
+        results.append(deployment.result(DeployProgress(started_at=utc_now()), status=Outcome.SKIPPED, reason=held.reason))
+        log.info("%-24s SKIPPED: %s", held.tenant, held.reason)
+    return results
 
 
 def deploy_kwargs(
@@ -265,7 +347,13 @@ def summarize(
             )
         elif recorded.get(name) == result:  # this run's outcome is the latest item: only annotate it, if unchanged
             expected[name] = result
-        annotated = _annotate(result, plan, gate, removed=_removed_note(loaded) if removed and loaded else None)
+        annotated = _annotate(
+            result,
+            plan,
+            gate,
+            removed=_removed_note(loaded) if removed and loaded else None,
+            hold_override=run_override_note(plan, target) if result.status != Outcome.SKIPPED else None,
+        )
         if unreported or annotated != result:
             changed.append(annotated.model_copy(update=stamp))
         results.append(annotated)
@@ -499,7 +587,14 @@ def _gate_line(plan: RunPlan, gate: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def _annotate(result: TenantResult, plan: RunPlan, gate: dict[str, Any] | None, *, removed: str | None = None) -> TenantResult:
+def _annotate(
+    result: TenantResult,
+    plan: RunPlan,
+    gate: dict[str, Any] | None,
+    *,
+    removed: str | None = None,
+    hold_override: str | None = None,
+) -> TenantResult:
     """Record on each tenant's item whether its release was gated, who approved it, and any freeze override."""
     update: dict[str, Any] = {"gated": bool(plan.gated)}
     if gate and gate.get("gated") and not result.approved_by:
@@ -516,7 +611,7 @@ def _annotate(result: TenantResult, plan: RunPlan, gate: dict[str, Any] | None, 
             release_gate=True,
         )
     notes = [result.note]
-    for extra in (plan.freeze_override, removed):
+    for extra in (plan.freeze_override, removed, hold_override):
         if extra and extra not in (result.note or "") and extra not in (result.reason or ""):
             notes.append(extra)
     if len(notes) > 1:
@@ -540,7 +635,10 @@ def _unreported(
 ) -> TenantResult:
     now = utc_now()
     started_here = previous is not None and previous.run_id == run_id
-    if artifact is None:
+    held = next((entry.reason for entry in plan.held if entry.tenant == name), None)
+    if held is not None:  # held back or pinned: whatever stopped the run, that is why this tenant was not deployed
+        status, reason = Outcome.SKIPPED, held
+    elif artifact is None:
         status, reason = Outcome.SKIPPED, "not started: the build failed (see the build task's log)"
     elif dev_result is None:
         status, reason = Outcome.SKIPPED, "not started: the dev deploy or its smoke test failed (see the deploy_dev log)"

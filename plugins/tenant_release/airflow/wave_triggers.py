@@ -99,7 +99,9 @@ class WaveBakeTrigger(_Serializable):
                 aborted = None
             if aborted or len(alarms) > self.room or datetime.now(UTC) >= until:
                 if len(alarms) > self.room and datetime.now(UTC) < until:
-                    self.log.error("wave %s: %d tenant(s) alarmed, more than it tolerates; ending the bake", self.wave, len(alarms))
+                    self.log.error(
+                        "wave %s: %d tenant(s) alarmed, more than it tolerates; ending the bake", self.wave, len(alarms)
+                    )
                 yield TriggerEvent({"alarms": alarms, "baked_minutes": round(baked, 2), "aborted": aborted})
                 return
             remaining = (until - datetime.now(UTC)).total_seconds()

@@ -240,7 +240,9 @@ class WaveBakeOperator(BaseOperator):
         ti = context["ti"]
         found = ti.xcom_pull(task_ids=open_task_id(self.wave_index), key=WAVE_KEY, default=None)
         if found is None:
-            raise AirflowSkipException(f"wave {self.wave_index} did not open (this run has no such wave, or an earlier one stopped)")
+            raise AirflowSkipException(
+                f"wave {self.wave_index} did not open (this run has no such wave, or an earlier one stopped)"
+            )
         stopped = ti.xcom_pull(task_ids=open_task_id(self.wave_index), key=STOPPED_KEY, default=None)
         if stopped:
             raise AirflowFailException(stopped)

@@ -44,6 +44,7 @@ def wave_approver(wave: str) -> str:
     """The approvals-table key a wave's approval is recorded under (`tenant-release approve TAG --wave NAME`)."""
     return f"{WAVE_PREFIX}{wave}"
 
+
 APPROVALS_PREFIX = naming.APPROVALS_PREFIX
 APPROVE_WORDS = frozenset({"approve", "approved", "yes", "y", "ok", "okay", "lgtm", "accept", "accepted", "true", "1", "go"})
 REJECT_WORDS = frozenset(

@@ -233,7 +233,12 @@ def attempt_items(dynamodb: Any, attempts_table: str, *, tenant: str, release: s
 
 def run_outcome(dynamodb: Any, attempts_table: str, *, tenant: str, release: str, run_id: str) -> Attempt | None:
     """The newest outcome one run wrote for a tenant, from the attempts (the latest item may be another run's)."""
-    mine = [a for a in attempt_items(dynamodb, attempts_table, tenant=tenant, release=release) if a.result.run_id == run_id]
+    return newest_of_run(attempt_items(dynamodb, attempts_table, tenant=tenant, release=release), run_id)
+
+
+def newest_of_run(items: Iterable[Attempt], run_id: str) -> Attempt | None:
+    """Of one tenant's attempt items (oldest first), the newest outcome `run_id` wrote; None: it wrote none."""
+    mine = [a for a in items if a.result.run_id == run_id]
     return sorted(mine, key=lambda a: write_order(a.result))[-1] if mine else None  # stable: of equal order, the last
 
 
