@@ -9,16 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.dags import test_release_dag as release_tests
 from tests.dags.test_release_dag import approve, deployed_version, history, task_states
 
 ACME, GLOBEX, UMBRELLA = "111111111111", "222222222222", "044444444444"
 # Every param a run of this module sets, so that dag.test() (which keeps the last run's conf) starts clean.
 CLEAN = {"tenants": [], "override_hold": "", "redeploy_of": ""}
-
-
-# The release DAG as dag.test() runs it, and every tenant call recorded (service, account, operation).
-release_dag, faults = release_tests.release_dag, release_tests.faults
 
 
 def deploy_states(run) -> dict[str, str]:

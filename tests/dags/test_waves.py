@@ -153,3 +153,54 @@ def test_a_wave_that_needs_approval_starts_only_once_its_artifact_is_approved_an
     assert again.state == "success"
     assert version("gen1") == version("gen2") == "2.0.0"
     assert history()[("gen1", "v-2.0.0-qa")].run_id == again.run_id
+
+
+def test_an_alarm_firing_while_a_wave_bakes_fails_that_tenant_and_stops_the_rollout(moto, tmp_path, monkeypatch, release_dag):
+    import boto3
+
+    path = waved_fleet(tmp_path, monkeypatch)
+    path.write_text(
+        path.read_text()
+        .replace("defaults: {region: us-east-1}", 'defaults: {region: us-east-1, alarms: ["tenant-app-{name}-errors"]}')
+        .replace(
+            "{name: early, groups: [early], max_failures: 0}",
+            "{name: early, groups: [early], max_failures: 0, bake_minutes: 0.02}",
+        )
+    )
+    monkeypatch.setenv("AIRFLOW__TENANT_RELEASE__BAKE_POLL_SECONDS", "0.2")
+    creds = boto3.client("sts", region_name="us-east-1").assume_role(
+        RoleArn=f"arn:aws:iam::{ACCOUNTS['early2']}:role/monitoring", RoleSessionName="monitoring"
+    )["Credentials"]
+    cloudwatch = boto3.client(
+        "cloudwatch",
+        region_name="us-east-1",
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+    cloudwatch.put_metric_alarm(
+        AlarmName="tenant-app-early2-errors",
+        MetricName="Errors",
+        Namespace="AWS/Lambda",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+    )
+    cloudwatch.set_alarm_state(AlarmName="tenant-app-early2-errors", StateValue="ALARM", StateReason="errors")
+
+    run = release_dag.test(run_conf={"release_tag": "v-2.0.0-qa"})
+
+    assert run.state == "failed"
+    recorded = history()
+    early2 = recorded[("early2", "v-2.0.0-qa")]
+    assert early2.status == Outcome.FAILED
+    assert early2.reason.startswith("alarm tenant-app-early2-errors in ALARM since ")
+    assert early2.reason.endswith("during its wave's bake")
+    assert early2.version_after == "2.0.0"  # its stack holds the release: the alarm, not the deploy, failed it
+    for tenant in ("can1", "early1", "early3"):
+        assert recorded[(tenant, "v-2.0.0-qa")].status == Outcome.SUCCEEDED, tenant
+    for tenant in ("gen1", "gen2"):
+        assert recorded[(tenant, "v-2.0.0-qa")].reason == "not started: wave early: 1 of 3 failed, tolerance 0"
+        assert version(tenant) is None
