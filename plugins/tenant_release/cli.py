@@ -365,8 +365,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _out(f"{release.tag}: version {release.version} to group {selected.group}{gated}")
     entry = release_queue.get(dynamodb, tooling.queue_table, release.tag)
     _out(f"queue: {entry.describe() if entry else 'not queued'}")
-    control = controls.recorded(dynamodb, tooling.leases_table, release.tag)
-    _out(f"rollout: {control.describe() if control else 'running (never paused or aborted)'}")
     s3 = sessions.tooling_client("s3", tooling.region)
     build = _published_build(s3, loaded, release)
     published = build.sha256 if build else None
@@ -383,6 +381,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _out(f"release gate: {gate.describe() if gate else 'no decision recorded'}")
     for problem in lookup.problems:
         _out(f"  not accepted: {problem}")
+    control = controls.recorded(dynamodb, tooling.leases_table, release.tag)
+    _out(f"rollout: {control.describe() if control else 'running (never paused or aborted)'}")
     names = [t.name for t in loaded.fleet.tenants]
     found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=release.tag)
     if found:

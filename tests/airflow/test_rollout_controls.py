@@ -125,9 +125,7 @@ def test_a_paused_tenant_starts_nothing_until_the_rollout_is_resumed_then_deploy
         return False
 
     faults.add(service="dynamodb", operation="get_item", account="tooling", when=resume_at_the_fourth_look)
-    faults.add(
-        service="cloudformation", operation="create_change_set", when=lambda kwargs: bool(happened.append("change set"))
-    )
+    faults.add(service="cloudformation", operation="create_change_set", when=lambda kwargs: bool(happened.append("change set")))
 
     capsys.readouterr()
     ((event,),) = _run_all(_trigger(world, "globex"))
@@ -267,9 +265,7 @@ def test_the_wave_level_wait_fires_once_the_rollout_is_no_longer_paused(
         waiting = asyncio.ensure_future(events.__anext__())
         await asyncio.sleep(0.3)
         assert not waiting.done()  # still paused: no event
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: _control(dynamodb, RolloutState.ABORTED, "bad migration")
-        )
+        await asyncio.get_running_loop().run_in_executor(None, lambda: _control(dynamodb, RolloutState.ABORTED, "bad migration"))
         return await asyncio.wait_for(waiting, timeout=30)
 
     event = asyncio.run(first_event())

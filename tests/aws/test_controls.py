@@ -111,7 +111,7 @@ def test_two_operators_at_once_cannot_undo_each_other_unseen(dynamodb: Any, monk
     real_recorded, reads = controls.recorded, [stale]
     monkeypatch.setattr(controls, "recorded", lambda *args: reads.pop() if reads else real_recorded(*args))
 
-    with pytest.raises(ControlRefused, match="changed while this was recorded .*aborted by .*alice.*nothing was written"):
+    with pytest.raises(ControlRefused, match=r"changed while this was recorded .*aborted by .*alice.*nothing was written"):
         controls.set_control(dynamodb, LEASES, "v1.4.0", RolloutState.PAUSED, ONCALL, "")
     monkeypatch.undo()
     assert controls.current(dynamodb, LEASES, "v1.4.0").state == RolloutState.ABORTED
