@@ -202,8 +202,25 @@ class InProgress:
     ids=["max_parallel=2", "max_parallel_per_region=1"],
 )
 def test_a_waves_caps_bound_how_many_of_its_tenants_deploy_at_once(
-    caps: RolloutCaps, most: dict[str, int], world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None
+    caps: RolloutCaps,
+    most: dict[str, int],
+    world: World,
+    faults: Faults,
+    dynamodb: Any,
+    triggerer_sessions: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # DynamoDB applies a conditional write atomically; in-process moto does not (two threads' "attribute_not_exists"
+    # writes can both pass). One slot call at a time gives the test DynamoDB's atomicity; the refused-write path
+    # itself is tested in tests/aws/test_controls.py.
+    atomic = threading.Lock()
+    for name in ("acquire", "renew", "release"):
+
+        def one_at_a_time(*args: Any, _call: Any = getattr(slots, name), **kwargs: Any) -> Any:
+            with atomic:
+                return _call(*args, **kwargs)
+
+        monkeypatch.setattr(slots, name, one_at_a_time)
     regions = {name: world.loaded.target(name).region for name in ACCOUNTS.values()}
     scopes = [
         scope
@@ -297,3 +314,41 @@ def test_the_rollout_triggers_round_trip_through_the_metadata_db(trigger: Any) -
     module, name = classpath.rsplit(".", 1)
     rebuilt = getattr(importlib.import_module(module), name)(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
+
+
+CAPS = {"wave": "early", "max_parallel": 2, "max_parallel_per_region": 1}
+
+
+def test_both_paths_to_the_deploy_trigger_hand_it_the_waves_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tenant started in the triggerer (its list entry) and one sent to a worker for its own gate (the operator)."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import TaskDeferred
+    from tenant_release.airflow.triggers import FleetTenantStartTrigger
+
+    entry = {"tenant": "acme", "target_digest": "d", "release_tag": "v1.4.0", "artifact": {}, "targets_id": "l1"}
+    seen: list[Any] = []
+
+    async def own_entry(self: Any) -> dict[str, Any]:
+        return {**entry, "rollout": CAPS}
+
+    async def deploy(self: Any) -> Any:
+        seen.append(self.rollout)
+        yield TriggerEvent({"result": {}})
+
+    monkeypatch.setattr(FleetTenantStartTrigger, "_own_entry", own_entry)
+    monkeypatch.setattr(TenantDeployTrigger, "run", deploy)
+    started = FleetTenantStartTrigger()
+    started.task_instance = SimpleNamespace(dag_id="tenant_release", run_id="run-a", map_index=0, task_id="deploy")
+
+    async def events() -> list[Any]:
+        return [event async for event in started.run()]
+
+    assert len(asyncio.run(events())) == 1
+    operator = TenantDeployOperator(
+        task_id="deploy", tenant="acme", target_digest="d", release_tag="v1.4.0", artifact={}, rollout=CAPS
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        operator._defer_deploy({"run_id": "run-a"}, DeployProgress(started_at="2026-12-03T09:00:00+00:00"))
+    seen.append(deferred.value.trigger.rollout)
+    assert seen == [CAPS, CAPS]
