@@ -22,7 +22,6 @@ from tenant_release.airflow.control_triggers import RolloutResumedTrigger
 from tenant_release.airflow.deploy_operator import TenantDeployOperator
 from tenant_release.airflow.triggers import TenantDeployTrigger
 from tenant_release.aws import controls, leases, ledger, slots
-from tenant_release.aws.session import AwsSessions
 from tenant_release.models import DeployProgress, Outcome, RolloutCaps, RolloutState
 
 from tests.aws.test_deploy_aws import (  # noqa: F401 (clean_slate: autouse)
@@ -39,6 +38,7 @@ from tests.aws.test_deploy_aws import (  # noqa: F401 (clean_slate: autouse)
     with_status,
     world,
 )
+from tests.aws.test_leases import triggerer_sessions  # noqa: F401 (the triggerer's sessions: the test's faulty ones)
 from tests.faults import Faults
 
 LEASES = "tenant-release-leases"
@@ -59,13 +59,6 @@ def quick_polls_and_a_clean_leases_table(dynamodb: Any, monkeypatch: pytest.Monk
     yield
     for item in dynamodb.scan(TableName=LEASES)["Items"]:  # leases, slots and rollout controls
         dynamodb.delete_item(TableName=LEASES, Key={"tenant": item["tenant"]})
-
-
-@pytest.fixture
-def triggerer_sessions(sessions: AwsSessions) -> Iterator[None]:
-    previous = runtime.use_session_factory(lambda: sessions)
-    yield
-    runtime.use_session_factory(previous)
 
 
 def _trigger(

@@ -119,33 +119,27 @@ def acquire(
 
 def renew(dynamodb: Any, table: str, scope: SlotScope, *, tenant: str, seconds: float, now: float | None = None) -> bool:
     """Push `tenant`'s slot out to now + `seconds`. False: it holds none (it expired and was dropped)."""
-    until = int(_now(now) + seconds)
-    try:
-        dynamodb.update_item(
-            TableName=table,
-            Key={"tenant": {"S": scope.key}},
-            UpdateExpression="SET holders.#t = :until, #v = #v + :one, expires_at = :until",
-            ConditionExpression="attribute_exists(holders.#t)",
-            ExpressionAttributeNames={"#t": tenant, "#v": "version"},
-            ExpressionAttributeValues={":until": {"N": str(until)}, ":one": {"N": "1"}},
-        )
-    except ClientError as exc:
-        if error_code(exc) == CONDITION_FAILED:
-            return False
-        raise
-    return True
+    until = {"N": str(int(_now(now) + seconds))}
+    return _change_own_slot(dynamodb, table, scope, tenant, "SET holders.#t = :until, expires_at = :until", {":until": until})
 
 
 def release(dynamodb: Any, table: str, scope: SlotScope, *, tenant: str) -> bool:
     """Give `tenant`'s slot back. False: it held none. The version moves, so no write read before this resurrects it."""
+    return _change_own_slot(dynamodb, table, scope, tenant, "REMOVE holders.#t", {})
+
+
+def _change_own_slot(dynamodb: Any, table: str, scope: SlotScope, tenant: str, change: str, values: dict[str, Any]) -> bool:
+    """Apply `change` to the tenant's own entry if it holds one, moving `version`. False: it holds none."""
+    set_version = "#v = #v + :one"
+    expression = f"{change}, {set_version}" if change.startswith("SET ") else f"{change} SET {set_version}"
     try:
         dynamodb.update_item(
             TableName=table,
             Key={"tenant": {"S": scope.key}},
-            UpdateExpression="REMOVE holders.#t SET #v = #v + :one",
+            UpdateExpression=expression,
             ConditionExpression="attribute_exists(holders.#t)",
             ExpressionAttributeNames={"#t": tenant, "#v": "version"},
-            ExpressionAttributeValues={":one": {"N": "1"}},
+            ExpressionAttributeValues={":one": {"N": "1"}, **values},
         )
     except ClientError as exc:
         if error_code(exc) == CONDITION_FAILED:
