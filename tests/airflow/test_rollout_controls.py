@@ -69,6 +69,7 @@ def _trigger(
     planned: str = PLANNED,
     rollout: RolloutCaps | None = None,
     end_in_triggerer: bool = True,
+    record_history: bool = True,
 ) -> TenantDeployTrigger:
     target = world.loaded.target(tenant)
     return TenantDeployTrigger(
@@ -83,6 +84,7 @@ def _trigger(
         deadline=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
         run_started_at=planned,
         end_in_triggerer=end_in_triggerer,
+        record_history=record_history,
         rollout=rollout.model_dump(mode="json") if rollout is not None else None,
     )
 
@@ -159,6 +161,53 @@ def test_an_aborted_tenant_ends_skipped_with_who_and_why_and_no_change_set_but_a
     ((deployed,),) = _run_all(later)
     assert isinstance(deployed, TaskSuccessEvent), abort
     assert ledger.get(dynamodb, HISTORY, tenant="globex", release="v1.4.0").status == Outcome.SUCCEEDED
+
+
+def test_dev_is_not_a_tenant_of_the_rollout_so_an_abort_does_not_skip_its_smoke_test(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None
+) -> None:
+    _control(dynamodb, RolloutState.ABORTED, "bad migration")
+    dev = _trigger(world, "dev", planned=None, end_in_triggerer=False, record_history=False)  # as deploy_dev defers
+
+    ((event,),) = _run_all(dev)
+
+    assert event.payload["result"]["version_after"] == "1.4.0"
+
+
+def test_a_tenant_that_waited_for_a_slot_does_not_start_once_the_rollout_was_paused_meanwhile(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None
+) -> None:
+    happened: list[str] = []
+
+    def change_set(tenant: str) -> Any:
+        def when(kwargs: dict[str, Any]) -> bool:
+            happened.append(f"{tenant} change set")
+            if "paused" not in happened:  # the first tenant is deploying; the other waits for the one slot
+                _control(dynamodb, RolloutState.PAUSED, "looking into errors")
+                happened.append("paused")
+            return False
+
+        return when
+
+    def resume_after_a_few_looks(kwargs: dict[str, Any]) -> bool:
+        if kwargs.get("Key", {}).get("tenant", {}).get("S") == "rollout#v1.4.0" and "paused" in happened:
+            happened.append("look while paused")
+            if happened.count("look while paused") == 3:
+                _control(dynamodb, RolloutState.RUNNING)
+                happened.append("resumed")
+        return False
+
+    faults.add(service="cloudformation", operation="create_change_set", account=GLOBEX, when=change_set("globex"))
+    faults.add(service="cloudformation", operation="create_change_set", account=UMBRELLA, when=change_set("umbrella"))
+    faults.add(service="dynamodb", operation="get_item", account="tooling", when=resume_after_a_few_looks)
+    caps = RolloutCaps(wave="general", max_parallel=1)
+
+    events = _run_all(_trigger(world, "globex", rollout=caps), _trigger(world, "umbrella", rollout=caps))
+
+    assert all(isinstance(event, TaskSuccessEvent) for (event,) in events)  # the one deploying finished too
+    starts = [entry for entry in happened if entry.endswith("change set")]
+    assert len(starts) == 2
+    assert happened.index("resumed") < happened.index(starts[1])  # the second started only after the resume
 
 
 class InProgress:

@@ -300,7 +300,12 @@ class TenantDeployTrigger(_Serializable):
 
         The control is read again once the slots are taken: a tenant that waited for a slot must not start after
         the rollout was paused or aborted meanwhile; it gives its slots and lease back and waits again.
+        Dev (no history) is not a tenant of the rollout: it is the build's smoke test before the release gate,
+        and it has no planned time an abort could be weighed against.
         """
+        if not self.record_history:
+            await self._take_lease(deployment)
+            return None
         while True:
             stop = await self._while_paused(deployment)
             if stop is not None:
