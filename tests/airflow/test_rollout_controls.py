@@ -394,3 +394,47 @@ def test_both_paths_to_the_deploy_trigger_hand_it_the_waves_caps(monkeypatch: py
         operator._defer_deploy({"run_id": "run-a"}, DeployProgress(started_at="2026-12-03T09:00:00+00:00"))
     seen.append(deferred.value.trigger.rollout)
     assert seen == [CAPS, CAPS]
+
+
+def test_a_tenant_with_its_own_approval_is_not_asked_for_it_once_the_rollout_is_aborted(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from tenant_release.airflow.triggers import FleetTenantStartTrigger
+
+    target = world.loaded.target("globex")
+    entry = {
+        "tenant": "globex",
+        "target_digest": runtime.target_digest(target, world.loaded.fleet.application),
+        "config_path": str(world.loaded.path),
+        "release_tag": "v1.4.0",
+        "artifact": world.artifacts["1.4.0"].model_dump(mode="json"),
+        "targets_id": "l1",
+        "has_own_gate": True,
+        "run_started_at": PLANNED,
+    }
+
+    async def own_entry(self: Any) -> dict[str, Any]:
+        return entry
+
+    monkeypatch.setattr(FleetTenantStartTrigger, "_own_entry", own_entry)
+
+    def start() -> list[Any]:
+        started = FleetTenantStartTrigger()
+        started.task_instance = SimpleNamespace(dag_id="tenant_release", run_id="run-a", map_index=0, task_id="deploy")
+
+        async def events() -> list[Any]:
+            return [event async for event in started.run()]
+
+        return asyncio.run(events())
+
+    assert [event.payload for event in start()] == [{"gates": True}]  # not aborted: a worker asks as before
+
+    _control(dynamodb, RolloutState.ABORTED, "bad migration", at="2026-12-03T09:30:00.000000+00:00")
+    (event,) = start()
+
+    assert isinstance(event, TaskSkippedEvent)
+    recorded = ledger.get(dynamodb, HISTORY, tenant="globex", release="v1.4.0")
+    assert (recorded.status, recorded.reason) == (Outcome.SKIPPED, f"aborted by {OPS}: bad migration")
+    assert count(faults, GLOBEX, "create_change_set") == 0

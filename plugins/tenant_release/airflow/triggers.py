@@ -223,7 +223,7 @@ class TenantDeployTrigger(_Serializable):
         while True:
             control = await self._control(deployment)
             if control is not None and control.aborts(self.run_started_at):
-                return f"aborted by {control.by}: {control.reason}"
+                return _abort_reason(control)
             if control is None or not control.pauses():
                 if said is not None:
                     self.log.info(
@@ -457,6 +457,23 @@ class TenantDeployTrigger(_Serializable):
         permanent = classify.needs_a_person(exc)
         return TriggerEvent({"failed": reason, "permanent": permanent, "progress": progress.model_dump(mode="json")})
 
+    async def skip_if_aborted(self) -> TriggerEvent | None:
+        """Before a worker asks for this tenant's own approval or waits for its window: end it SKIPPED now if the
+        rollout was aborted (nobody should be asked to approve a deploy that will not happen). None: go on.
+        """
+        progress = DeployProgress.model_validate(self.progress)
+        try:
+            deployment = await in_thread(self._deployment)
+        except Exception:  # a tenant changed since the plan: the worker's path reports it
+            return None
+        try:
+            control = await self._control(deployment)
+            if control is None or not control.aborts(self.run_started_at):
+                return None
+            return await self._skipped(deployment, progress, _abort_reason(control))
+        finally:
+            deployment.sessions.forget_tenant(deployment.target, session_name=deployment.run.session_name)
+
     async def refuse(self, exc: Exception) -> TriggerEvent:
         """Fail this tenant before its deploy touches AWS (its release gate did not approve it), recorded as any failure."""
         progress = DeployProgress.model_validate(self.progress)
@@ -468,6 +485,10 @@ class TenantDeployTrigger(_Serializable):
             return await self._failed(deployment, progress, exc)
         finally:
             deployment.sessions.forget_tenant(deployment.target, session_name=deployment.run.session_name)
+
+
+def _abort_reason(control: RolloutControl) -> str:
+    return f"aborted by {control.by}: {control.reason}"
 
 
 def _slot_call(deployment: Any, what: str, step: Any, scope: Any, **more: Any) -> Any:
@@ -638,10 +659,6 @@ class FleetTenantStartTrigger(_Serializable):
             self.task_instance.map_index,
             entry[TARGETS_ID_KEY],
         )
-        if refusal is None and entry.get("has_own_gate"):
-            self.log.info("%s needs its own approval or maintenance window: a worker asks and waits", entry["tenant"])
-            yield TriggerEvent({"gates": True})
-            return
         from tenant_release.deploy import utc_now
 
         deploy = TenantDeployTrigger(
@@ -660,6 +677,14 @@ class FleetTenantStartTrigger(_Serializable):
             allow_rollback=entry.get("allow_rollback") or "",
             rollout=entry.get("rollout"),
         )
+        if refusal is None and entry.get("has_own_gate"):
+            skipped = await deploy.skip_if_aborted()
+            if skipped is not None:
+                yield skipped
+                return
+            self.log.info("%s needs its own approval or maintenance window: a worker asks and waits", entry["tenant"])
+            yield TriggerEvent({"gates": True})
+            return
         if refusal is not None:
             from tenant_release.errors import ReleaseGateError
 
