@@ -334,7 +334,7 @@ class TenantDeployTrigger(_Serializable):
                 return await in_thread(deployment.begin, progress, wait_for_change_set=False)
             except StackBusyError as busy:
                 if datetime.now(UTC) >= self._deadline():
-                    message = f"{busy}; still {busy.stack_status} at {self.deadline}"
+                    message = f"{busy}; still {busy.stack_status} at {self._deadline().isoformat()}"
                     raise StackBusyError(message, stack_status=busy.stack_status) from None
                 self.log.info("%s", busy)
             await asyncio.sleep(self._pause(first=False))
@@ -381,7 +381,9 @@ class TenantDeployTrigger(_Serializable):
             if datetime.now(UTC) >= self._deadline():
                 from tenant_release.errors import PermanentAwsError
 
-                raise PermanentAwsError(f"stack {deployment.target.stack_name} did not settle before {self.deadline}")
+                raise PermanentAwsError(
+                    f"stack {deployment.target.stack_name} did not settle before {self._deadline().isoformat()}"
+                )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deployment: list[Any] = []
