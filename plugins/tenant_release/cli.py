@@ -387,8 +387,39 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+_CONTROL_STATES = {"pause": "paused", "resume": "running", "abort": "aborted"}
+_CONTROL_EFFECTS = {
+    "paused": "tenants already deploying finish; no other tenant starts until `tenant-release resume {tag}`",
+    "running": "tenants that waited start now (within a poll of their triggerer)",
+    "aborted": "tenants already deploying finish; every tenant not yet started in the runs planned before now ends "
+    "SKIPPED with this reason. A new run of {tag} is not stopped by it",
+}
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    """pause / resume / abort: the operator's word on a tag's rollout, recorded with the caller's AWS identity."""
+    from tenant_release.aws import controls
+    from tenant_release.aws.session import AwsSessions
+    from tenant_release.models import RolloutState
+
+    loaded = load_fleet(args.config)
+    release = parse_release_tag(args.tag)
+    plan_release(loaded, release)  # a tag no run could ship (an unknown group) is refused before AWS
+    state = RolloutState(_CONTROL_STATES[args.command])
+    reason = controls.check_text("reason", getattr(args, "reason", None), required=state == RolloutState.ABORTED)
+    tooling = loaded.fleet.tooling
+    sessions = AwsSessions()
+    # Who, as AWS authenticated them: the record says who stopped a release, not who claims to have.
+    identity = sessions.tooling_client("sts", tooling.region).get_caller_identity()["Arn"]
+    dynamodb = sessions.tooling_client("dynamodb", tooling.region)
+    control = controls.set_control(dynamodb, tooling.leases_table, release.tag, state, identity, reason)
+    _out(f"rollout of {release.tag} {control.describe()}")
+    _out(f"  {_CONTROL_EFFECTS[state.value].format(tag=release.tag)}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
-    from tenant_release.aws import ledger, release_queue
+    from tenant_release.aws import controls, ledger, release_queue
     from tenant_release.aws.approvals import RELEASE_WIDE, find_decision
     from tenant_release.aws.session import AwsSessions
 
@@ -418,13 +449,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _out(f"release gate: {gate.describe() if gate else 'no decision recorded'}")
     for problem in lookup.problems:
         _out(f"  not accepted: {problem}")
+    control = controls.recorded(dynamodb, tooling.leases_table, release.tag)
+    _out(f"rollout: {control.describe() if control else 'running (never paused or aborted)'}")
     names = [t.name for t in loaded.fleet.tenants]
     found = ledger.get_many(dynamodb, tooling.history_table, tenants=names, release=release.tag)
     if found:
         _out(report.render_table([found[n] for n in names if n in found]))
     else:
         _out("no tenant has started this release")
-    return 0 if (entry or gate or found) else 1
+    return 0 if (entry or gate or found or control) else 1
 
 
 def _positive(text: str) -> int:
@@ -515,7 +548,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--sha256", default=None, help="the artifact approved (default: the published build of TAG, from its manifest)"
     )
     approve.set_defaults(func=_cmd_approve)
-    status = sub.add_parser("status", help="where a release stands: queue, release gate, and each tenant (waits included)")
+    for command, what in (
+        ("pause", "pause a release's rollout: tenants deploying finish, no other tenant starts"),
+        ("resume", "resume a paused rollout"),
+        ("abort", "abort a rollout: tenants not yet started end SKIPPED with the reason"),
+    ):
+        control = sub.add_parser(command, help=what)
+        control.add_argument("tag")
+        if command != "resume":
+            control.add_argument(
+                "--reason",
+                default=None,
+                help="why (shown to operators and in each skipped tenant's history)"
+                + ("; required" if command == "abort" else ""),
+            )
+        control.set_defaults(func=_cmd_control)
+    status = sub.add_parser(
+        "status", help="where a release stands: queue, rollout control, release gate, and each tenant (waits included)"
+    )
     status.add_argument("tag")
     status.set_defaults(func=_cmd_status)
     return parser
@@ -548,7 +598,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # The commands the README shows after `make run`: they use its emulation when the shell points nowhere else.
-_LOCAL_EMULATION_COMMANDS = (_cmd_history, _cmd_status, _cmd_approve, _cmd_queue_list, _cmd_queue_cancel, _cmd_redeploy)
+_LOCAL_EMULATION_COMMANDS = (
+    _cmd_history,
+    _cmd_status,
+    _cmd_approve,
+    _cmd_queue_list,
+    _cmd_queue_cancel,
+    _cmd_redeploy,
+    _cmd_control,
+)
 
 
 if __name__ == "__main__":

@@ -242,6 +242,22 @@ CASES = [
     Bad("queue cancel: tag", None, ("release tag 'v1.5' is not valid",), ("queue", "cancel", "v1.5")),
     Bad("queue cancel: bad --by", None, ("must name who decides",), ("queue", "cancel", "v1.5.0", "--by", "a\tb")),
     Bad("queue list: bad fleet", sub("region: eu-west-1", "region: eu-wset-1"), ("does not exist",), ("queue", "list")),
+    Bad("pause: tag", None, ("release tag 'v1.4' is not valid",), ("pause", "v1.4")),
+    Bad("resume: tag", None, ("release tag 'latest' is not valid",), ("resume", "latest")),
+    Bad(
+        "abort: no reason",
+        None,
+        ("the reason is missing; an abort must say why", "--reason 'error rate up in canary'"),
+        ("abort", "v1.4.0"),
+    ),
+    Bad("abort: blank reason", None, ("the reason is missing",), ("abort", "v1.4.0", "--reason", "   ")),
+    Bad("abort: unknown group", None, ("group 'nosuch', which no tenant",), ("abort", "v-1.4.0-nosuch", "--reason", "x")),
+    Bad(
+        "pause: reason on two lines",
+        None,
+        ("the reason must be at most 500 printable characters on one line",),
+        ("pause", "v1.4.0", "--reason", "a\nb"),
+    ),
     Bad("plan: unknown tenant", None, ("unknown tenant(s) 'nosuch'",), ("plan", "v1.4.0", "--tenants", "nosuch")),
     Bad("bootstrap: bad fleet", sub("gated_groups: [prod]", "gated_groups: [prd]"), ("gates nothing",), ("bootstrap",)),
     Bad(

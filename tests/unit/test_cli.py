@@ -224,3 +224,36 @@ def test_queue_list_and_cancel(bootstrapped, capsys):
 
     code, out, err = run(capsys, "queue", "cancel", "v-1.5.0-qa")
     assert (code, out) == (2, "") and "nothing to cancel" in err
+
+
+def test_pause_resume_and_abort_record_the_callers_identity_and_status_shows_who_when_and_why(bootstrapped, capsys):
+    caller = boto3.client("sts", region_name="us-east-1").get_caller_identity()["Arn"]
+    code, out, _ = run(capsys, "status", "v1.5.0")
+    assert "rollout: running (never paused or aborted)" in out.splitlines()
+
+    code, out, _ = run(capsys, "pause", "v1.5.0", "--reason", "error rate up in canary")
+    assert code == 0
+    first, effect = out.splitlines()
+    assert first.startswith(f"rollout of v1.5.0 paused by {caller}: error rate up in canary at 20")
+    assert effect == "  tenants already deploying finish; no other tenant starts until `tenant-release resume v1.5.0`"
+    code, out, _ = run(capsys, "status", "v1.5.0")
+    assert code == 0  # something is recorded for the tag: its rollout control
+    (rollout,) = [line for line in out.splitlines() if line.startswith("rollout:")]
+    assert rollout.startswith(f"rollout: paused: paused by {caller}: error rate up in canary at ")
+
+    code, out, _ = run(capsys, "resume", "v1.5.0")
+    assert code == 0 and out.startswith(f"rollout of v1.5.0 resumed by {caller} at ")
+    code, out, _ = run(capsys, "status", "v1.5.0")
+    (rollout,) = [line for line in out.splitlines() if line.startswith("rollout:")]
+    assert rollout.startswith(f"rollout: running: resumed by {caller} at ")
+    assert f"(after: paused by {caller}: error rate up in canary at " in rollout
+
+    code, out, err = run(capsys, "abort", "v1.5.0", "--reason", "bad migration")
+    assert code == 0 and out.startswith(f"rollout of v1.5.0 aborted by {caller}: bad migration at ")
+    assert "ends SKIPPED with this reason. A new run of v1.5.0 is not stopped by it" in out
+    code, out, err = run(capsys, "resume", "v1.5.0")
+    assert (code, out) == (2, "")
+    assert "an abort is final for the runs it stopped, so it cannot be resumed" in err
+    assert "tenant-release redeploy v1.5.0 --failed" in err
+    code, out, _ = run(capsys, "status", "v-1.5.0-qa")
+    assert "rollout: running (never paused or aborted)" in out.splitlines()  # another tag: not stopped

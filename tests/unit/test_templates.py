@@ -486,9 +486,17 @@ def test_only_the_approver_role_writes_approvals_and_only_for_an_explicit_princi
     assert _grants(statements, APPROVAL_OBJECTS) == {"s3:PutObject"}
     writes = {a for s in statements for a in _listed(s["Action"]) if a in WRITES}
     assert writes == {"dynamodb:PutItem", "s3:PutObject"}
+    # It may pause, resume or abort a rollout: the rollout-control items of the leases table, nothing else of it.
+    leases = {"Fn::GetAtt": ["LeasesTable", "Arn"]}
+    (controls,) = [s for s in statements if leases in _listed(s["Resource"])]
+    assert set(_listed(controls["Action"])) == {"dynamodb:GetItem", "dynamodb:PutItem"}
+    assert controls["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rollout#*"]}}
     # Besides its records, it reads build manifests (the sha256 it approves) and nothing else: no sts, no deploy.
     others = [
-        s for s in statements if APPROVALS_TABLE not in _listed(s["Resource"]) and APPROVAL_OBJECTS not in _listed(s["Resource"])
+        s
+        for s in statements
+        if not {json.dumps(r, sort_keys=True) for r in _listed(s["Resource"])}
+        & {json.dumps(r, sort_keys=True) for r in (APPROVALS_TABLE, APPROVAL_OBJECTS, leases)}
     ]
     assert {a for s in others for a in _listed(s["Action"])} == {
         "s3:GetObject",

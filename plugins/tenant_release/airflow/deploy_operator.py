@@ -120,6 +120,18 @@ class TenantDeployOperator(BaseOperator):
             if event.get("permanent"):
                 raise AirflowFailException(event["failed"])
             raise AirflowException(event["failed"])
+        if isinstance(event, dict) and "skipped" in event:  # the rollout was aborted before this deploy started
+            raise AirflowSkipException(event["skipped"])
+        if event == "skipped":
+            # `dag.test()` hands a TaskSkippedEvent back as "skipped": the reason is in the history item the trigger wrote.
+            tooling = runtime.cached_fleet(self.config_path).fleet.tooling
+            found = ledger.get(
+                runtime.shared_sessions().tooling_client("dynamodb", tooling.region),
+                tooling.history_table,
+                tenant=self.tenant,
+                release=self.release_tag,
+            )
+            raise AirflowSkipException(found.reason if found is not None and found.reason else "skipped by its deploy trigger")
         if event == "success":
             # Only `dag.test()` resumes a task that the trigger ended (it runs triggers inline and hands their
             # TaskSuccessEvent back as "success"): the outcome is the history item the trigger wrote.
@@ -228,6 +240,7 @@ class TenantDeployOperator(BaseOperator):
                 # (one task instance); a tenant ends in the triggerer.
                 end_in_triggerer=self.record_history,
                 allow_rollback=self.allow_rollback,
+                rollout=self.rollout,
             ),
             method_name="execute_complete",
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,15 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSkippedEvent, TaskSuccessEvent, TriggerEvent
 
 from tenant_release import classify
 from tenant_release.airflow import runtime
 from tenant_release.airflow.fleet_targets import TARGETS_ID_KEY, FleetTargetError, TargetListCache, entry_at, targets_source
 from tenant_release.classify import describe, is_retriable
-from tenant_release.models import ApprovalDecision, DeployProgress
+from tenant_release.models import ApprovalDecision, DeployProgress, Outcome, RolloutCaps, RolloutControl
 
 T = TypeVar("T")
+deployment_log = logging.getLogger("tenant_release.deploy")
 
 # CloudFormation makes a change set in seconds; the trigger looks again every ~2 s, for at most 5 minutes.
 CHANGE_SET_POLL_SECONDS = 2.0
@@ -83,6 +85,7 @@ class TenantDeployTrigger(_Serializable):
         "triggered_by",
         "try_number",
         "allow_rollback",
+        "rollout",
     )
 
     def __init__(
@@ -104,10 +107,17 @@ class TenantDeployTrigger(_Serializable):
         triggered_by: str | None = None,
         try_number: int | None = None,
         allow_rollback: str = "",
+        rollout: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.allow_rollback = allow_rollback
+        self.rollout = rollout  # the wave's caps (a `RolloutCaps`): how many of its tenants deploy at once
         self.lease_waited = timedelta(0)  # how long this deploy waited for another run's lease; moves the deadline
+        # How long it waited before starting: a paused rollout, a full wave. Moves the deadline too: a tenant
+        # at the back of a wave of hundreds capped at 2 may wait hours before its stack is touched.
+        self.queue_waited = timedelta(0)
+        self.local_slots: list[Any] = []  # in-process slots held (`_LocalSlots`), given back in `run`'s `finally`
+        self.slots_held: list[Any] = []  # DynamoDB slots held (`aws.slots.SlotScope`), renewed with the lease
         self.lease_renewed: datetime | None = None  # when this deploy last took or renewed its tenant's lease
         self.tenant = tenant
         self.target_digest = target_digest
@@ -172,7 +182,141 @@ class TenantDeployTrigger(_Serializable):
         now = datetime.now(UTC)
         if self.lease_renewed is None or now - self.lease_renewed >= every:
             await in_thread(deployment.renew_lease)
+            for scope in self.slots_held:
+                await in_thread(_renew_slot, deployment, scope)
             self.lease_renewed = now
+
+    def _deadline(self) -> datetime:
+        """When a stack that has not settled fails the tenant: the trigger's deadline, moved by the time it waited."""
+        return datetime.fromisoformat(self.deadline) + self.lease_waited + self.queue_waited
+
+    # --- rollout controls: pause, abort, and the wave's caps ------------------------------------------------------
+
+    async def _control(self, deployment: Any) -> RolloutControl | None:
+        """The rollout's control, read at most once every few seconds per triggerer process and tag
+        ([tenant_release] control_cache_seconds): a thousand waiting tenants must not each read it every poll.
+        """
+        from tenant_release.aws import controls
+
+        tooling = deployment.run.tooling
+        tag = deployment.run.release.tag
+
+        async def fetch() -> RolloutControl | None:
+            dynamodb = deployment.sessions.tooling_client("dynamodb", tooling.region)
+            return await in_thread(
+                deployment.retry.call,
+                "read rollout control",
+                controls.current,
+                dynamodb,
+                tooling.leases_table,
+                tag,
+                log=self.log.warning,
+            )
+
+        since = time.monotonic() - runtime.setting("control_cache_seconds", 5.0)
+        return await _CONTROLS.get(f"{tooling.account_id}/{tooling.leases_table}/{tag}", fetch, since=since)
+
+    async def _while_paused(self, deployment: Any) -> str | None:
+        """Wait here, holding nothing, while the rollout is paused. Returns why this tenant must not start (an abort)."""
+        poll = runtime.setting("control_poll_seconds", 15.0)
+        said = None
+        while True:
+            control = await self._control(deployment)
+            if control is not None and control.aborts(self.run_started_at):
+                return _abort_reason(control)
+            if control is None or not control.pauses():
+                if said is not None:
+                    self.log.info(
+                        "rollout of %s %s; starting", deployment.run.release.tag, control.describe() if control else "resumed"
+                    )
+                return None
+            if said != control.at:  # once per pause, not once per poll
+                self.log.info(
+                    "rollout of %s paused by %s: %s; waiting",
+                    deployment.run.release.tag,
+                    control.by,
+                    control.reason or "no reason given",
+                )
+                said = control.at
+            pause = poll * random.uniform(0.8, 1.2)  # noqa: S311 (spreading load, not security)
+            await asyncio.sleep(pause)
+            self.queue_waited += timedelta(seconds=pause)
+
+    async def _take_slots(self, deployment: Any) -> None:
+        """Wait for a deploy slot of each of the wave's caps, narrowest first (see `aws.slots.scopes_for`).
+
+        Tenants of one triggerer queue on an in-process semaphore, so only as many as could start poll DynamoDB;
+        the DynamoDB slot is what holds across triggerers. The tenant's lease is renewed while it waits.
+        """
+        from tenant_release.aws import slots
+
+        if not self.rollout:
+            return
+        caps = RolloutCaps.model_validate(self.rollout)
+        scopes = slots.scopes_for(
+            run_id=self.run_id,
+            wave=caps.wave,
+            region=deployment.target.region,
+            max_parallel=caps.max_parallel,
+            max_parallel_per_region=caps.max_parallel_per_region,
+        )
+        poll = runtime.setting("slot_poll_seconds", 10.0)
+        for scope in scopes:
+            started = datetime.now(UTC)
+            local = _LOCAL_SLOTS.slot(scope)
+            await local.acquire()
+            self.local_slots.append(local)
+            said = False
+            while (full := await in_thread(_take_slot, deployment, scope)) is not None:
+                if not said:
+                    self.log.info(
+                        "%s waits for a deploy slot of %s; deploying now: %s",
+                        deployment.target.name,
+                        scope.describe(),
+                        ", ".join(sorted(full)) or "nobody (a write raced)",
+                    )
+                    said = True
+                await asyncio.sleep(poll * random.uniform(0.8, 1.2))  # noqa: S311 (spreading load, not security)
+                await self._keep_lease(deployment)
+            self.slots_held.append(scope)
+            waited = datetime.now(UTC) - started
+            self.queue_waited += waited
+            if said:
+                self.log.info("%s took a deploy slot of %s after %s", deployment.target.name, scope.describe(), waited)
+
+    async def _give_back_slots(self, deployment: Any) -> None:
+        """Free this tenant's slots (DynamoDB, then in-process): its deploy ended, or it must not start yet."""
+        held, self.slots_held = self.slots_held, []
+        local, self.local_slots = self.local_slots, []
+        try:
+            for scope in reversed(held):
+                await in_thread(_release_slot, deployment, scope)
+        finally:
+            for slot in reversed(local):
+                slot.release()
+
+    async def _start_when_allowed(self, deployment: Any) -> str | None:
+        """Wait out a pause, take the tenant's lease and the wave's slots. Returns why not to start (an abort), else None.
+
+        The control is read again once the slots are taken: a tenant that waited for a slot must not start after
+        the rollout was paused or aborted meanwhile; it gives its slots and lease back and waits again.
+        Dev (no history) is not a tenant of the rollout: it is the build's smoke test before the release gate,
+        and it has no planned time an abort could be weighed against.
+        """
+        if not self.record_history:
+            await self._take_lease(deployment)
+            return None
+        while True:
+            stop = await self._while_paused(deployment)
+            if stop is not None:
+                return stop
+            await self._take_lease(deployment)
+            await self._take_slots(deployment)
+            control = await self._control(deployment)
+            if control is None or not (control.pauses() or control.aborts(self.run_started_at)):
+                return None
+            await self._give_back_slots(deployment)
+            await in_thread(deployment.release_lease)
 
     def _pause(self, first: bool) -> float:
         # Jittered: a thousand tenants that started together must not poll CloudFormation in lockstep.
@@ -183,15 +327,14 @@ class TenantDeployTrigger(_Serializable):
         """Start the deploy; while someone else's operation holds the stack, wait here for it (never compete)."""
         from tenant_release.errors import StackBusyError
 
-        deadline = datetime.fromisoformat(self.deadline)
         while True:
             try:
                 # Each try takes the lease again (for this run): the busy-stack wait keeps it without a renewal.
                 self.lease_renewed = datetime.now(UTC)
                 return await in_thread(deployment.begin, progress, wait_for_change_set=False)
             except StackBusyError as busy:
-                if datetime.now(UTC) >= deadline:
-                    message = f"{busy}; still {busy.stack_status} at {self.deadline}"
+                if datetime.now(UTC) >= self._deadline():
+                    message = f"{busy}; still {busy.stack_status} at {self._deadline().isoformat()}"
                     raise StackBusyError(message, stack_status=busy.stack_status) from None
                 self.log.info("%s", busy)
             await asyncio.sleep(self._pause(first=False))
@@ -218,7 +361,6 @@ class TenantDeployTrigger(_Serializable):
     async def _settle(self, deployment: Any, progress: DeployProgress) -> str:
         if progress.unchanged:
             return (await in_thread(deployment.poll)).status
-        deadline = datetime.fromisoformat(self.deadline) + self.lease_waited
         self.log.info(
             "change set %s executing on %s; waiting for it to settle", progress.change_set, deployment.target.stack_name
         )
@@ -236,10 +378,12 @@ class TenantDeployTrigger(_Serializable):
                 if polled.settled:
                     return polled.status
             await self._keep_lease(deployment)
-            if datetime.now(UTC) >= deadline:
+            if datetime.now(UTC) >= self._deadline():
                 from tenant_release.errors import PermanentAwsError
 
-                raise PermanentAwsError(f"stack {deployment.target.stack_name} did not settle before {self.deadline}")
+                raise PermanentAwsError(
+                    f"stack {deployment.target.stack_name} did not settle before {self._deadline().isoformat()}"
+                )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deployment: list[Any] = []
@@ -248,6 +392,10 @@ class TenantDeployTrigger(_Serializable):
                 yield event
         finally:  # also when the trigger is cancelled (task cleared or killed) mid-deploy
             for done in deployment:
+                try:
+                    await self._give_back_slots(done)
+                except Exception as exc:  # a slot not given back expires with its holder's lease time
+                    self.log.warning("could not give back the deploy slots of %s: %s", done.target.name, describe(exc))
                 done.sessions.forget_tenant(done.target, session_name=done.run.session_name)
 
     async def _deploy(self, started: list[Any]) -> AsyncIterator[TriggerEvent]:
@@ -265,7 +413,10 @@ class TenantDeployTrigger(_Serializable):
                 deployment.target.region,
                 deployment.run.session_name,
             )
-            await self._take_lease(deployment)
+            aborted = await self._start_when_allowed(deployment)
+            if aborted is not None:
+                yield await self._skipped(deployment, progress, aborted)
+                return
             progress = await self._begin(deployment, progress)
             progress = await self._execute_when_ready(deployment, progress)
             status = await self._settle(deployment, progress)
@@ -284,6 +435,14 @@ class TenantDeployTrigger(_Serializable):
         else:
             yield TriggerEvent({"result": result.to_xcom()})
 
+    async def _skipped(self, deployment: Any, progress: DeployProgress, reason: str) -> TriggerEvent:
+        """Record the tenant SKIPPED (nothing of this release reached it) and end its task skipped."""
+        self.log.warning("%s SKIPPED: %s", deployment.target.name, reason)
+        await in_thread(deployment.record, deployment.result(progress, status=Outcome.SKIPPED, reason=reason))
+        if self.end_in_triggerer:
+            return TaskSkippedEvent()
+        return TriggerEvent({"skipped": reason})
+
     async def _failed(self, deployment: Any, progress: DeployProgress, exc: Exception) -> TriggerEvent:
         """Log why, record the tenant FAILED (when its deployment was built), and say whether a retry may help."""
         from tenant_release.deploy import failure_reason
@@ -300,6 +459,23 @@ class TenantDeployTrigger(_Serializable):
         permanent = classify.needs_a_person(exc)
         return TriggerEvent({"failed": reason, "permanent": permanent, "progress": progress.model_dump(mode="json")})
 
+    async def skip_if_aborted(self) -> TriggerEvent | None:
+        """Before a worker asks for this tenant's own approval or waits for its window: end it SKIPPED now if the
+        rollout was aborted (nobody should be asked to approve a deploy that will not happen). None: go on.
+        """
+        progress = DeployProgress.model_validate(self.progress)
+        try:
+            deployment = await in_thread(self._deployment)
+        except Exception:  # a tenant changed since the plan: the worker's path reports it
+            return None
+        try:
+            control = await self._control(deployment)
+            if control is None or not control.aborts(self.run_started_at):
+                return None
+            return await self._skipped(deployment, progress, _abort_reason(control))
+        finally:
+            deployment.sessions.forget_tenant(deployment.target, session_name=deployment.run.session_name)
+
     async def refuse(self, exc: Exception) -> TriggerEvent:
         """Fail this tenant before its deploy touches AWS (its release gate did not approve it), recorded as any failure."""
         progress = DeployProgress.model_validate(self.progress)
@@ -313,6 +489,88 @@ class TenantDeployTrigger(_Serializable):
             deployment.sessions.forget_tenant(deployment.target, session_name=deployment.run.session_name)
 
 
+def _abort_reason(control: RolloutControl) -> str:
+    return f"aborted by {control.by}: {control.reason}"
+
+
+def _slot_call(deployment: Any, what: str, step: Any, scope: Any, **more: Any) -> Any:
+    """One call on a deploy slot of the tenant's wave, in the leases table, retried like every AWS call."""
+    tooling = deployment.run.tooling
+    dynamodb = deployment.sessions.tooling_client("dynamodb", tooling.region)
+    return deployment.retry.call(what, step, dynamodb, tooling.leases_table, scope, tenant=deployment.target.name, **more)
+
+
+def _take_slot(deployment: Any, scope: Any) -> dict[str, float] | None:
+    from tenant_release.aws import slots
+
+    return _slot_call(deployment, "take deploy slot", slots.acquire, scope, seconds=deployment.lease_seconds)
+
+
+def _renew_slot(deployment: Any, scope: Any) -> None:
+    from tenant_release.aws import slots
+
+    try:
+        if not _slot_call(deployment, "renew deploy slot", slots.renew, scope, seconds=deployment.lease_seconds):
+            # It expired and may have been taken: the wave is one over its cap until this deploy ends.
+            deployment_log.warning("%s: its deploy slot of %s expired", deployment.target.name, scope.describe())
+    except Exception as exc:  # the deploy goes on; the next renewal may pass
+        deployment_log.warning("%s: could not renew its deploy slot: %s", deployment.target.name, describe(exc))
+
+
+def _release_slot(deployment: Any, scope: Any) -> None:
+    from tenant_release.aws import slots
+
+    _slot_call(deployment, "give back deploy slot", slots.release, scope)
+
+
+class _LocalSlots:
+    """In-process semaphores per (run, wave, scope) and event loop: the tenants of one triggerer that cannot start
+    yet wait on one of these, not polling DynamoDB. Dropped when nobody holds or awaits one.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[tuple[int, str], _LocalSlot] = {}
+
+    def slot(self, scope: Any) -> _LocalSlot:
+        key = (id(asyncio.get_running_loop()), scope.key)
+        found = self._slots.get(key)
+        if found is None or found.limit != scope.limit:
+            found = self._slots[key] = _LocalSlot(scope.limit, on_idle=lambda: self._drop(key, found))
+        return found
+
+    def _drop(self, key: tuple[int, str], slot: _LocalSlot | None) -> None:
+        if self._slots.get(key) is slot:
+            del self._slots[key]
+
+
+class _LocalSlot:
+    def __init__(self, limit: int, *, on_idle: Callable[[], None]) -> None:
+        self.limit = limit
+        self._semaphore = asyncio.Semaphore(limit)
+        self._users = 0  # holding or waiting
+        self._on_idle = on_idle
+
+    async def acquire(self) -> None:
+        self._users += 1
+        try:
+            await self._semaphore.acquire()
+        except BaseException:
+            self._left()
+            raise
+
+    def release(self) -> None:
+        self._semaphore.release()
+        self._left()
+
+    def _left(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self._on_idle()
+
+
+_LOCAL_SLOTS = _LocalSlots()
+# The rollout control of each tag, as this triggerer process last read it (see `TenantDeployTrigger._control`).
+_CONTROLS = TargetListCache(keep=256)
 _TARGET_LISTS = TargetListCache()
 # The release gate's result of each run, read by the tenants that start in this triggerer process (see `since`).
 _RELEASE_GATES = TargetListCache(keep=64)
@@ -403,10 +661,6 @@ class FleetTenantStartTrigger(_Serializable):
             self.task_instance.map_index,
             entry[TARGETS_ID_KEY],
         )
-        if refusal is None and entry.get("has_own_gate"):
-            self.log.info("%s needs its own approval or maintenance window: a worker asks and waits", entry["tenant"])
-            yield TriggerEvent({"gates": True})
-            return
         from tenant_release.deploy import utc_now
 
         deploy = TenantDeployTrigger(
@@ -423,7 +677,16 @@ class FleetTenantStartTrigger(_Serializable):
             triggered_by=entry.get("triggered_by"),
             try_number=getattr(self.task_instance, "try_number", None),
             allow_rollback=entry.get("allow_rollback") or "",
+            rollout=entry.get("rollout"),
         )
+        if refusal is None and entry.get("has_own_gate"):
+            skipped = await deploy.skip_if_aborted()
+            if skipped is not None:
+                yield skipped
+                return
+            self.log.info("%s needs its own approval or maintenance window: a worker asks and waits", entry["tenant"])
+            yield TriggerEvent({"gates": True})
+            return
         if refusal is not None:
             from tenant_release.errors import ReleaseGateError
 
