@@ -422,3 +422,49 @@ def test_overlapping_releases_reach_a_shared_tenant_in_version_order_one_window_
     assert shipped == ["v2.0.0", "v2.1.0", "v-2.2.0-qa"]
     assert queued("v2.0.0").status == QueueStatus.DISPATCHED  # not superseded: the pinned globex needed it
     assert "v2.0.0 ships before v2.1.0, queued earlier: they share tenants" in caplog.text
+
+
+def test_backfills_refuse_the_release_dag_and_ship_nothing_for_past_windows(fleet, clock, scheduled_dag):
+    """`airflow backfill create` (Airflow's own _create_backfill): the release DAG cannot be backfilled at all; the
+    scheduled DAG can, and each backfilled run is for a window that closed, so it ships nothing."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models.backfill import (
+        Backfill,
+        BackfillDagRun,
+        DagNonPeriodicScheduleException,
+        ReprocessBehavior,
+        _create_backfill,
+    )
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert not bag.import_errors, bag.import_errors
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    # Backfills are checked against the real clock: these dates must be in the past.
+    since, until = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
+    backfill = dict(max_active_runs=1, reverse=False, dag_run_conf=None, triggering_user_name="ops")
+
+    with pytest.raises(DagNonPeriodicScheduleException, match="tenant_release has a non-periodic schedule"):
+        _create_backfill(
+            dag_id="tenant_release", from_date=since, to_date=until, reprocess_behavior=ReprocessBehavior.FAILED, **backfill
+        )
+
+    created = _create_backfill(dag_id="tenant_release_scheduled", from_date=since, to_date=until, **backfill)
+    try:
+        with create_session() as session:
+            runs = session.query(DagRun).filter(DagRun.backfill_id == created.id).order_by(DagRun.logical_date).all()
+            windows = [(r.data_interval_start, r.data_interval_end) for r in runs]
+        assert [start.day for start, _ in windows] == [3, 10, 17]  # the Tuesday windows of the range
+        put_in_queue("v2.0.0")
+        for window in windows:  # run today (or inside any later window): each one's window has closed
+            with pytest.raises(AirflowSkipException, match=r"outside it .*a missed window is not made up later"):
+                queue_steps.take_queued_release(run_id="backfill", now=datetime(2027, 3, 2, 2, 30, tzinfo=UTC), window=window)
+        assert queued("v2.0.0").status == QueueStatus.QUEUED
+    finally:
+        with create_session() as session:
+            session.query(BackfillDagRun).filter(BackfillDagRun.backfill_id == created.id).delete()
+            session.query(DagRun).filter(DagRun.backfill_id == created.id).delete()
+            session.query(Backfill).filter(Backfill.id == created.id).delete()
