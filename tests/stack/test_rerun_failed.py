@@ -21,8 +21,6 @@ The deploy task is found by its id's suffix `deploy` (`deploy` today, `wave_<n>.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -36,7 +34,7 @@ from tenant_release.models import Outcome, Target
 from tenant_release.plan import plan_release
 from tenant_release.tags import parse_release_tag
 
-from tests.stack.release import StackRun, isolated_stack, tenant_cloudformation, tooling_dynamodb
+from tests.stack.release import StackRun, isolated_stack, option, tenant_cloudformation, tooling_dynamodb, until
 
 TAG = "v1.0.0"
 BROKEN = "initech"
@@ -50,23 +48,6 @@ tenants:
   - {name: globex, account_id: "222222222222", region: eu-central-1, groups: [prod]}
   - {name: initech, account_id: "333333333333", groups: [prod]}
 """
-
-
-def _until(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = probe()
-        except OSError:  # the API server or moto busy for a moment (two cores): look again
-            found = None
-        if found:
-            return found
-        time.sleep(interval)
-    raise AssertionError(f"gave up waiting for {what} after {timeout:.0f}s")
-
-
-def _option(run: StackRun, name: str) -> str:
-    return run.args[run.args.index(name) + 1]
 
 
 def tenant_s3(moto_url: str, target: Target) -> Any:
@@ -94,7 +75,7 @@ class BreakOneTenant:
         self.deleted = False
 
     def __call__(self, run: StackRun) -> None:
-        moto_url = f"http://127.0.0.1:{_option(run, '--moto-port')}"
+        moto_url = f"http://127.0.0.1:{option(run, '--moto-port')}"
 
         def bucket_exists() -> bool:
             try:
@@ -104,7 +85,7 @@ class BreakOneTenant:
             return True
 
         # Bootstrap runs before Airflow starts; the release is triggered only once the DAG is parsed, well after.
-        _until(f"bootstrap to create {self.target.artifact_bucket}", bucket_exists, 150, 0.2)
+        until(f"bootstrap to create {self.target.artifact_bucket}", bucket_exists, 150, 0.2)
         tenant_s3(moto_url, self.target).delete_bucket(Bucket=self.target.artifact_bucket)
         self.deleted = True
 
@@ -132,7 +113,7 @@ def test_clearing_only_the_failed_tenant_re_runs_exactly_that_tenant_and_the_sum
         facts = run.last_run()
         run_id, moto_url = facts["run_id"], facts["moto_url"]
         assert facts["state"] == "failed", facts
-        stack = local_stack.Stack(state_dir=run.state_dir, api_port=int(_option(run, "--api-port")))
+        stack = local_stack.Stack(state_dir=run.state_dir, api_port=int(option(run, "--api-port")))
         token = local_stack.login(stack)
         base = f"{stack.api_url}/api/v2/dags/{local_stack.DAG_ID}"
 
@@ -173,7 +154,7 @@ def test_clearing_only_the_failed_tenant_re_runs_exactly_that_tenant_and_the_sum
             state = local_stack.http("GET", f"{base}/dagRuns/{quote(run_id)}", token=token)["state"]
             return state if state in ("success", "failed") else None
 
-        assert _until("the cleared run to finish", finished, 200, 2) == "success"
+        assert until("the cleared run to finish", finished, 200, 2) == "success"
 
         after = {
             ti["rendered_map_index"]: ti for ti in local_stack.task_instances(stack, run_id, token) if is_deploy(ti["task_id"])

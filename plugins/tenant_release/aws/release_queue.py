@@ -300,19 +300,22 @@ def next_to_ship(
     return ready[0] if ready else (waiting[0] if waiting else None)
 
 
-def mark_superseded(dynamodb: Any, table: str, release_tag: str, *, by: str, now: datetime | None = None) -> QueuedRelease:
-    """QUEUED → SUPERSEDED by the newer release `by`; repeating it for the same `by` is a no-op."""
+def _close_queued(
+    dynamodb: Any, table: str, release_tag: str, *, status: QueueStatus, by: str, now: datetime | None
+) -> QueuedRelease | None:
+    """QUEUED → `status`, recording `<status>_by` and `<status>_at`; None when the item is not QUEUED (or absent)."""
+    done = status.value.lower()  # cancelled, superseded: the attribute names of who and when
     with _queue_table(table):
         try:
             item = dynamodb.update_item(
                 TableName=table,
                 Key={"release": {"S": release_tag}},
-                UpdateExpression="SET #status = :superseded, superseded_by = :by, superseded_at = :now",
+                UpdateExpression=f"SET #status = :closed, {done}_by = :by, {done}_at = :now",
                 ConditionExpression="#status = :queued",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":queued": {"S": QueueStatus.QUEUED.value},
-                    ":superseded": {"S": QueueStatus.SUPERSEDED.value},
+                    ":closed": {"S": status.value},
                     ":by": {"S": by},
                     ":now": {"S": _timestamp(now)},
                 },
@@ -321,12 +324,20 @@ def mark_superseded(dynamodb: Any, table: str, release_tag: str, *, by: str, now
         except ClientError as exc:
             if not _is_condition_failure(exc):
                 raise
-            existing = get(dynamodb, table, release_tag)
-            if existing is not None and existing.status == QueueStatus.SUPERSEDED and existing.superseded_by == by:
-                return existing
-            state = existing.describe() if existing else f"{release_tag} is not in the release queue"
-            raise ReleaseQueueError(f"{state}; it was not marked superseded by {by}") from None
+            return None
     return _from_item(item)
+
+
+def mark_superseded(dynamodb: Any, table: str, release_tag: str, *, by: str, now: datetime | None = None) -> QueuedRelease:
+    """QUEUED → SUPERSEDED by the newer release `by`; repeating it for the same `by` is a no-op."""
+    closed = _close_queued(dynamodb, table, release_tag, status=QueueStatus.SUPERSEDED, by=by, now=now)
+    if closed is not None:
+        return closed
+    existing = get(dynamodb, table, release_tag)
+    if existing is not None and existing.status == QueueStatus.SUPERSEDED and existing.superseded_by == by:
+        return existing
+    state = existing.describe() if existing else f"{release_tag} is not in the release queue"
+    raise ReleaseQueueError(f"{state}; it was not marked superseded by {by}")
 
 
 DISPATCH_RUN_PREFIX = "queued__"  # a tenant_release run with this id prefix ships a queued release at a window
@@ -382,33 +393,16 @@ def mark_dispatched(dynamodb: Any, table: str, release_tag: str, *, run_id: str,
 
 def cancel(dynamodb: Any, table: str, release_tag: str, *, cancelled_by: str, now: datetime | None = None) -> QueuedRelease:
     """QUEUED → CANCELLED: the release will not ship at a window (it may be queued again later)."""
-    with _queue_table(table):
-        try:
-            item = dynamodb.update_item(
-                TableName=table,
-                Key={"release": {"S": release_tag}},
-                UpdateExpression="SET #status = :cancelled, cancelled_by = :by, cancelled_at = :now",
-                ConditionExpression="#status = :queued",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":queued": {"S": QueueStatus.QUEUED.value},
-                    ":cancelled": {"S": QueueStatus.CANCELLED.value},
-                    ":by": {"S": cancelled_by},
-                    ":now": {"S": _timestamp(now)},
-                },
-                ReturnValues="ALL_NEW",
-            )["Attributes"]
-        except ClientError as exc:
-            if not _is_condition_failure(exc):
-                raise
-            existing = get(dynamodb, table, release_tag)
-            if existing is None:
-                waiting = ", ".join(e.release for e in list_queue(dynamodb, table, statuses=[QueueStatus.QUEUED])) or "none"
-                raise ReleaseQueueError(f"{release_tag} is not in the release queue; queued releases: {waiting}") from None
-            if existing.status == QueueStatus.DISPATCHED:
-                raise ReleaseQueueError(
-                    f"{existing.describe()}; cancelling the queue entry cannot stop it: mark that tenant_release run "
-                    "failed in the Airflow UI instead"
-                ) from None
-            raise ReleaseQueueError(f"{existing.describe()}; nothing to cancel") from None
-    return _from_item(item)
+    closed = _close_queued(dynamodb, table, release_tag, status=QueueStatus.CANCELLED, by=cancelled_by, now=now)
+    if closed is not None:
+        return closed
+    existing = get(dynamodb, table, release_tag)
+    if existing is None:
+        waiting = ", ".join(e.release for e in list_queue(dynamodb, table, statuses=[QueueStatus.QUEUED])) or "none"
+        raise ReleaseQueueError(f"{release_tag} is not in the release queue; queued releases: {waiting}")
+    if existing.status == QueueStatus.DISPATCHED:
+        raise ReleaseQueueError(
+            f"{existing.describe()}; cancelling the queue entry cannot stop it: mark that tenant_release run "
+            "failed in the Airflow UI instead"
+        )
+    raise ReleaseQueueError(f"{existing.describe()}; nothing to cancel")
