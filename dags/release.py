@@ -131,6 +131,7 @@ def tenant_release() -> None:
     gate = ReleaseGateOperator(task_id="approve_release")
     [deploy_dev, changes] >> gate
     previous = gate
+    summarized = summary(planned)
     for index in range(1, MAX_WAVES + 1):
         with TaskGroup(group_id=waves.group_id(index), tooltip=f"rollout wave {index} (the fleet file names it)"):
             opened = waves.WaveOpenOperator(task_id="open", wave_index=index)
@@ -141,7 +142,9 @@ def tenant_release() -> None:
             opened >> deploy >> baked
         previous >> opened
         previous = baked
-    previous >> summary(planned)
+        # Directly, not only through the last wave: a tenant cleared to re-run (`only_failed`) must hold the summary
+        # back, and the tasks between its wave and the summary stay skipped (not cleared) when the rollout stopped.
+        [deploy, baked] >> summarized
 
 
 tenant_release()

@@ -5,7 +5,8 @@ DAG that does so: a timetable is fixed when the DAG is serialized). A changed sc
 parse. No start_date: unpausing never runs a window that already closed.
 
 take_queued_release re-checks the freeze and the window against the clock at run time and skips, saying why,
-when either forbids shipping or nothing is queued. The release itself runs as its own tenant_release run (with
+when either forbids shipping, when the run started outside its own window (the scheduler was down when it opened:
+a missed window is not made up later) or nothing is queued. The release itself runs as its own tenant_release run (with
 its own gate, freeze check and summary); this DAG does not wait for it.
 """
 
@@ -31,7 +32,10 @@ from tenant_release.airflow.dag_defaults import DEFAULT_ARGS
 def tenant_release_scheduled() -> None:
     @task(multiple_outputs=True)
     def take_queued_release() -> dict:
-        return queue_steps.take_queued_release(run_id=get_current_context()["run_id"], now=runtime.utcnow())
+        context = get_current_context()
+        # The window occurrence this run was scheduled for (a manual run's interval is a single moment).
+        window = (context.get("data_interval_start"), context.get("data_interval_end"))
+        return queue_steps.take_queued_release(run_id=context["run_id"], now=runtime.utcnow(), window=window)
 
     # Runs when the trigger succeeded, and also when it was skipped because a retry found the run it had created.
     @task(trigger_rule="none_failed_min_one_success")

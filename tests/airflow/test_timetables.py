@@ -230,3 +230,131 @@ def test_plugin_registers_the_timetable(tmp_path: Path) -> None:
     plugins = {plugin["name"]: plugin for plugin in json.loads(result.stdout)}
     assert "tenant_release" in plugins, result.stdout
     assert plugins["tenant_release"]["timetables"] == [IMPORT_PATH]
+
+
+# --- the scheduler down across release windows, against Airflow's own run-creation code ------------------------
+# fleet_schedule.yaml has one window, Tuesdays 02:00-04:00 UTC. These tests drive the code paths Airflow 3.3 uses:
+# the dag-processor's DagModel.calculate_dagrun_date_fields (every parse, from the latest scheduled run) and the
+# scheduler's SchedulerJobRunner._create_dag_runs (which creates the run DagModel.next_dagrun names, however late).
+
+SCHEDULED_DAG = "tenant_release_scheduled"
+
+
+@pytest.fixture
+def scheduler(airflow_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The scheduled DAG in the metadata DB, and the scheduler's and the dag-processor's steps on it."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models.dag import DagModel
+    from airflow.models.dagrun import DagRun
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunType
+
+    from tests.conftest import use_fleet
+
+    use_fleet("fleet_schedule.yaml", tmp_path, monkeypatch)
+    bag = DagBag(dag_folder=str(REPO / "dags" / "tenant_release_scheduled.py"))
+    assert not bag.import_errors, bag.import_errors
+    DagBundlesManager().sync_bundles_to_db()
+
+    def scheduled_runs() -> list[DagRun]:
+        with create_session() as session:
+            runs = session.query(DagRun).filter(DagRun.dag_id == SCHEDULED_DAG, DagRun.run_type == DagRunType.SCHEDULED)
+            found = sorted(runs, key=lambda run: run.logical_date)
+            for run in found:
+                session.expunge(run)
+            return found
+
+    def delete_scheduled_runs() -> None:
+        with create_session() as session:
+            for run in session.query(DagRun).filter(DagRun.dag_id == SCHEDULED_DAG, DagRun.run_type == DagRunType.SCHEDULED):
+                session.delete(run)
+
+    class Scheduler:
+        def parse(self) -> None:
+            """What the dag-processor does at each parse: store the DAG and recompute DagModel.next_dagrun."""
+            sync_bag_to_db(bag, "dags-folder", None)
+
+        def next_run(self) -> DataInterval | None:
+            with create_session() as session:
+                model = session.get(DagModel, SCHEDULED_DAG)
+                return (
+                    None
+                    if model.next_dagrun is None
+                    else DataInterval(model.next_dagrun_data_interval_start, model.next_dagrun_data_interval_end)
+                )
+
+        def create_due_run(self) -> None:
+            """One scheduler loop's run creation for this DAG, if due (as DagModel.dags_needing_dagruns selects it)."""
+            with create_session() as session:
+                model = session.get(DagModel, SCHEDULED_DAG)
+                if model.next_dagrun_create_after is None or model.next_dagrun_create_after > timetables._utcnow():
+                    return
+                runner = SchedulerJobRunner(job=Job(), num_runs=1)
+                runner._create_dag_runs([model], session)
+
+        def finish_runs(self) -> None:
+            """Each run did its (short) work: max_active_runs=1 lets the scheduler create the next one."""
+            with create_session() as session:
+                for run in session.query(DagRun).filter(DagRun.dag_id == SCHEDULED_DAG):
+                    run.state = DagRunState.SUCCESS
+                model = session.get(DagModel, SCHEDULED_DAG)
+                model.exceeds_max_non_backfill = False
+
+        runs = staticmethod(scheduled_runs)
+
+    delete_scheduled_runs()
+    assert SerializedDagModel  # imported for its side effect of registering the model with the ORM
+    yield Scheduler()
+    delete_scheduled_runs()
+
+
+def windows_of(runs) -> list[tuple[pendulum.DateTime, pendulum.DateTime]]:
+    return [(pendulum.instance(r.data_interval_start), pendulum.instance(r.data_interval_end)) for r in runs]
+
+
+def test_scheduler_down_across_windows_creates_one_late_run_for_the_first_missed_window(scheduler, now) -> None:
+    now(utc(2027, 3, 1, 10))  # Monday: the dag-processor schedules Tuesday's window
+    scheduler.parse()
+    assert scheduler.next_run() == DataInterval(*window(utc(2027, 3, 2)))
+
+    # The scheduler is down from Monday until Wednesday of the following week: two Tuesday windows pass.
+    now(utc(2027, 3, 10, 9))
+    scheduler.create_due_run()  # the scheduler's first loop, before the dag-processor parses again
+    scheduler.finish_runs()
+    scheduler.create_due_run()
+    scheduler.parse()
+
+    # One run, late, for the first missed window (not for the second); then the next window to come, not a catch-up.
+    assert windows_of(scheduler.runs()) == [window(utc(2027, 3, 2))]
+    assert scheduler.next_run() == DataInterval(*window(utc(2027, 3, 16)))
+
+
+def test_scheduler_back_inside_a_later_window_runs_the_missed_one_late_and_the_open_one(scheduler, now) -> None:
+    now(utc(2027, 3, 1, 10))
+    scheduler.parse()
+
+    now(utc(2027, 3, 9, 3))  # back on the next Tuesday at 03:00, inside that window
+    scheduler.create_due_run()
+    scheduler.finish_runs()
+    scheduler.create_due_run()
+
+    # Two runs start inside the open window: the late one for last week's window, and this window's own.
+    # take_queued_release ships nothing in the late one (tests/dags/test_scheduled_release.py): one release per window.
+    assert windows_of(scheduler.runs()) == [window(utc(2027, 3, 2)), window(utc(2027, 3, 9))]
+    assert scheduler.next_run() == DataInterval(*window(utc(2027, 3, 16)))
+
+
+def test_dag_processor_first_back_skips_the_missed_windows(scheduler, now) -> None:
+    now(utc(2027, 3, 1, 10))
+    scheduler.parse()
+
+    now(utc(2027, 3, 9, 3))
+    scheduler.parse()  # the dag-processor re-parses before the scheduler's first loop: next_dagrun is recomputed
+    scheduler.create_due_run()
+
+    assert windows_of(scheduler.runs()) == [window(utc(2027, 3, 9))]

@@ -111,3 +111,93 @@ def test_a_missing_table_says_to_run_bootstrap(moto):
         release_queue.next_queued(client, TABLE)
     with pytest.raises(ReleaseQueueError, match="tenant-release bootstrap"):
         queue(client, "v1.5.0")
+
+
+# --- overlapping queued releases ----------------------------------------------------------------------------------
+
+
+def covering(deploys: dict[str, set[str] | None]):
+    """`tenants_of` for `supersessions`: which tenants each tag would deploy (None: cannot be planned)."""
+    return lambda entry: None if deploys[entry.release] is None else frozenset(deploys[entry.release])
+
+
+def test_a_newer_release_for_the_same_tenants_supersedes_the_older_whichever_was_queued_first(dynamodb):
+    queue(dynamodb, "v1.6.0", at=T0)  # the newer version queued ahead of the older one
+    queue(dynamodb, "v1.5.0", at=T0 + timedelta(minutes=1))
+    queue(dynamodb, "v1.5.1", at=T0 + timedelta(minutes=2))
+    waiting = release_queue.list_queue(dynamodb, TABLE, statuses=[QueueStatus.QUEUED])
+    both = {"acme", "globex"}
+
+    found = release_queue.supersessions(waiting, covering({"v1.6.0": both, "v1.5.0": both, "v1.5.1": both}))
+
+    # Each older one names the newest release that covers it; the newest is never superseded.
+    assert [(s.older.release, s.newer.release, s.tenants) for s in found] == [
+        ("v1.5.0", "v1.6.0", ("acme", "globex")),
+        ("v1.5.1", "v1.6.0", ("acme", "globex")),
+    ]
+    assert (
+        found[0]
+        .describe()
+        .startswith(
+            "v1.5.0 is superseded by v1.6.0 (queued by alice at 2027-03-01T09:00:00.000000+00:00): every tenant it would "
+            "deploy (acme, globex) gets the newer version from it, so v1.5.0 does not ship"
+        )
+    )
+
+
+def test_partial_overlaps_and_older_or_unplannable_releases_supersede_nothing(dynamodb):
+    queue(dynamodb, "v1.5.0", at=T0)
+    queue(dynamodb, "v1.6.0", at=T0 + timedelta(minutes=1))
+    queue(dynamodb, "v-1.4.0-qa", at=T0 + timedelta(minutes=2))
+    queue(dynamodb, "v1.7.0", at=T0 + timedelta(minutes=3))
+    waiting = release_queue.list_queue(dynamodb, TABLE, statuses=[QueueStatus.QUEUED])
+    deploys = {
+        "v1.5.0": {"acme", "globex"},
+        "v1.6.0": {"acme"},  # newer, but not for globex: v1.5.0 still ships (first), then v1.6.0
+        "v-1.4.0-qa": {"initech"},  # another group entirely
+        "v1.7.0": None,  # cannot be planned now (e.g. a tenant it names was removed): it decides nothing
+    }
+    found = release_queue.supersessions(waiting, covering(deploys))
+    # v1.6.0 (acme) is covered by nothing newer that can be planned; v-1.4.0-qa shares no tenant with a newer one.
+    assert found == []
+
+    # A pinned tenant left out of the newer release keeps the older one alive for it.
+    deploys = {"v1.5.0": {"acme", "globex"}, "v1.6.0": {"acme"}, "v-1.4.0-qa": {"initech"}, "v1.7.0": {"acme", "globex"}}
+    found = release_queue.supersessions(waiting, covering(deploys))
+    assert [(s.older.release, s.newer.release) for s in found] == [("v1.5.0", "v1.7.0"), ("v1.6.0", "v1.7.0")]
+
+
+def test_a_superseded_release_leaves_the_queue_says_by_what_and_may_be_queued_again(dynamodb):
+    queue(dynamodb, "v1.5.0", at=T0)
+    queue(dynamodb, "v1.6.0", at=T0 + timedelta(minutes=1))
+    marked = release_queue.mark_superseded(dynamodb, TABLE, "v1.5.0", by="v1.6.0", now=T0 + timedelta(hours=1))
+    assert (marked.status, marked.superseded_by) == (QueueStatus.SUPERSEDED, "v1.6.0")
+    assert "v1.5.0 was superseded by v1.6.0 at 2027-03-01T10:00:00.000000+00:00" in marked.describe()
+    assert "it never shipped" in marked.describe()
+    assert release_queue.next_queued(dynamodb, TABLE).release == "v1.6.0"
+
+    # Repeating the same supersession (a retried dispatch) changes nothing; another one is refused with the state.
+    assert release_queue.mark_superseded(dynamodb, TABLE, "v1.5.0", by="v1.6.0") == marked
+    with pytest.raises(ReleaseQueueError, match=r"v1\.5\.0 was superseded by v1\.6\.0 .*not marked superseded by v1\.7\.0"):
+        release_queue.mark_superseded(dynamodb, TABLE, "v1.5.0", by="v1.7.0")
+    with pytest.raises(ReleaseQueueError, match=r"v9\.9\.9 is not in the release queue"):
+        release_queue.mark_superseded(dynamodb, TABLE, "v9.9.9", by="v1.6.0")
+
+    requeued = queue(dynamodb, "v1.5.0", at=T0 + timedelta(days=1))  # it never shipped: it may be queued again
+    assert requeued.status == QueueStatus.QUEUED and requeued.superseded_by is None
+    assert release_queue.get(dynamodb, TABLE, "v1.5.0") == requeued
+
+
+def test_overlapping_releases_ship_older_version_first_and_others_in_queue_order(dynamodb):
+    queue(dynamodb, "v1.6.0", at=T0, tenants=["acme"])  # queued first, but acme must get 1.5.0 before 1.6.0
+    queue(dynamodb, "v-2.0.0-qa", at=T0 + timedelta(minutes=1))
+    queue(dynamodb, "v1.5.0", at=T0 + timedelta(minutes=2))
+    waiting = release_queue.list_queue(dynamodb, TABLE, statuses=[QueueStatus.QUEUED])
+    deploys = {"v1.6.0": {"acme"}, "v-2.0.0-qa": {"initech"}, "v1.5.0": {"acme", "globex"}}
+
+    # v1.6.0 waits for the older v1.5.0 it shares acme with; v-2.0.0-qa shares no tenant and is next in queue order.
+    assert release_queue.next_to_ship(waiting, covering(deploys)).release == "v-2.0.0-qa"
+    without_qa = [e for e in waiting if e.release != "v-2.0.0-qa"]
+    assert release_queue.next_to_ship(without_qa, covering(deploys)).release == "v1.5.0"
+    assert release_queue.next_to_ship([e for e in without_qa if e.release == "v1.6.0"], covering(deploys)).release == "v1.6.0"
+    assert release_queue.next_to_ship([], covering(deploys)) is None

@@ -326,3 +326,145 @@ def test_scheduled_dag_takes_its_windows_from_the_fleet_file_and_has_no_start_da
         "tenant_release_scheduled takes its release windows from the fleet file: fleet file "
         f"{tmp_path / 'missing.yaml'} does not exist"
     ) in next(iter(errors.values()))
+
+
+# --- missed windows and overlapping queued releases -------------------------------------------------------------
+
+
+@pytest.fixture
+def run_for_window(monkeypatch: pytest.MonkeyPatch):
+    """Make dag.test() runs look like the scheduler's: their data interval is the window occurrence they are for.
+
+    dag.test() creates a manual run, whose interval the timetable infers from its logical date; here that is the
+    window opening at the logical date, as a scheduled run of that window has (tests/airflow/test_timetables.py
+    shows the scheduler creating such a run late after it was down).
+    """
+    from airflow.timetables.base import DataInterval
+    from tenant_release.airflow.timetables import ReleaseWindowTimetable
+
+    def window_opening_at(self, *, run_after):
+        return DataInterval(run_after, run_after.add(hours=2))
+
+    monkeypatch.setattr(ReleaseWindowTimetable, "infer_manual_data_interval", window_opening_at)
+
+
+def test_a_run_the_scheduler_started_late_for_a_missed_window_ships_nothing_even_inside_a_later_window(
+    scheduled_dag, clock, run_for_window, caplog
+):
+    put_in_queue("v2.0.0")
+    missed = datetime(2027, 3, 2, 2, tzinfo=UTC)  # the window the scheduler was down for
+    clock(datetime(2027, 3, 9, 3, tzinfo=UTC))  # it comes back inside the next Tuesday's window
+
+    late = scheduled_dag.test(logical_date=missed)
+
+    states = task_states(late)
+    assert (states[("take_queued_release", -1)], states[("trigger_release", -1)]) == ("skipped", "skipped")
+    assert queued("v2.0.0").status == QueueStatus.QUEUED  # left for this window's own run
+    assert release_runs() == []
+    assert (
+        "this run is for the release window 2027-03-02T02:00:00+00:00 to 2027-03-02T04:00:00+00:00, but it started at "
+        "2027-03-09T03:00:00+00:00, outside it (was the scheduler down?); a missed window is not made up later: "
+        "v2.0.0 stays queued; the window open now (since 2027-03-09T02:00:00+00:00) has its own run, which ships the oldest"
+    ) in caplog.text
+
+    # The open window's own run ships it, once.
+    run = scheduled_dag.test(logical_date=datetime(2027, 3, 9, 2, tzinfo=UTC))
+    assert task_states(run)[("mark_dispatched", -1)] == "success"
+    assert release_runs() == [release_queue.dispatch_run_id(queued("v2.0.0"))]
+
+
+def test_a_late_run_between_windows_says_when_the_next_window_opens(fleet, clock):
+    put_in_queue("v2.0.0")
+    missed = (datetime(2027, 3, 2, 2, tzinfo=UTC), datetime(2027, 3, 2, 4, tzinfo=UTC))
+    with pytest.raises(AirflowSkipException) as skipped:
+        queue_steps.take_queued_release(run_id="r", now=datetime(2027, 3, 3, 9, tzinfo=UTC), window=missed)
+    assert str(skipped.value).endswith("v2.0.0 stays queued; the next release window opens 2027-03-09T02:00:00+00:00")
+    # Started late but still inside its own window (the scheduler was down at the opening only): it ships.
+    taken = queue_steps.take_queued_release(run_id="r", now=datetime(2027, 3, 2, 3, 59, tzinfo=UTC), window=missed)
+    assert taken["release_tag"] == "v2.0.0"
+
+
+def test_a_newer_release_queued_for_the_same_window_supersedes_the_older_one(scheduled_dag, clock, caplog):
+    put_in_queue("v2.0.0")
+    put_in_queue("v2.1.0")
+    clock(IN_WINDOW)
+
+    run = scheduled_dag.test()
+
+    assert str(run.state) == "success"
+    newer = queued("v2.1.0")
+    assert newer.status == QueueStatus.DISPATCHED
+    older = queued("v2.0.0")
+    assert (older.status, older.superseded_by) == (QueueStatus.SUPERSEDED, "v2.1.0")
+    # One release run, of the newer version: each tenant goes straight to it and never sees the older one.
+    assert release_runs() == [newer.run_id]
+    assert release_run(newer.run_id).conf["release_tag"] == "v2.1.0"
+    assert "v2.0.0 is superseded by v2.1.0" in caplog.text and "every tenant it would deploy (acme, globex)" in caplog.text
+
+
+def test_overlapping_releases_reach_a_shared_tenant_in_version_order_one_window_each(fleet, scheduled_dag, clock, caplog):
+    # globex is pinned to 2.0: v2.1.0 reaches only acme, so it cannot supersede v2.0.0 (globex needs it).
+    fleet.write_text(fleet.read_text().replace('account_id: "222222222222"', 'account_id: "222222222222"\n    pin: "2.0"'))
+    put_in_queue("v2.1.0")  # queued first
+    put_in_queue("v2.0.0")
+    put_in_queue("v-2.2.0-qa")  # another group, queued last
+
+    shipped = []
+    for tuesday in (2, 9, 16):
+        clock(datetime(2027, 3, tuesday, 2, 30, tzinfo=UTC))
+        run = scheduled_dag.test()
+        assert task_states(run)[("mark_dispatched", -1)] == "success"
+        dispatched = {e.release for e in release_queue.list_queue(dynamodb(), QUEUE, statuses=[QueueStatus.DISPATCHED])}
+        shipped.extend(dispatched - set(shipped))  # exactly one new release per window
+
+    # acme gets 2.0.0 before 2.1.0 (the other way round its 2.0.0 deploy would be refused as a rollback); then the
+    # queue order holds: v2.1.0 was queued before the qa release.
+    assert shipped == ["v2.0.0", "v2.1.0", "v-2.2.0-qa"]
+    assert queued("v2.0.0").status == QueueStatus.DISPATCHED  # not superseded: the pinned globex needed it
+    assert "v2.0.0 ships before v2.1.0, queued earlier: they share tenants" in caplog.text
+
+
+def test_backfills_refuse_the_release_dag_and_ship_nothing_for_past_windows(fleet, clock, scheduled_dag):
+    """`airflow backfill create` (Airflow's own _create_backfill): the release DAG cannot be backfilled at all; the
+    scheduled DAG can, and each backfilled run is for a window that closed, so it ships nothing."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models.backfill import (
+        Backfill,
+        BackfillDagRun,
+        DagNonPeriodicScheduleException,
+        ReprocessBehavior,
+        _create_backfill,
+    )
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert not bag.import_errors, bag.import_errors
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    # Backfills are checked against the real clock: these dates must be in the past.
+    since, until = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
+    backfill = dict(max_active_runs=1, reverse=False, dag_run_conf=None, triggering_user_name="ops")
+
+    with pytest.raises(DagNonPeriodicScheduleException, match="tenant_release has a non-periodic schedule"):
+        _create_backfill(
+            dag_id="tenant_release", from_date=since, to_date=until, reprocess_behavior=ReprocessBehavior.FAILED, **backfill
+        )
+
+    created = _create_backfill(dag_id="tenant_release_scheduled", from_date=since, to_date=until, **backfill)
+    try:
+        with create_session() as session:
+            runs = session.query(DagRun).filter(DagRun.backfill_id == created.id).order_by(DagRun.logical_date).all()
+            windows = [(r.data_interval_start, r.data_interval_end) for r in runs]
+        assert [start.day for start, _ in windows] == [3, 10, 17]  # the Tuesday windows of the range
+        put_in_queue("v2.0.0")
+        for window in windows:  # run today (or inside any later window): each one's window has closed
+            with pytest.raises(AirflowSkipException, match=r"outside it .*a missed window is not made up later"):
+                queue_steps.take_queued_release(run_id="backfill", now=datetime(2027, 3, 2, 2, 30, tzinfo=UTC), window=window)
+        assert queued("v2.0.0").status == QueueStatus.QUEUED
+    finally:
+        with create_session() as session:
+            session.query(BackfillDagRun).filter(BackfillDagRun.backfill_id == created.id).delete()
+            session.query(DagRun).filter(DagRun.backfill_id == created.id).delete()
+            session.query(Backfill).filter(Backfill.id == created.id).delete()

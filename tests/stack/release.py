@@ -77,6 +77,25 @@ class StackRun:
         return "\n".join(parts)
 
 
+def until(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
+    """Poll `probe` until it returns something truthy; fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = probe()
+        except OSError:  # the API server busy for a moment (two cores): look again
+            found = None
+        if found:
+            return found
+        time.sleep(interval)
+    raise AssertionError(f"gave up waiting for {what} after {timeout:.0f}s")
+
+
+def option(run: StackRun, name: str) -> str:
+    """The value of one of `up`'s options for this stack (its ports)."""
+    return run.args[run.args.index(name) + 1]
+
+
 @contextmanager
 def isolated_stack(
     state_dir: Path,

@@ -32,10 +32,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import local_stack
 import moto_compat
@@ -53,8 +50,10 @@ from tests.stack.release import (
     attempt_log,
     clean_environment,
     isolated_stack,
+    option,
     tenant_cloudformation,
     tooling_dynamodb,
+    until,
 )
 
 TAG = "v1.0.0"
@@ -72,23 +71,6 @@ tenants:
 """
 IN_THE_TRIGGERER = ("acme", "globex")
 ON_A_WORKER = "wayne"
-
-
-def _until(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = probe()
-        except OSError:  # the API server busy for a moment (two cores): look again
-            found = None
-        if found:
-            return found
-        time.sleep(interval)
-    raise AssertionError(f"gave up waiting for {what} after {timeout:.0f}s")
-
-
-def _option(run: StackRun, name: str) -> str:
-    return run.args[run.args.index(name) + 1]
 
 
 def _task_process(ti_id: str) -> int | None:
@@ -115,9 +97,9 @@ class Crashes:
         self.killed_worker: int | None = None
 
     def __call__(self, run: StackRun) -> None:
-        stack = local_stack.Stack(state_dir=run.state_dir, api_port=int(_option(run, "--api-port")))
-        moto_url = f"http://127.0.0.1:{_option(run, '--moto-port')}"
-        run_id = _until("the release to be triggered", lambda: self._run_id(run), 240, 1)
+        stack = local_stack.Stack(state_dir=run.state_dir, api_port=int(option(run, "--api-port")))
+        moto_url = f"http://127.0.0.1:{option(run, '--moto-port')}"
+        run_id = until("the release to be triggered", lambda: self._run_id(run), 240, 1)
 
         def tenant_tis() -> dict[str, dict] | None:
             instances = local_stack.task_instances(stack, run_id, local_stack.login(stack))
@@ -127,16 +109,16 @@ class Crashes:
             return found if set(found) == set(self.targets) else None
 
         # Dev settles at once; the tenants' stacks, from here on, stay in progress until let go.
-        tis = _until("dev to succeed and the tenants' task instances", tenant_tis, 150)
+        tis = until("dev to succeed and the tenants' task instances", tenant_tis, 150)
         self.settle_file.write_text(str(HOLD_SECONDS))
 
         # 1. The worker that runs wayne's deploy: kill it the moment it exists.
-        pid = _until(f"a worker to run {ON_A_WORKER}'s deploy", lambda: _task_process(tis[ON_A_WORKER]["id"]), 90, 0.05)
+        pid = until(f"a worker to run {ON_A_WORKER}'s deploy", lambda: _task_process(tis[ON_A_WORKER]["id"]), 90, 0.05)
         os.kill(pid, signal.SIGKILL)
         self.killed_worker = pid
         # Its supervisor (a LocalExecutor worker, forked by the scheduler) reports the attempt failed; wait for
         # that before killing the scheduler, which would take the supervisor with it (see the docstring).
-        _until(f"{ON_A_WORKER}'s killed attempt to be failed", lambda: self._state(stack, run_id) == "up_for_retry", 60)
+        until(f"{ON_A_WORKER}'s killed attempt to be failed", lambda: self._state(stack, run_id) == "up_for_retry", 60)
 
         # 2. Scheduler and triggerer, while the other tenants' stacks are being created.
         clients = {name: tenant_cloudformation(moto_url, self.targets[name]) for name in IN_THE_TRIGGERER}
@@ -152,7 +134,7 @@ class Crashes:
                     return False
             return True
 
-        _until("the tenants' stacks to be in progress, the triggerer waiting on them", in_progress, 90)
+        until("the tenants' stacks to be in progress, the triggerer waiting on them", in_progress, 90)
         command = ["restart", "scheduler", "triggerer", "--signal", "KILL", "--state-dir", str(run.state_dir)]
         restart = subprocess.run(
             [sys.executable, str(SCRIPT), *command],
@@ -167,7 +149,7 @@ class Crashes:
         print(restart.stdout)
 
         # One wait per triggerer in the attempt's logs: the restarted triggerer's trigger waits on the stack too.
-        _until("the restarted triggerer to wait on the stacks", lambda: all(waits(n) == 2 for n in IN_THE_TRIGGERER), 120)
+        until("the restarted triggerer to wait on the stacks", lambda: all(waits(n) == 2 for n in IN_THE_TRIGGERER), 120)
         self.settle_file.write_text("0")
 
     @staticmethod
@@ -207,7 +189,7 @@ def test_worker_scheduler_and_triggerer_crashes_mid_release_deploy_each_tenant_o
         assert facts["state"] == "success"
         assert facts["dead_components"] == []  # the restarted scheduler and triggerer ran to the end
 
-        stack = local_stack.Stack(state_dir=run.state_dir, api_port=int(_option(run, "--api-port")))
+        stack = local_stack.Stack(state_dir=run.state_dir, api_port=int(option(run, "--api-port")))
         instances = local_stack.task_instances(stack, run_id, local_stack.login(stack))
         assert [ti["state"] for ti in instances if ti["task_id"] == "summary"] == ["success"]
         deploys = {ti["rendered_map_index"]: ti for ti in instances if ti["task_id"] == local_stack.MAPPED_TASK}

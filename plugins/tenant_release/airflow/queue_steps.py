@@ -27,7 +27,8 @@ from tenant_release.config import LoadedFleet, config_path, load_fleet
 from tenant_release.errors import FleetConfigError, TenantReleaseError
 from tenant_release.models import QueuedPlan, ReleaseSchedule, ToolingAccount
 from tenant_release.plan import plan_release
-from tenant_release.tags import parse_release_tag
+from tenant_release.rollout import hold_reason
+from tenant_release.tags import is_newer, parse_release_tag
 from tenant_release.windows import ReleaseCalendar
 
 log = logging.getLogger(__name__)
@@ -186,33 +187,132 @@ def _fleet_and_queue() -> tuple[LoadedFleet, Any]:
     return loaded, _queue_client(loaded.fleet.tooling)
 
 
-def take_queued_release(*, run_id: str, now: datetime) -> dict[str, Any]:
+def _deployable_tenants(loaded: LoadedFleet, entry: release_queue.QueuedRelease) -> frozenset[str] | None:
+    """The tenants a queued release would deploy if it shipped now (held and pinned ones left out); None: unplannable."""
+    try:
+        release = parse_release_tag(entry.release)
+        selected = plan_release(loaded, release, only_tenants=entry.tenants or None)
+    except TenantReleaseError as exc:
+        log.warning(
+            "%s cannot be planned against the fleet file now (%s): it supersedes nothing and is not superseded",
+            entry.release,
+            exc,
+        )
+        return None
+    return frozenset(target.name for target in selected.targets if hold_reason(target, release) is None)
+
+
+def _missed_window(window: tuple[datetime, datetime] | None, now: datetime) -> tuple[datetime, datetime] | None:
+    """The run's own release window when the run starts outside it (a window missed while the scheduler was down)."""
+    if window is None or window[0] is None or window[1] is None or not window[0] < window[1]:
+        return None  # a manual run of this DAG: its interval is the moment it was triggered, not a window
+    opens, closes = window
+    return None if opens <= now < closes else (opens, closes)
+
+
+def _warn_about_newer_dispatched(
+    loaded: LoadedFleet,
+    entry: release_queue.QueuedRelease,
+    tenants: frozenset[str] | None,
+    everything: list[release_queue.QueuedRelease],
+) -> None:
+    """Say so when a newer release was already dispatched to some of this release's tenants.
+
+    Not a reason to hold it back (that run may have failed for them), but those tenants' deploys refuse to go back
+    to the older version: they end FAILED with their stacks untouched.
+    """
+    if not tenants:
+        return
+    version = release_queue.version_of(entry) or ""
+    for other in everything:
+        if other.status != release_queue.QueueStatus.DISPATCHED or not is_newer(release_queue.version_of(other), version):
+            continue
+        shared = tenants & (_deployable_tenants(loaded, other) or frozenset())
+        if shared:
+            log.warning(
+                "%s reaches %s, to which the newer %s was dispatched already (run %s): where that stack holds the newer "
+                "version, this deploy refuses to roll it back and the tenant ends FAILED, untouched",
+                entry.release,
+                ", ".join(sorted(shared)),
+                other.release,
+                other.run_id,
+            )
+
+
+def take_queued_release(*, run_id: str, now: datetime, window: tuple[datetime, datetime] | None = None) -> dict[str, Any]:
     """The oldest queued release and how to trigger it; skips, saying why, in a freeze, outside a window, or when empty.
 
     Judged against the fleet file and the clock now, not when the run was scheduled: a freeze added since the DAG
-    was parsed, or a run that starts after its window closed, ships nothing.
+    was parsed, or a run that starts after its window closed, ships nothing. `window` is the run's data interval
+    (the window occurrence it was scheduled for): a run the scheduler creates late for a window it missed while it
+    was down ships nothing, even when a later window is open by then, because that window has a run of its own: one
+    release per window, never one outside a window. Queued releases that a newer queued release covers are marked
+    SUPERSEDED first (`release_queue.supersessions`), so each tenant goes straight to the newest version.
     """
     loaded, dynamodb = _fleet_and_queue()
     table = loaded.fleet.tooling.queue_table
     try:
-        entry = release_queue.next_queued(dynamodb, table)
+        everything = release_queue.list_queue(dynamodb, table)
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
-    waiting = f"{entry.release} stays queued" if entry else "nothing is queued anyway"
+    waiting = [e for e in everything if e.status == release_queue.QueueStatus.QUEUED]
+    stays = (
+        f"{', '.join(e.release for e in waiting)} stay{'s' if len(waiting) == 1 else ''} queued"
+        if waiting
+        else "nothing is queued anyway"
+    )
     calendar = ReleaseCalendar.from_schedule(loaded.fleet.schedule)
     next_start = calendar.next_release_start(now)
     later = f"the next release window opens {next_start.isoformat()}" if next_start else "no release window opens"
     freeze = calendar.freeze_at(now)
     if freeze is not None:
-        raise AirflowSkipException(f"inside the change freeze {freeze} ({freeze.reason}): {waiting}; {later}")
-    if not any(window.is_open(now) for window in calendar.windows):
+        raise AirflowSkipException(f"inside the change freeze {freeze} ({freeze.reason}): {stays}; {later}")
+    missed = _missed_window(window, now)
+    if missed is not None:
+        open_now = calendar.next_release_interval(now, include_open=True)
+        if open_now is not None and open_now[0] <= now:
+            after = f"the window open now (since {open_now[0].isoformat()}) has its own run, which ships the oldest"
+        else:
+            after = later
+        reason = (
+            f"this run is for the release window {missed[0].isoformat()} to {missed[1].isoformat()}, but it started at "
+            f"{now.isoformat(timespec='seconds')}, outside it (was the scheduler down?); a missed window is not made up "
+            f"later: {stays}; {after}"
+        )
+        log.warning("%s", reason)
+        raise AirflowSkipException(reason)
+    if not any(w.is_open(now) for w in calendar.windows):
         raise AirflowSkipException(
             f"no release window is open at {now.isoformat(timespec='seconds')} (windows: "
-            f"{', '.join(str(w) for w in calendar.windows) or 'none'}): {waiting}; {later}. To ship now, trigger "
+            f"{', '.join(str(w) for w in calendar.windows) or 'none'}): {stays}; {later}. To ship now, trigger "
             f"{RELEASE_DAG_ID} directly"
         )
-    if entry is None:
+    if not waiting:
         raise AirflowSkipException("nothing queued: queue a release with the tenant_release_queue DAG")
+    deploys = {entry.release: _deployable_tenants(loaded, entry) for entry in waiting}
+    superseded: set[str] = set()
+    for supersession in release_queue.supersessions(waiting, lambda entry: deploys[entry.release]):
+        try:
+            release_queue.mark_superseded(dynamodb, table, supersession.older.release, by=supersession.newer.release)
+        except TenantReleaseError as exc:
+            log.warning("%s; left as it is", exc)  # cancelled or taken meanwhile: not ours to ship either way
+        else:
+            log.warning("%s", supersession.describe())
+        superseded.add(supersession.older.release)
+    remaining = [e for e in waiting if e.release not in superseded]
+    entry = release_queue.next_to_ship(remaining, lambda entry: deploys[entry.release])
+    if entry is not remaining[0]:
+        log.info(
+            "%s ships before %s, queued earlier: they share tenants, and a tenant takes the older version first",
+            entry.release,
+            remaining[0].release,
+        )
+    if len(remaining) > 1:
+        log.info(
+            "one release ships per window: %s wait for the next windows",
+            ", ".join(e.release for e in remaining if e is not entry),
+        )
+    _warn_about_newer_dispatched(loaded, entry, deploys[entry.release], everything)
     log.info(
         "%s takes %s (%d queued tenant(s); approved by %s)",
         run_id,

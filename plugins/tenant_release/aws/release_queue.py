@@ -1,15 +1,16 @@
 """The release queue in the tooling account: releases waiting for the next release window (one item per tag).
 
 DynamoDB table `tooling.queue_table`, key `release` (the tag). An item is QUEUED (by `tenant_release_queue`),
-then DISPATCHED (the scheduled DAG triggered `tenant_release`; `run_id` names that run) or CANCELLED (a person
-changed their mind). Items are never deleted: the queue doubles as the record of what was scheduled, by whom.
+then DISPATCHED (the scheduled DAG triggered `tenant_release`; `run_id` names that run), CANCELLED (a person
+changed their mind) or SUPERSEDED (a newer version queued for every tenant it would deploy ships instead: see
+`supersessions`). Items are never deleted: the queue doubles as the record of what was scheduled, by whom.
 A tag is queued once: queueing it again while it waits, or after it was dispatched, is refused; after a cancel
-it may be queued again.
+or a supersession it may be queued again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from tenant_release import classify
 from tenant_release.errors import TenantReleaseError
+from tenant_release.tags import is_newer, parse_release_tag, version_key
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -35,6 +37,11 @@ class QueueStatus(StrEnum):
     QUEUED = "QUEUED"
     DISPATCHED = "DISPATCHED"
     CANCELLED = "CANCELLED"
+    SUPERSEDED = "SUPERSEDED"
+
+
+# A tag in one of these states never shipped from the queue and may be queued again.
+_REQUEUEABLE = (QueueStatus.CANCELLED, QueueStatus.SUPERSEDED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +56,8 @@ class QueuedRelease:
     run_id: str | None = None  # the tenant_release run that ships it
     cancelled_at: str | None = None
     cancelled_by: str | None = None
+    superseded_by: str | None = None  # the newer queued release that ships instead
+    superseded_at: str | None = None
 
     def describe(self) -> str:
         """One line for logs and error messages."""
@@ -57,6 +66,11 @@ class QueuedRelease:
             return f"{self.release} was dispatched at {self.dispatched_at} to tenant_release run {self.run_id} ({who})"
         if self.status == QueueStatus.CANCELLED:
             return f"{self.release} was cancelled by {self.cancelled_by} at {self.cancelled_at} ({who})"
+        if self.status == QueueStatus.SUPERSEDED:
+            return (
+                f"{self.release} was superseded by {self.superseded_by} at {self.superseded_at}, which ships the newer "
+                f"version to every tenant it would have deployed; it never shipped ({who})"
+            )
         return f"{self.release} is queued ({who})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +85,8 @@ class QueuedRelease:
             "run_id": self.run_id,
             "cancelled_at": self.cancelled_at,
             "cancelled_by": self.cancelled_by,
+            "superseded_by": self.superseded_by,
+            "superseded_at": self.superseded_at,
         }
 
 
@@ -97,6 +113,8 @@ def _from_item(item: dict[str, Any]) -> QueuedRelease:
         run_id=data.get("run_id"),
         cancelled_at=data.get("cancelled_at"),
         cancelled_by=data.get("cancelled_by"),
+        superseded_by=data.get("superseded_by"),
+        superseded_at=data.get("superseded_at"),
     )
 
 
@@ -141,7 +159,7 @@ def _refused_enqueue(existing: QueuedRelease | None, release_tag: str) -> str:
 def check_can_enqueue(dynamodb: Any, table: str, release_tag: str) -> None:
     """Refuse early (before anyone is asked to approve) a tag that is queued or was dispatched already."""
     existing = get(dynamodb, table, release_tag)
-    if existing is not None and existing.status != QueueStatus.CANCELLED:
+    if existing is not None and existing.status not in _REQUEUEABLE:
         raise ReleaseQueueError(_refused_enqueue(existing, release_tag))
 
 
@@ -169,10 +187,13 @@ def enqueue(
             dynamodb.put_item(
                 TableName=table,
                 Item=_to_item(entry),
-                # A cancelled tag may be queued again; anything else under the same tag is refused.
-                ConditionExpression="attribute_not_exists(#release) OR #status = :cancelled",
+                # A cancelled or superseded tag (it never shipped) may be queued again; anything else is refused.
+                ConditionExpression="attribute_not_exists(#release) OR #status IN (:cancelled, :superseded)",
                 ExpressionAttributeNames={"#release": "release", "#status": "status"},
-                ExpressionAttributeValues={":cancelled": {"S": QueueStatus.CANCELLED.value}},
+                ExpressionAttributeValues={
+                    ":cancelled": {"S": QueueStatus.CANCELLED.value},
+                    ":superseded": {"S": QueueStatus.SUPERSEDED.value},
+                },
             )
         except ClientError as exc:
             if not _is_condition_failure(exc):
@@ -197,6 +218,126 @@ def next_queued(dynamodb: Any, table: str) -> QueuedRelease | None:
     """The oldest QUEUED release, or None when nothing waits."""
     waiting = list_queue(dynamodb, table, statuses=[QueueStatus.QUEUED])
     return waiting[0] if waiting else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Supersession:
+    """A queued release that need not ship: a newer queued release deploys every tenant it would deploy."""
+
+    older: QueuedRelease
+    newer: QueuedRelease
+    tenants: tuple[str, ...]  # the older release's tenants, all of which the newer one deploys
+
+    def describe(self) -> str:
+        return (
+            f"{self.older.release} is superseded by {self.newer.release} (queued by {self.newer.queued_by} at "
+            f"{self.newer.queued_at}): every tenant it would deploy ({', '.join(self.tenants)}) gets the newer version "
+            f"from it, so {self.older.release} does not ship (shipping both could only roll a tenant back). To ship it "
+            f"anyway, queue it again after {self.newer.release} shipped, or trigger tenant_release directly"
+        )
+
+
+def version_of(entry: QueuedRelease) -> str | None:
+    """The release version a queue entry ships, or None for a tag that is not ours."""
+    try:
+        return parse_release_tag(entry.release).version
+    except TenantReleaseError:
+        return None  # not a tag of ours (written by hand): cannot be ordered, so never supersedes nor is superseded
+
+
+def supersessions(
+    waiting: Sequence[QueuedRelease], tenants_of: Callable[[QueuedRelease], frozenset[str] | None]
+) -> list[Supersession]:
+    """The queued releases that a newer queued release makes pointless, each with the newest one that covers it.
+
+    `tenants_of(entry)` is the set of tenants the entry would deploy as the fleet file reads now (held and pinned
+    tenants left out), or None when it cannot be planned (such an entry is left to ship and report its error). A
+    release is superseded when another queued release of a newer version deploys every one of its tenants; only the
+    newest of those is named, and it is never superseded itself. A partial overlap supersedes nothing: both ship, in
+    queue order, one per window. Pure logic on queue entries: the caller marks them (`mark_superseded`).
+    """
+    deploys = {entry.release: tenants_of(entry) for entry in waiting}
+    found: list[Supersession] = []
+    for older in waiting:
+        mine, older_version = deploys[older.release], version_of(older)
+        if not mine or older_version is None:
+            continue
+        covering = [
+            newer
+            for newer in waiting
+            if newer is not older
+            and (theirs := deploys[newer.release]) is not None
+            and mine <= theirs
+            and is_newer(version_of(newer), older_version)
+        ]
+        if covering:
+            newest = max(covering, key=lambda entry: (version_key(version_of(entry)), entry.queued_at))
+            found.append(Supersession(older=older, newer=newest, tenants=tuple(sorted(mine))))
+    return found
+
+
+def next_to_ship(
+    waiting: Sequence[QueuedRelease], tenants_of: Callable[[QueuedRelease], frozenset[str] | None]
+) -> QueuedRelease | None:
+    """The release to ship now: the oldest queued, unless it shares a tenant with a queued release of an older version.
+
+    Then the older version goes first, so a tenant that both reach gets them in version order and ends on the newer
+    one (the other way round, its deploy of the older version would be refused as a rollback). Call it on what is
+    left after `supersessions`. Entries that cannot be planned or ordered keep their queue order.
+    """
+    deploys = {entry.release: tenants_of(entry) for entry in waiting}
+
+    def waits_for_an_older_version(entry: QueuedRelease) -> bool:
+        mine, version = deploys[entry.release], version_of(entry)
+        return bool(mine) and any(
+            other is not entry
+            and bool(mine & (deploys[other.release] or frozenset()))
+            and is_newer(version, version_of(other) or "")
+            for other in waiting
+        )
+
+    ready = [entry for entry in waiting if not waits_for_an_older_version(entry)]
+    return ready[0] if ready else (waiting[0] if waiting else None)
+
+
+def _close_queued(
+    dynamodb: Any, table: str, release_tag: str, *, status: QueueStatus, by: str, now: datetime | None
+) -> QueuedRelease | None:
+    """QUEUED → `status`, recording `<status>_by` and `<status>_at`; None when the item is not QUEUED (or absent)."""
+    done = status.value.lower()  # cancelled, superseded: the attribute names of who and when
+    with _queue_table(table):
+        try:
+            item = dynamodb.update_item(
+                TableName=table,
+                Key={"release": {"S": release_tag}},
+                UpdateExpression=f"SET #status = :closed, {done}_by = :by, {done}_at = :now",
+                ConditionExpression="#status = :queued",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":queued": {"S": QueueStatus.QUEUED.value},
+                    ":closed": {"S": status.value},
+                    ":by": {"S": by},
+                    ":now": {"S": _timestamp(now)},
+                },
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            return None
+    return _from_item(item)
+
+
+def mark_superseded(dynamodb: Any, table: str, release_tag: str, *, by: str, now: datetime | None = None) -> QueuedRelease:
+    """QUEUED → SUPERSEDED by the newer release `by`; repeating it for the same `by` is a no-op."""
+    closed = _close_queued(dynamodb, table, release_tag, status=QueueStatus.SUPERSEDED, by=by, now=now)
+    if closed is not None:
+        return closed
+    existing = get(dynamodb, table, release_tag)
+    if existing is not None and existing.status == QueueStatus.SUPERSEDED and existing.superseded_by == by:
+        return existing
+    state = existing.describe() if existing else f"{release_tag} is not in the release queue"
+    raise ReleaseQueueError(f"{state}; it was not marked superseded by {by}")
 
 
 DISPATCH_RUN_PREFIX = "queued__"  # a tenant_release run with this id prefix ships a queued release at a window
@@ -239,7 +380,7 @@ def mark_dispatched(dynamodb: Any, table: str, release_tag: str, *, run_id: str,
                     f"{release_tag} is not in the release queue, yet tenant_release run {run_id} was triggered for it; "
                     "check that run, and queue releases only through tenant_release_queue"
                 ) from None
-            if existing.status == QueueStatus.CANCELLED:
+            if existing.status in _REQUEUEABLE:
                 raise ReleaseQueueError(
                     f"{existing.describe()} while it was being dispatched: tenant_release run {run_id} was already "
                     "triggered; mark that run failed in the Airflow UI if the release must not ship"
@@ -252,33 +393,16 @@ def mark_dispatched(dynamodb: Any, table: str, release_tag: str, *, run_id: str,
 
 def cancel(dynamodb: Any, table: str, release_tag: str, *, cancelled_by: str, now: datetime | None = None) -> QueuedRelease:
     """QUEUED → CANCELLED: the release will not ship at a window (it may be queued again later)."""
-    with _queue_table(table):
-        try:
-            item = dynamodb.update_item(
-                TableName=table,
-                Key={"release": {"S": release_tag}},
-                UpdateExpression="SET #status = :cancelled, cancelled_by = :by, cancelled_at = :now",
-                ConditionExpression="#status = :queued",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":queued": {"S": QueueStatus.QUEUED.value},
-                    ":cancelled": {"S": QueueStatus.CANCELLED.value},
-                    ":by": {"S": cancelled_by},
-                    ":now": {"S": _timestamp(now)},
-                },
-                ReturnValues="ALL_NEW",
-            )["Attributes"]
-        except ClientError as exc:
-            if not _is_condition_failure(exc):
-                raise
-            existing = get(dynamodb, table, release_tag)
-            if existing is None:
-                waiting = ", ".join(e.release for e in list_queue(dynamodb, table, statuses=[QueueStatus.QUEUED])) or "none"
-                raise ReleaseQueueError(f"{release_tag} is not in the release queue; queued releases: {waiting}") from None
-            if existing.status == QueueStatus.DISPATCHED:
-                raise ReleaseQueueError(
-                    f"{existing.describe()}; cancelling the queue entry cannot stop it: mark that tenant_release run "
-                    "failed in the Airflow UI instead"
-                ) from None
-            raise ReleaseQueueError(f"{existing.describe()}; nothing to cancel") from None
-    return _from_item(item)
+    closed = _close_queued(dynamodb, table, release_tag, status=QueueStatus.CANCELLED, by=cancelled_by, now=now)
+    if closed is not None:
+        return closed
+    existing = get(dynamodb, table, release_tag)
+    if existing is None:
+        waiting = ", ".join(e.release for e in list_queue(dynamodb, table, statuses=[QueueStatus.QUEUED])) or "none"
+        raise ReleaseQueueError(f"{release_tag} is not in the release queue; queued releases: {waiting}")
+    if existing.status == QueueStatus.DISPATCHED:
+        raise ReleaseQueueError(
+            f"{existing.describe()}; cancelling the queue entry cannot stop it: mark that tenant_release run "
+            "failed in the Airflow UI instead"
+        )
+    raise ReleaseQueueError(f"{existing.describe()}; nothing to cancel")
