@@ -204,3 +204,41 @@ def test_an_alarm_firing_while_a_wave_bakes_fails_that_tenant_and_stops_the_roll
     for tenant in ("gen1", "gen2"):
         assert recorded[(tenant, "v-2.0.0-qa")].reason == "not started: wave early: 1 of 3 failed, tolerance 0"
         assert version(tenant) is None
+
+
+def test_an_abort_while_the_canary_deploys_lets_it_finish_and_starts_no_later_wave(
+    moto, tmp_path, monkeypatch, release_dag, faults
+):
+    import boto3
+    from tenant_release.aws.controls import set_control
+    from tenant_release.models import RolloutState
+
+    waved_fleet(tmp_path, monkeypatch)
+
+    def operator_aborts(kwargs) -> bool:  # an operator acts while can1's change set executes; no fault is injected
+        set_control(
+            boto3.client("dynamodb", region_name="us-east-1"),
+            "tenant-release-leases",
+            "v-2.0.0-qa",
+            RolloutState.ABORTED,
+            "arn:aws:iam::123456789012:user/ops",
+            "error rate up",
+        )
+        return False
+
+    faults.add(service="cloudformation", operation="execute_change_set", account=ACCOUNTS["can1"], when=operator_aborts)
+
+    run = release_dag.test(run_conf={"release_tag": "v-2.0.0-qa"})
+
+    assert run.state == "failed"
+    recorded = history()
+    assert recorded[("can1", "v-2.0.0-qa")].status == Outcome.SUCCEEDED  # already deploying: it finishes
+    assert version("can1") == "2.0.0"
+    for tenant in ("early1", "early2", "early3", "gen1", "gen2"):
+        item = recorded[(tenant, "v-2.0.0-qa")]
+        assert item.status == Outcome.SKIPPED, tenant
+        assert item.reason.startswith("not started: aborted by arn:aws:iam::123456789012:user/ops: error rate up at "), (
+            item.reason
+        )
+        assert version(tenant) is None
+    assert task_states(run)[("wave_2.open", -1)] == "failed"

@@ -448,11 +448,17 @@ def outcome_reasons(results: dict[str, TenantResult]) -> dict[str, tuple[Outcome
     return {name: (result.status, result.reason or result.note or "") for name, result in results.items()}
 
 
+def failed_by_bake(result: TenantResult | None, run_id: str) -> bool:
+    """An outcome a wave's bake wrote: its tenant deployed, then its health alarm fired. A bake run again looks again."""
+    return result is not None and result.run_id == run_id and result.status == Outcome.FAILED and result.written_by == "bake"
+
+
 def watched_tenants(
     plan: RunPlan, run_id: str, wave: PlannedWave, artifact: dict[str, Any] | None, results: dict[str, TenantResult]
 ) -> list[dict[str, Any]]:
-    """The wave's tenants that run this release after this run (deployed, or found already at it) and name health
-    alarms: the bake watches them. Each entry names the tenant, its planned settings' digest and the artifact."""
+    """The wave's tenants that run this release after this run (deployed, found already at it, or failed by an
+    earlier bake of this wave) and name health alarms: the bake watches them. Each entry names the tenant, its
+    planned settings' digest and the artifact."""
     if not artifact:
         return []
     loaded = runtime.cached_fleet(plan.config_path)
@@ -460,7 +466,8 @@ def watched_tenants(
     watched = []
     for name in wave.tenants:
         result = results.get(name)
-        if result is None or result.run_id != run_id or result.status not in (Outcome.SUCCEEDED, Outcome.UNCHANGED):
+        running = result is not None and result.run_id == run_id and result.status in (Outcome.SUCCEEDED, Outcome.UNCHANGED)
+        if not running and not failed_by_bake(result, run_id):
             continue
         target = _target_or_none(loaded, name)
         if target is not None and target.alarms and name in digests:
@@ -468,25 +475,32 @@ def watched_tenants(
     return watched
 
 
-def record_alarmed(plan: RunPlan, run_id: str, alarms: dict[str, str], *, try_number: int | None = None) -> None:
-    """Record each tenant whose health alarm fired during its wave's bake FAILED, with the alarm as the reason."""
-    results = run_results(plan, run_id, tuple(alarms))
-    started = precise_now()
+def record_bake(
+    plan: RunPlan, run_id: str, watched: tuple[str, ...], alarms: dict[str, str], *, try_number: int | None = None
+) -> None:
+    """Record what the bake saw: each watched tenant whose health alarm fired FAILED, with the alarm as the reason;
+    a tenant an earlier bake of this wave failed whose alarms stayed quiet this time SUCCEEDED again."""
+    results = run_results(plan, run_id, tuple(dict.fromkeys((*watched, *alarms))))
     stamp = {
         "written_by": "bake",
         "try_number": try_number,
         "identity": run_identity(release_tag=plan.release_tag, run_id=run_id, triggered_by=plan.triggered_by),
-        "attempt_started_at": started,
+        "attempt_started_at": precise_now(),
         "finished_at": utc_now(),
     }
-    failed = [
-        result.model_copy(update={**stamp, "status": Outcome.FAILED, "reason": f"{alarms[name]} during its wave's bake"})
-        for name, result in results.items()
-        if result.status in (Outcome.SUCCEEDED, Outcome.UNCHANGED)
-    ]
-    if failed:
+    changed = []
+    for name, result in results.items():
+        if name in alarms and (result.status in (Outcome.SUCCEEDED, Outcome.UNCHANGED) or failed_by_bake(result, run_id)):
+            update = {"status": Outcome.FAILED, "reason": f"{alarms[name]} during its wave's bake"}
+        elif name in watched and name not in alarms and failed_by_bake(result, run_id):
+            note = f"healthy in its wave's bake again (earlier: {result.reason})"
+            update = {"status": Outcome.SUCCEEDED, "reason": None, "note": note}
+        else:
+            continue
+        changed.append(result.model_copy(update={**stamp, **update}))
+    if changed:
         tooling = plan.tooling or runtime.cached_fleet(plan.config_path).fleet.tooling
-        record_results(runtime.aws_sessions(), tooling, failed)
+        record_results(runtime.aws_sessions(), tooling, changed)
 
 
 def _own_outcomes(

@@ -238,23 +238,28 @@ class WaveBakeOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
+        plan = RunPlan.model_validate(ti.xcom_pull(task_ids="plan"))
         found = ti.xcom_pull(task_ids=open_task_id(self.wave_index), key=WAVE_KEY, default=None)
         if found is None:
-            raise AirflowSkipException(
-                f"wave {self.wave_index} did not open (this run has no such wave, or an earlier one stopped)"
-            )
+            wave = planned_wave(plan, self.wave_index)
+            if wave is None:
+                raise AirflowSkipException(f"this run's rollout has {len(plan.waves)} wave(s): no wave {self.wave_index}")
+            # Failed, not skipped: clearing the run's failed tasks (`only_failed`) must reach this wave again once the
+            # wave that stopped the rollout passes (a skipped task is never cleared by it).
+            raise AirflowFailException(f"wave {wave.name} did not start: an earlier wave or the release gate stopped the rollout")
         stopped = ti.xcom_pull(task_ids=open_task_id(self.wave_index), key=STOPPED_KEY, default=None)
         if stopped:
             raise AirflowFailException(stopped)
-        plan = RunPlan.model_validate(ti.xcom_pull(task_ids="plan"))
         wave = PlannedWave.model_validate(found)
         outcomes = steps.run_results(plan, context["run_id"], wave.tenants)
         watched = steps.watched_tenants(plan, context["run_id"], wave, ti.xcom_pull(task_ids="build", default=None), outcomes)
-        verdict = judge_wave(wave, steps.outcome_reasons(outcomes), {})
-        if watched and verdict.passed:
+        # A tenant an earlier bake of this wave failed is looked at again, not counted before its look.
+        pending = {t for t, r in outcomes.items() if steps.failed_by_bake(r, context["run_id"])}
+        verdict = judge_wave(wave, {t: o for t, o in steps.outcome_reasons(outcomes).items() if t not in pending}, {})
+        verdict = verdict.model_copy(update={"failed": {t: why for t, why in verdict.failed.items() if t not in pending}})
+        if watched and len(verdict.failed) <= verdict.tolerance:
             from tenant_release.airflow.wave_triggers import WaveBakeTrigger
 
-            bake = timedelta(minutes=wave.bake_minutes)
             self.log.info(
                 "wave %s: %d of %d failed (tolerance %d); watching the health alarms of %d tenant(s) for %s min",
                 wave.name,
@@ -272,37 +277,39 @@ class WaveBakeOperator(BaseOperator):
                     run_started_at=plan.planned_at,
                     wave=wave.name,
                     entries=watched,
-                    bake_until=(datetime.now(UTC) + bake).isoformat(),
+                    bake_until=(datetime.now(UTC) + timedelta(minutes=wave.bake_minutes)).isoformat(),
                     poll_interval=runtime.setting("bake_poll_seconds", 60.0),
                     room=verdict.tolerance - len(verdict.failed),
                 ),
                 method_name="baked",
+                kwargs={"watched": [entry["tenant"] for entry in watched]},
             )
         return self._judge(context, plan, wave, {}, baked=0.0)
 
-    def baked(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+    def baked(self, context: Context, event: dict[str, Any], watched: list[str] | None = None) -> dict[str, Any]:
         ti = context["ti"]
         plan = RunPlan.model_validate(ti.xcom_pull(task_ids="plan"))
         wave = PlannedWave.model_validate(ti.xcom_pull(task_ids=open_task_id(self.wave_index), key=WAVE_KEY))
         if event.get("error"):
             raise AirflowException(f"watching wave {wave.name}'s health alarms failed: {event['error']}")
         alarms: dict[str, str] = event.get("alarms") or {}
-        if alarms:
-            steps.record_alarmed(plan, context["run_id"], alarms, try_number=ti.try_number)
+        steps.record_bake(plan, context["run_id"], tuple(watched or ()), alarms, try_number=ti.try_number)
+        baked = float(event.get("baked_minutes") or 0.0)
         if event.get("aborted"):
-            self._judge(context, plan, wave, alarms, baked=float(event.get("baked_minutes") or 0.0))
+            self._judge(context, plan, wave, alarms, baked=baked, stop=False)
+            ti.xcom_push(key=STOPPED_KEY, value=event["aborted"])  # later waves' tenants: "not started: aborted by …"
             raise AirflowFailException(f"the rollout of {plan.release_tag} was {event['aborted']} during wave {wave.name}'s bake")
-        return self._judge(context, plan, wave, alarms, baked=float(event.get("baked_minutes") or 0.0))
+        return self._judge(context, plan, wave, alarms, baked=baked)
 
     def _judge(
-        self, context: Context, plan: RunPlan, wave: PlannedWave, alarms: dict[str, str], *, baked: float
+        self, context: Context, plan: RunPlan, wave: PlannedWave, alarms: dict[str, str], *, baked: float, stop: bool = True
     ) -> dict[str, Any]:
         outcomes = steps.run_results(plan, context["run_id"], wave.tenants)
         verdict = judge_wave(wave, steps.outcome_reasons(outcomes), alarms, baked_minutes=baked)
         context["ti"].xcom_push(key=VERDICT_KEY, value=verdict.model_dump(mode="json"))
         for tenant, why in verdict.failed.items():
             self.log.warning("wave %s: %s failed: %s", wave.name, tenant, why)
-        if not verdict.passed:
+        if not verdict.passed and stop:
             raise AirflowFailException(
                 f"{verdict.stopped}: the rollout stops here and no later wave starts. Failed: "
                 + "; ".join(f"{tenant} ({why})" for tenant, why in verdict.failed.items())
@@ -327,4 +334,7 @@ def rollout_stop(ti: Any, plan: RunPlan) -> tuple[int, str] | None:
         verdict = ti.xcom_pull(task_ids=bake_task_id(wave.index), key=VERDICT_KEY, default=None)
         if verdict and not verdict.get("passed", True):
             return wave.index + 1, str(verdict.get("stopped"))
+        aborted = ti.xcom_pull(task_ids=bake_task_id(wave.index), key=STOPPED_KEY, default=None)
+        if aborted:
+            return wave.index + 1, str(aborted)
     return None
