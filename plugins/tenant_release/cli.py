@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from tenant_release import report
+from tenant_release.aws.approvals import wave_approver
 from tenant_release.config import CONFIG_ENV_VAR, LoadedFleet, config_path, load_fleet
 from tenant_release.errors import TenantReleaseError
-from tenant_release.models import Artifact, Release, Target, ToolingAccount
+from tenant_release.models import Artifact, Release, Target, ToolingAccount, WaveSpec
 from tenant_release.plan import plan_release
+from tenant_release.rollout import rollout_of
 from tenant_release.tags import parse_release_tag
 
 
@@ -321,6 +323,21 @@ def _published_build(s3: object, loaded: LoadedFleet, release: Release) -> Artif
     return read_manifest(s3, tooling.artifact_bucket, build_manifest_key(tooling, release))
 
 
+def _approved_wave(loaded: LoadedFleet, args: argparse.Namespace) -> WaveSpec | None:
+    """The wave `--wave` names, checked against the fleet's rollout before any AWS call; None without --wave."""
+    if args.wave is None:
+        return None
+    if args.tenant != "*":
+        raise TenantReleaseError("give --wave or --tenant, not both: a wave's approval starts every tenant of that wave")
+    waves = rollout_of(loaded.fleet).waves
+    found = next((wave for wave in waves if wave.name == args.wave), None)
+    if found is None:
+        raise TenantReleaseError(
+            f"wave {args.wave!r} is not a wave of the rollout in {loaded.path}; waves: {', '.join(w.name for w in waves)}"
+        )
+    return found
+
+
 def _cmd_approve(args: argparse.Namespace) -> int:
     from botocore.exceptions import ClientError
 
@@ -330,8 +347,10 @@ def _cmd_approve(args: argparse.Namespace) -> int:
 
     loaded = load_fleet(args.config)
     release = parse_release_tag(args.tag)
+    wave = _approved_wave(loaded, args)
     # Refuse a record no gate would ever read: an unknown group, or a tenant outside the tag's group.
     plan = plan_release(loaded, release, only_tenants=None if args.tenant == RELEASE_WIDE else [args.tenant])
+    key = wave_approver(wave.name) if wave is not None else args.tenant
     who = _who(args.by)
     tooling = loaded.fleet.tooling
     given = (args.sha256 or "").strip().lower() or None
@@ -356,13 +375,13 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     identity = sessions.tooling_client("sts", tooling.region).get_caller_identity()["Arn"]
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
     try:
-        previous = from_dynamodb(dynamodb, tooling.approvals_table, tenant=args.tenant, release=release.tag)
+        previous = from_dynamodb(dynamodb, tooling.approvals_table, tenant=key, release=release.tag)
     except MalformedApproval:
         previous = None  # replaced by this one
     put_decision(
         dynamodb,
         tooling.approvals_table,
-        tenant=args.tenant,
+        tenant=key,
         release=release.tag,
         approved=not args.reject,
         decided_by=who,
@@ -371,6 +390,8 @@ def _cmd_approve(args: argparse.Namespace) -> int:
         note=args.note,
     )
     what = f"the release gate of {release.tag}" if args.tenant == RELEASE_WIDE else f"{release.tag} for tenant {args.tenant}"
+    if wave is not None:
+        what = f"wave {wave.name} of {release.tag}"
     _out(f"recorded: {'rejected' if args.reject else 'approved'} {what} by {who}" + (f" ({args.note})" if args.note else ""))
     _out(f"  artifact sha256 {sha256 or '(any: a rejection applies to every build)'}; caller {identity}")
     if build is not None and sha256 == published:
@@ -380,7 +401,10 @@ def _cmd_approve(args: argparse.Namespace) -> int:
         _out(f"  note: the published build of {release.tag} is {published}; a run of that build will not accept this approval")
     if previous is not None:
         _out(f"  replaces the earlier decision: {previous.describe()}")
-    if args.tenant == RELEASE_WIDE and not plan.gated:
+    if wave is not None:
+        if not wave.approval:
+            _out(f"  note: wave {wave.name} does not ask for approval (approval: false), so nothing reads this")
+    elif args.tenant == RELEASE_WIDE and not plan.gated:
         _out(f"  note: no tenant of group {plan.group} is in a gated group, so no release gate asks for this")
     elif args.tenant != RELEASE_WIDE and plan.targets[0].approval.value != "required":
         _out(f"  note: tenant {args.tenant} does not require its own approval (approval: {plan.targets[0].approval.value})")
@@ -541,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     approve.add_argument("tag")
     approve.add_argument("--tenant", default="*", help="the tenant whose sign-off this is (default: * = the release gate)")
+    approve.add_argument("--wave", default=None, help="the rollout wave this approval starts (a wave with approval: true)")
     approve.add_argument("--reject", action="store_true", help="record a rejection instead")
     approve.add_argument("--by", default=None, help="who decides (default: your login name)")
     approve.add_argument("--note", default="", help="e.g. the change ticket")

@@ -107,3 +107,18 @@ def test_plan_refuses_a_bad_redeploy_or_override_before_aws(
     with pytest.raises(AirflowFailException, match=re.escape(expect)):
         steps.plan({"release_tag": "v1.4.0", **params}, now=NOW, max_map_length=1024)
     assert no_aws == []
+
+
+def test_a_wave_larger_than_airflow_maps_is_refused_and_waves_split_a_fleet_that_is(fleet_file: Path, no_aws: list[str]) -> None:
+    with pytest.raises(AirflowFailException) as refused:
+        steps.plan({"release_tag": "v1.4.0"}, now=NOW, max_map_length=2)
+    assert "puts 3 tenants in wave all, more than Airflow maps in one task ([core] max_map_length = 2)" in str(refused.value)
+    assert "Split the fleet into more waves" in str(refused.value)
+    waves = "rollout:\n  waves:\n    - {name: canary, groups: [canary]}\n    - {name: general}\n"
+    fleet_file.write_text(fleet_file.read_text().replace("tenants:\n", waves + "tenants:\n", 1))
+    plan = steps.plan({"release_tag": "v1.4.0"}, now=NOW, max_map_length=2)
+    assert [(wave["name"], wave["tenants"]) for wave in plan["waves"]] == [
+        ("canary", ["acme"]),
+        ("general", ["globex", "umbrella"]),
+    ]
+    assert no_aws == []

@@ -257,3 +257,24 @@ def test_pause_resume_and_abort_record_the_callers_identity_and_status_shows_who
     assert "tenant-release redeploy v1.5.0 --failed" in err
     code, out, _ = run(capsys, "status", "v-1.5.0-qa")
     assert "rollout: running (never paused or aborted)" in out.splitlines()  # another tag: not stopped
+
+
+def test_approve_a_wave_records_it_under_the_wave_and_refuses_an_unknown_wave_before_aws(bootstrapped, fleet_file, capsys):
+    waves = "rollout:\n  waves:\n    - {name: canary, groups: [canary]}\n    - {name: general, approval: true}\n"
+    fleet_file.write_text(fleet_file.read_text().replace("tenants:\n", waves + "tenants:\n", 1))
+
+    code, out, _ = run(capsys, "approve", "v1.5.0", "--wave", "general", "--by", "cab", "--sha256", SHA)
+    assert code == 0
+    assert out.splitlines()[0] == "recorded: approved wave general of v1.5.0 by cab"
+    record = approvals("wave:general", "v1.5.0")
+    assert (record.approved, record.decided_by, record.sha256) == (True, "cab", SHA)
+    assert approvals("*", "v1.5.0") is None  # not the release gate
+
+    code, out, err = run(capsys, "approve", "v1.5.0", "--wave", "early", "--sha256", SHA)
+    assert (code, out) == (2, "")
+    assert "wave 'early' is not a wave of the rollout" in err and "waves: canary, general" in err
+    code, _, err = run(capsys, "approve", "v1.5.0", "--wave", "general", "--tenant", "acme", "--sha256", SHA)
+    assert code == 2 and "give --wave or --tenant, not both" in err
+
+    code, out, _ = run(capsys, "approve", "v1.5.0", "--wave", "canary", "--sha256", SHA)
+    assert "note: wave canary does not ask for approval (approval: false), so nothing reads this" in out

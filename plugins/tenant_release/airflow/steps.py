@@ -81,11 +81,13 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int, triggere
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
     log.info("template parameters: %s", checked)
-    if len(holds.deployable) > max_map_length:
+    waves = plan_waves(loaded.fleet, holds.deployable)
+    largest = max(waves, key=lambda wave: len(wave.tenants), default=None)
+    if largest is not None and len(largest.tenants) > max_map_length:
         raise AirflowFailException(
-            f"{release.tag} targets {len(holds.deployable)} tenants, more than Airflow maps in one task "
-            f"([core] max_map_length = {max_map_length}); nothing was deployed. Raise it (AIRFLOW__CORE__MAX_MAP_LENGTH) "
-            "or narrow the run with the tenants param."
+            f"{release.tag} puts {len(largest.tenants)} tenants in wave {largest.name}, more than Airflow maps in one task "
+            f"([core] max_map_length = {max_map_length}); nothing was deployed. Split the fleet into more waves (rollout.waves "
+            "in the fleet file), raise the limit (AIRFLOW__CORE__MAX_MAP_LENGTH), or narrow the run with the tenants param."
         )
     override = str(params.get("override_freeze") or "").strip()
     freeze = ReleaseCalendar.from_schedule(loaded.fleet.schedule).freeze_at(now)
@@ -122,7 +124,7 @@ def plan(params: dict[str, Any], *, now: datetime, max_map_length: int, triggere
         planned_at=precise_now(),
         triggered_by=triggered_by,
         allow_rollback=str(params.get("allow_rollback") or "").strip(),
-        waves=plan_waves(loaded.fleet, holds.deployable),
+        waves=waves,
         held=holds.held,
         override_hold=holds.override_reason,
         redeploy_of=redeploy_of or None,

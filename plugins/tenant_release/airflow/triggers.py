@@ -378,11 +378,14 @@ class TenantDeployTrigger(_Serializable):
                 if polled.settled:
                     return polled.status
             await self._keep_lease(deployment)
-            if datetime.now(UTC) >= self._deadline():
+            # CloudFormation watches rollback-trigger alarms for the monitoring time before it calls the stack settled.
+            target = deployment.target
+            monitoring = timedelta(minutes=target.rollback_monitoring_minutes if target.rollback_on_alarm else 0)
+            if datetime.now(UTC) >= self._deadline() + monitoring:
                 from tenant_release.errors import PermanentAwsError
 
                 raise PermanentAwsError(
-                    f"stack {deployment.target.stack_name} did not settle before {self._deadline().isoformat()}"
+                    f"stack {deployment.target.stack_name} did not settle before {(self._deadline() + monitoring).isoformat()}"
                 )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
