@@ -316,6 +316,16 @@ def _rollout_problems(fleet: Fleet) -> list[str]:
         return problems
     groups = fleet.groups()
     tenants = {spec.name for spec in fleet.tenants}
+    waves = fleet.rollout.waves
+    for index, wave in enumerate(waves[:-1]):
+        if wave.selects_rest:
+            later = ", ".join(w.name for w in waves[index + 1 :])
+            problems.append(
+                f"rollout wave {wave.name} names no groups and no tenants, so it takes every tenant left and the waves "
+                f"after it ({later}) get only tenants that name them with `wave:`. Give it groups or tenants (check the "
+                "spelling: groups, not group), or make it the last wave"
+            )
+            break
     for wave in fleet.rollout.waves:
         unknown_groups = [group for group in wave.groups if group not in groups]
         if unknown_groups:

@@ -193,7 +193,10 @@ class TargetSpec(_Strict):
         if value is None:
             return None
         if isinstance(value, float):  # `pin: 1.10` is the number 1.1 to YAML
-            raise ValueError(f'pin {value!r} was read as a number, which drops trailing zeros; quote it: pin: "{value}"')
+            raise ValueError(
+                f"pin {value!r} was read as a number, which drops trailing zeros (1.10 becomes 1.1); quote it as written, "
+                'e.g. pin: "1.10"'
+            )
         text = getattr(value, "yaml_text", None) or (str(value) if isinstance(value, int) else value)
         if not isinstance(text, str) or not PIN_PATTERN.match(text):
             raise ValueError(f'pin {value!r} must be a version prefix such as "1.3" (only 1.3.x releases reach it); quote it')

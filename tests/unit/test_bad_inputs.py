@@ -65,6 +65,49 @@ YEAR_IN_SIX_FREEZES.append(("11-01", "12-31"))
 SCHEDULE = 'schedule:\n  windows: ["Tue 02:00-04:00 UTC"]\n'
 
 CASES = [
+    # --- rollout waves
+    Bad(
+        "a wave naming an unknown group",
+        top("rollout:\n  waves:\n    - {name: canary, groups: [canery]}\n    - {name: general}"),
+        ("rollout wave canary: group(s) canery are no tenant's group", "groups in use: canary, prod, qa"),
+    ),
+    Bad(
+        "a tenant in no wave",
+        top("rollout:\n  waves:\n    - {name: canary, groups: [canary]}"),
+        ("tenant globex (groups prod) is in no wave of the rollout", "add a last wave that takes every tenant left"),
+    ),
+    Bad(
+        "a catch-all wave before other waves",
+        top("rollout:\n  waves:\n    - {name: early, group: [canary]}\n    - {name: general}"),
+        ("group", "is not a known setting"),
+    ),
+    Bad(
+        "a wave without groups that is not last",
+        top("rollout:\n  waves:\n    - {name: early}\n    - {name: general, groups: [prod]}"),
+        ("rollout wave early names no groups and no tenants", "or make it the last wave"),
+    ),
+    Bad(
+        "a tenant naming a wave that does not exist",
+        lambda t: add_to("globex", "wave: erly")(
+            top("rollout:\n  waves:\n    - {name: early, groups: [canary]}\n    - {name: general}")(t)
+        ),
+        ("tenant globex: wave 'erly' is not a wave of rollout.waves (early, general)",),
+    ),
+    Bad(
+        "max_failures that is not a count or a percentage",
+        top("rollout:\n  waves:\n    - {name: all, max_failures: some}"),
+        ("max_failures 'some' must be a count (0, 2) or a percentage of the wave",),
+    ),
+    Bad(
+        "a pin YAML reads as a number",
+        add_to("globex", "pin: 1.10"),
+        ("pin 1.1 was read as a number", "(1.10 becomes 1.1); quote it as written"),
+    ),
+    Bad(
+        "seven waves",
+        top("rollout:\n  waves:\n" + "".join(f"    - {{name: w{i}x, tenants: [acme]}}\n" for i in range(7))),
+        ("rollout.waves lists 7 waves; at most 6",),
+    ),
     # --- the file itself
     Bad(
         "duplicate top-level key",

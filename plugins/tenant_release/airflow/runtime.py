@@ -145,11 +145,14 @@ def target_digest(target: Target, application: Application) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def planned_target(*, tenant: str, digest: str, config_path: str | None) -> tuple[LoadedFleet, Target]:
-    """The tenant's settings as planned; refuses to deploy a tenant whose settings changed mid-run."""
+def planned_target(*, tenant: str, digest: str, config_path: str | None, check_digest: bool = True) -> tuple[LoadedFleet, Target]:
+    """The tenant's settings as planned; refuses to deploy a tenant whose settings changed mid-run.
+
+    `check_digest=False`: the tenant as the fleet file says now, for what only reads (a wave's bake reading alarms).
+    """
     loaded = cached_fleet(config_path)
     target = loaded.target(tenant)
-    if target_digest(target, loaded.fleet.application) != digest:
+    if check_digest and target_digest(target, loaded.fleet.application) != digest:
         raise FleetConfigError(
             f"tenant {tenant!r} or the application changed in {loaded.path} after this run was planned; "
             "re-trigger the release so that the whole run uses one version of the fleet file"
@@ -170,13 +173,14 @@ def planned_deployment(
     triggered_by: str | None = None,
     try_number: int | None = None,
     allow_rollback: str = "",
+    check_digest: bool = True,
 ) -> TargetDeployment:
     """One target's deploy in one run, as the worker and the triggerer both rebuild it from names (never secrets)."""
     from tenant_release.deploy import ReleaseRun, TargetDeployment
     from tenant_release.models import Artifact
     from tenant_release.tags import parse_release_tag
 
-    loaded, target = planned_target(tenant=tenant, digest=digest, config_path=config_path)
+    loaded, target = planned_target(tenant=tenant, digest=digest, config_path=config_path, check_digest=check_digest)
     run = ReleaseRun(
         release=parse_release_tag(release_tag),
         run_id=run_id,

@@ -455,17 +455,12 @@ def failed_by_bake(result: TenantResult | None, run_id: str) -> bool:
     return result is not None and result.run_id == run_id and result.status == Outcome.FAILED and result.written_by == "bake"
 
 
-def watched_tenants(
-    plan: RunPlan, run_id: str, wave: PlannedWave, artifact: dict[str, Any] | None, results: dict[str, TenantResult]
-) -> list[dict[str, Any]]:
+def watched_tenants(plan: RunPlan, run_id: str, wave: PlannedWave, results: dict[str, TenantResult]) -> dict[str, str]:
     """The wave's tenants that run this release after this run (deployed, found already at it, or failed by an
-    earlier bake of this wave) and name health alarms: the bake watches them. Each entry names the tenant, its
-    planned settings' digest and the artifact."""
-    if not artifact:
-        return []
+    earlier bake of this wave) and name health alarms: the bake watches them. Tenant -> its planned settings' digest."""
     loaded = runtime.cached_fleet(plan.config_path)
     digests = {entry.tenant: entry.target_digest for entry in plan.targets}
-    watched = []
+    watched = {}
     for name in wave.tenants:
         result = results.get(name)
         running = result is not None and result.run_id == run_id and result.status in (Outcome.SUCCEEDED, Outcome.UNCHANGED)
@@ -473,7 +468,7 @@ def watched_tenants(
             continue
         target = _target_or_none(loaded, name)
         if target is not None and target.alarms and name in digests:
-            watched.append({"tenant": name, "target_digest": digests[name], "artifact": artifact})
+            watched[name] = digests[name]
     return watched
 
 

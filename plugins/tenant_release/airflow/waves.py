@@ -73,7 +73,8 @@ class WaveOpenOperator(ApprovalOperator):
 
     def __init__(self, *, wave_index: int, **kwargs: Any) -> None:
         kwargs.setdefault("subject", f"Start wave {wave_index}")
-        kwargs.setdefault("retries", 0)
+        # A throttled read of the rollout's control or approval records may pass; a stop (AirflowFailException) is final.
+        kwargs.setdefault("retries", 2)
         super().__init__(fail_on_reject=True, defaults=REJECT, **kwargs)
         self.wave_index = wave_index
 
@@ -118,6 +119,7 @@ class WaveOpenOperator(ApprovalOperator):
                 kwargs={"decision": decision.model_dump(mode="json") if decision else None},
             )
         if wave.index > 1:
+            self._require_previous_wave_passed(context, plan, wave)
             frozen = runtime.freeze_began(plan.config_path, context.get("params"), waiting_for=f"wave {wave.index - 1}")
             if frozen:
                 self._stop(context, f"wave {wave.name}: {frozen}")
@@ -130,6 +132,25 @@ class WaveOpenOperator(ApprovalOperator):
         if decision is not None:
             self.log.info("wave %s %s (artifact %s)", wave.name, decision.describe(), decision.sha256)
         return self._entries(context, plan, wave)
+
+    def _require_previous_wave_passed(self, context: Context, plan: RunPlan, wave: PlannedWave) -> None:
+        """Open only after the previous wave's bake judged it within its tolerance.
+
+        Its task state alone is not enough: a failed bake can be marked success in the UI. Its verdict (XCom) is what
+        a real judgement leaves behind, and a bake marked success without running again keeps its failed verdict.
+        """
+        previous = next((w for w in plan.waves if w.index == wave.index - 1), None)
+        if previous is None:
+            return
+        verdict = context["ti"].xcom_pull(task_ids=bake_task_id(previous.index), key=VERDICT_KEY, default=None)
+        if isinstance(verdict, dict) and verdict.get("passed") is True:
+            return
+        why = verdict.get("stopped") if isinstance(verdict, dict) else "its bake left no verdict (was it marked success?)"
+        self._stop(
+            context,
+            f"wave {wave.name}: the previous wave {previous.name} did not pass ({why}); clear {bake_task_id(previous.index)} "
+            "to judge it again",
+        )
 
     def resumed(self, context: Context, event: Any, decision: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Back from a pause (resumed, or aborted meanwhile: `_proceed` reads the control again)."""
@@ -251,8 +272,14 @@ class WaveBakeOperator(BaseOperator):
         if stopped:
             raise AirflowFailException(stopped)
         wave = PlannedWave.model_validate(found)
+        if ti.xcom_pull(task_ids=open_task_id(self.wave_index), key=TARGETS_ID_KEY, default=None) is None:
+            # Its `open` pushed the wave but handed no tenants over: it failed, or was marked done, before opening.
+            reason = f"wave {wave.name} did not open (its open task ended without starting it; see its log)"
+            ti.xcom_push(key=STOPPED_KEY, value=reason)
+            raise AirflowFailException(reason)
+        artifact = ti.xcom_pull(task_ids="build", default=None)
         outcomes = steps.run_results(plan, context["run_id"], wave.tenants)
-        watched = steps.watched_tenants(plan, context["run_id"], wave, ti.xcom_pull(task_ids="build", default=None), outcomes)
+        watched = steps.watched_tenants(plan, context["run_id"], wave, outcomes) if artifact else {}
         # A tenant an earlier bake of this wave failed is looked at again, not counted before its look.
         pending = {t for t, r in outcomes.items() if steps.failed_by_bake(r, context["run_id"])}
         verdict = judge_wave(wave, {t: o for t, o in steps.outcome_reasons(outcomes).items() if t not in pending}, {})
@@ -276,24 +303,25 @@ class WaveBakeOperator(BaseOperator):
                     run_id=context["run_id"],
                     run_started_at=plan.planned_at,
                     wave=wave.name,
-                    entries=watched,
+                    tenants=watched,
+                    artifact=artifact,
                     bake_until=(datetime.now(UTC) + timedelta(minutes=wave.bake_minutes)).isoformat(),
                     poll_interval=runtime.setting("bake_poll_seconds", 60.0),
                     room=verdict.tolerance - len(verdict.failed),
                 ),
                 method_name="baked",
-                kwargs={"watched": [entry["tenant"] for entry in watched]},
             )
         return self._judge(context, plan, wave, {}, baked=0.0)
 
-    def baked(self, context: Context, event: dict[str, Any], watched: list[str] | None = None) -> dict[str, Any]:
+    def baked(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         ti = context["ti"]
         plan = RunPlan.model_validate(ti.xcom_pull(task_ids="plan"))
         wave = PlannedWave.model_validate(ti.xcom_pull(task_ids=open_task_id(self.wave_index), key=WAVE_KEY))
         if event.get("error"):
             raise AirflowException(f"watching wave {wave.name}'s health alarms failed: {event['error']}")
         alarms: dict[str, str] = event.get("alarms") or {}
-        steps.record_bake(plan, context["run_id"], tuple(watched or ()), alarms, try_number=ti.try_number)
+        # Only a tenant the bake could read is known healthy (`read`): an earlier bake's failure stands otherwise.
+        steps.record_bake(plan, context["run_id"], tuple(event.get("read") or ()), alarms, try_number=ti.try_number)
         baked = float(event.get("baked_minutes") or 0.0)
         if event.get("aborted"):
             self._judge(context, plan, wave, alarms, baked=baked, stop=False)
@@ -331,6 +359,9 @@ def rollout_stop(ti: Any, plan: RunPlan) -> tuple[int, str] | None:
         stopped = ti.xcom_pull(task_ids=open_task_id(wave.index), key=STOPPED_KEY, default=None)
         if stopped:
             return wave.index, str(stopped)
+        not_opened = ti.xcom_pull(task_ids=bake_task_id(wave.index), key=STOPPED_KEY, default=None)
+        if not_opened and ti.xcom_pull(task_ids=open_task_id(wave.index), key=TARGETS_ID_KEY, default=None) is None:
+            return wave.index, str(not_opened)
         verdict = ti.xcom_pull(task_ids=bake_task_id(wave.index), key=VERDICT_KEY, default=None)
         if verdict and not verdict.get("passed", True):
             return wave.index + 1, str(verdict.get("stopped"))
