@@ -416,7 +416,7 @@ _CONTROL_EFFECTS = {
     "paused": "tenants already deploying finish; no other tenant starts until `tenant-release resume {tag}`",
     "running": "tenants that waited start now (within a poll of their triggerer)",
     "aborted": "tenants already deploying finish; every tenant not yet started in the runs planned before now ends "
-    "SKIPPED with this reason. A new run of {tag} is not stopped by it",
+    "SKIPPED with this reason. A new run of {tag} is not stopped by it (`tenant-release pause {tag}` holds one)",
 }
 
 
@@ -434,11 +434,19 @@ def _cmd_control(args: argparse.Namespace) -> int:
     tooling = loaded.fleet.tooling
     sessions = AwsSessions()
     # Who, as AWS authenticated them: the record says who stopped a release, not who claims to have.
-    identity = sessions.tooling_client("sts", tooling.region).get_caller_identity()["Arn"]
+    caller = sessions.tooling_client("sts", tooling.region).get_caller_identity()
+    # When, by AWS's clock (its answer's Date header), not this host's: workers weigh an abort against their own
+    # planned times, and a laptop's clock that is off would stop the wrong runs.
+    offset, note = controls.aws_clock_offset(caller, received=controls.local_clock())
+    if note:
+        sys.stderr.write(f"tenant-release: {note}\n")
     dynamodb = sessions.tooling_client("dynamodb", tooling.region)
-    control = controls.set_control(dynamodb, tooling.leases_table, release.tag, state, identity, reason)
+    at = controls.stamp(controls.local_clock() + offset)
+    control = controls.set_control(dynamodb, tooling.leases_table, release.tag, state, caller["Arn"], reason, at=at)
     _out(f"rollout of {release.tag} {control.describe()}")
     _out(f"  {_CONTROL_EFFECTS[state.value].format(tag=release.tag)}")
+    if control.aborted_at is not None and state != RolloutState.ABORTED:
+        _out(f"  the runs planned before the abort ({control.aborted_at}) stay aborted; this steers the runs planned since")
     return 0
 
 

@@ -550,6 +550,47 @@ class TargetDeployment:
         )
         return found if found is not None and found.run_id == self.run.run_id else None
 
+    def under_way_in_this_run(self) -> str | None:
+        """Why this run's deploy of the tenant has begun already (an earlier try or trigger of it started it), or None.
+
+        A pause or abort read now must not stop such a deploy: the tenant would be reported SKIPPED while this
+        run's change to its stack runs on, unobserved. Begun: an earlier attempt of this run recorded it
+        IN_PROGRESS and made its change set; or the stack has an operation under way carrying this deploy's digest
+        (its tag, or this deploy's change set executing). Costs a history read and two or three CloudFormation
+        calls: ask it only when a control would stop the tenant.
+        """
+        if not self.record_history:
+            return None
+        earlier = self.earlier_attempt()
+        call, stack_name = self.retry.call, self.target.stack_name
+        cloudformation = call("assume role", self.client, "cloudformation", log=log.warning)
+        stack = call("read stack", stacks.describe_stack, cloudformation, stack_name, log=log.warning)
+        if stack is None:
+            return None
+        digest = self.digest()
+        change_set = call(
+            "read change set",
+            stacks.deploy_change_set,
+            cloudformation,
+            stack_name=stack_name,
+            stack=stack,
+            change_set_name=naming.change_set_name(version=self.run.artifact.version, deploy_digest=digest),
+            deploy_digest=digest,
+            digest_before=earlier.digest_before if earlier is not None else None,
+            log=log.warning,
+        )
+        status = stack["StackStatus"]
+        executing = change_set is not None and change_set.get("ExecutionStatus") == "EXECUTE_IN_PROGRESS"
+        if status.endswith("_IN_PROGRESS") and status != "REVIEW_IN_PROGRESS":
+            if executing or stacks.stack_tag(stack, stacks.TAG_DEPLOY_DIGEST) == digest:
+                return f"stack {stack_name} is {status} with this deploy's change (deploy digest {digest[:12]})"
+        if earlier is not None and earlier.status == Outcome.IN_PROGRESS and change_set is not None:
+            return (
+                f"an earlier attempt of this run began it at {earlier.attempt_started_at or earlier.started_at} "
+                f"(change set {change_set['ChangeSetName']}: {change_set.get('ExecutionStatus')}, stack {status})"
+            )
+        return None
+
     def record(self, result: TenantResult, *, attempt_only: bool = False) -> None:
         try:
             if self.record_history:

@@ -742,24 +742,52 @@ class RolloutState(StrEnum):
 
 
 class RolloutControl(_Strict):
-    """An operator's word on the rollout of one release tag: pause it, resume it, abort it (see aws.controls)."""
+    """An operator's word on the rollout of one release tag: pause it, resume it, abort it (see aws.controls).
+
+    The latest abort is kept apart from the word in force (`aborted_at/_by/_reason`): a pause or resume after it
+    steers the runs planned after the abort (a redeploy), while the abort goes on stopping the runs planned before it.
+    """
 
     release: str
     state: RolloutState
     by: str  # who set it, as AWS (caller ARN) or Airflow (user) authenticated them
     reason: str = ""
     at: str  # when (ISO, UTC, microseconds)
+    aborted_at: str | None = None  # the latest abort, even after a later pause or resume: it stops runs planned before it
+    aborted_by: str | None = None
+    aborted_reason: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_abort_is_its_own_abort(cls, data: Any) -> Any:
+        # The abort itself (and an item written before aborts were kept apart) carries its time only as `at`.
+        if isinstance(data, dict) and data.get("state") == RolloutState.ABORTED and not data.get("aborted_at"):
+            data = {**data, "aborted_at": data.get("at"), "aborted_by": data.get("by"), "aborted_reason": data.get("reason", "")}
+        return data
 
     def aborts(self, planned_at: str | None) -> bool:
-        """An abort stops the runs planned before it, not a later run of the same tag (a redeploy)."""
-        return self.state == RolloutState.ABORTED and (planned_at is None or planned_at < self.at)
+        """An abort stops the runs planned before it, not a later run of the same tag (a redeploy), whatever came after."""
+        return self.aborted_at is not None and (planned_at is None or planned_at < self.aborted_at)
 
     def pauses(self) -> bool:
         return self.state == RolloutState.PAUSED
 
+    def describe_abort(self) -> str:
+        """The abort, for what it stops: "aborted by WHO: WHY at WHEN" ("" when there was none)."""
+        if self.aborted_at is None:
+            return ""
+        why = f": {self.aborted_reason}" if self.aborted_reason else ""
+        return f"aborted by {self.aborted_by}{why} at {self.aborted_at}"
+
     def describe(self) -> str:
-        verb = {RolloutState.PAUSED: "paused", RolloutState.ABORTED: "aborted", RolloutState.RUNNING: "resumed"}[self.state]
-        return f"{verb} by {self.by}" + (f": {self.reason}" if self.reason else "") + f" at {self.at}"
+        """The word in force; an earlier abort is named too, so a reader of a paused or resumed rollout sees it."""
+        if self.state == RolloutState.ABORTED:
+            return self.describe_abort()
+        verb = {RolloutState.PAUSED: "paused", RolloutState.RUNNING: "resumed"}[self.state]
+        text = f"{verb} by {self.by}" + (f": {self.reason}" if self.reason else "") + f" at {self.at}"
+        if self.aborted_at is not None:
+            text += f" (after the abort, still in force for the runs planned before it: {self.describe_abort()})"
+        return text
 
 
 class HeldTenant(_Strict):

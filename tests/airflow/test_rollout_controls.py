@@ -66,6 +66,7 @@ def _trigger(
     tenant: str,
     *,
     run_id: str = "run-a",
+    version: str = "1.4.0",
     planned: str = PLANNED,
     rollout: RolloutCaps | None = None,
     end_in_triggerer: bool = True,
@@ -76,9 +77,9 @@ def _trigger(
         tenant=tenant,
         target_digest=runtime.target_digest(target, world.loaded.fleet.application),
         config_path=str(world.loaded.path),
-        release_tag="v1.4.0",
+        release_tag=f"v{version}",
         run_id=run_id,
-        artifact=world.artifacts["1.4.0"].model_dump(mode="json"),
+        artifact=world.artifacts[version].model_dump(mode="json"),
         progress=DeployProgress(started_at=datetime.now(UTC).isoformat()).model_dump(mode="json"),
         poll_interval=0.0,
         deadline=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
@@ -396,9 +397,8 @@ def test_both_paths_to_the_deploy_trigger_hand_it_the_waves_caps(monkeypatch: py
     assert seen == [CAPS, CAPS]
 
 
-def test_a_tenant_with_its_own_approval_is_not_asked_for_it_once_the_rollout_is_aborted(
-    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _own_gate_start(world: World, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Start globex's task as the scheduler does (in the triggerer), globex needing its own approval; returns its events."""
     from types import SimpleNamespace
 
     from tenant_release.airflow.triggers import FleetTenantStartTrigger
@@ -429,6 +429,14 @@ def test_a_tenant_with_its_own_approval_is_not_asked_for_it_once_the_rollout_is_
 
         return asyncio.run(events())
 
+    return start
+
+
+def test_a_tenant_with_its_own_approval_is_not_asked_for_it_once_the_rollout_is_aborted(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = _own_gate_start(world, monkeypatch)
+
     assert [event.payload for event in start()] == [{"gates": True}]  # not aborted: a worker asks as before
 
     _control(dynamodb, RolloutState.ABORTED, "bad migration", at="2026-12-03T09:30:00.000000+00:00")
@@ -438,3 +446,217 @@ def test_a_tenant_with_its_own_approval_is_not_asked_for_it_once_the_rollout_is_
     recorded = ledger.get(dynamodb, HISTORY, tenant="globex", release="v1.4.0")
     assert (recorded.status, recorded.reason) == (Outcome.SKIPPED, f"aborted by {OPS}: bad migration")
     assert count(faults, GLOBEX, "create_change_set") == 0
+
+
+# --- a deploy this run began already is not stopped by a pause or abort read after a triggerer restart ------------
+
+
+def _run_with_a_limit(trigger: TenantDeployTrigger, seconds: float = 120.0) -> list[Any]:
+    """Run one trigger; a trigger that waits for ever (a pause it must not obey) fails the test instead of hanging it."""
+
+    async def collect() -> list[Any]:
+        return [event async for event in trigger.run()]
+
+    return asyncio.run(asyncio.wait_for(collect(), timeout=seconds))
+
+
+def _began_before_a_restart(world: World, faults: Faults) -> Any:
+    """What a triggerer killed mid-deploy leaves: globex recorded IN_PROGRESS by run-a and its change set executing
+    (the stack reports CREATE_IN_PROGRESS for a few more looks), with nobody watching it."""
+    faults.add(
+        service="cloudformation",
+        operation="describe_stacks",
+        account=GLOBEX,
+        rewrite=with_status("CREATE_IN_PROGRESS"),
+        when=lambda kwargs: count(faults, GLOBEX, "execute_change_set") == 1,
+        times=3,
+    )
+    before = _trigger(world, "globex")
+    deployment = before._deployment()
+    deployment.begin(DeployProgress.model_validate(before.progress))
+    assert ledger.get(world.history(), HISTORY, tenant="globex", release="v1.4.0").status == Outcome.IN_PROGRESS
+    assert count(faults, GLOBEX, "execute_change_set") == 1
+    return faults.faults[-1]
+
+
+@pytest.mark.parametrize("control", ["abort", "pause"])
+def test_a_deploy_begun_before_a_triggerer_restart_re_attaches_after_an_abort_or_pause_and_reports_its_outcome(
+    control: str, world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_progress = _began_before_a_restart(world, faults)
+    if control == "abort":  # after the run was planned: it stops the tenants of run-a that have not begun
+        _control(dynamodb, RolloutState.ABORTED, "bad migration", at="2026-12-03T09:30:00.000000+00:00")
+    else:
+        _control(dynamodb, RolloutState.PAUSED, "looking into errors")
+    capsys.readouterr()
+
+    (event,) = _run_with_a_limit(_trigger(world, "globex"))  # the triggerer restarted: the same trigger runs again
+    log = capsys.readouterr().out
+
+    assert isinstance(event, TaskSuccessEvent), getattr(event, "payload", event)  # neither SKIPPED nor left waiting
+    recorded = ledger.get(dynamodb, HISTORY, tenant="globex", release="v1.4.0")
+    assert (recorded.status, recorded.run_id, recorded.version_after) == (Outcome.SUCCEEDED, "run-a", "1.4.0")
+    assert in_progress.hits == 3  # it watched the stack until the change settled
+    assert count(faults, GLOBEX, "create_change_set") == 1  # re-attached to its change set, made no other
+    assert "this run's deploy of it began already" in log and "re-attaching to it" in log
+    assert leases.holder(dynamodb, LEASES, tenant="globex") is None
+
+
+def test_an_abort_still_skips_a_tenant_whose_earlier_attempt_of_the_run_made_no_change_set(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None
+) -> None:
+    first = _trigger(world, "globex")
+    deployment = first._deployment()
+    progress = DeployProgress.model_validate(first.progress)
+    deployment.record(deployment.result(progress, status=Outcome.IN_PROGRESS))  # it died before its change set
+    _control(dynamodb, RolloutState.ABORTED, "bad migration", at="2026-12-03T09:30:00.000000+00:00")
+
+    (event,) = _run_with_a_limit(_trigger(world, "globex"))
+
+    assert isinstance(event, TaskSkippedEvent)
+    recorded = ledger.get(dynamodb, HISTORY, tenant="globex", release="v1.4.0")
+    assert (recorded.status, recorded.reason) == (Outcome.SKIPPED, f"aborted by {OPS}: bad migration")
+    assert count(faults, GLOBEX, "create_change_set") == 0
+
+
+def test_an_abort_after_a_later_pause_still_skips_with_the_aborts_who_and_why(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None
+) -> None:
+    _control(dynamodb, RolloutState.ABORTED, "bad migration", at="2026-12-03T09:30:00.000000+00:00")
+    controls.set_control(dynamodb, LEASES, "v1.4.0", RolloutState.PAUSED, "arn:aws:sts::1:assumed-role/ops/bob", "redeploy")
+
+    (event,) = _run_with_a_limit(_trigger(world, "globex"))  # planned at 09:00: before the abort
+
+    assert isinstance(event, TaskSkippedEvent)
+    recorded = ledger.get(dynamodb, HISTORY, tenant="globex", release="v1.4.0")
+    assert recorded.reason == f"aborted by {OPS}: bad migration"  # the abort's, not the later pause's
+
+
+# --- caps and leases: a queued tenant holds no lease; a lease taken from it is waited for, not a failure ----------
+
+
+def test_a_tenant_queued_behind_max_parallel_holds_no_tenant_lease_while_it_waits(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None
+) -> None:
+    queued_leases: list[Any] = []
+
+    def change_set(tenant: str, other: str) -> Any:
+        def when(kwargs: dict[str, Any]) -> bool:
+            if not queued_leases:  # the first to deploy: the other one waits for the wave's one slot now
+                queued_leases.append(leases.holder(dynamodb, LEASES, tenant=other))
+            return False
+
+        return when
+
+    faults.add(service="cloudformation", operation="create_change_set", account=GLOBEX, when=change_set("globex", "umbrella"))
+    faults.add(service="cloudformation", operation="create_change_set", account=UMBRELLA, when=change_set("umbrella", "globex"))
+    caps = RolloutCaps(wave="general", max_parallel=1)
+
+    events = _run_all(_trigger(world, "globex", rollout=caps), _trigger(world, "umbrella", rollout=caps))
+
+    assert all(isinstance(event, TaskSuccessEvent) for (event,) in events)
+    assert queued_leases == [None]  # another run (a hotfix) could take the queued tenant meanwhile
+
+
+def test_a_lease_taken_by_another_run_just_before_the_deploy_began_is_waited_for_not_a_failure(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    control_reads: list[int] = []
+    tries: list[str] = []
+
+    def lease_lapses_and_run_b_takes_it(kwargs: dict[str, Any]) -> bool:
+        if kwargs.get("Key", {}).get("tenant", {}).get("S") == "rollout#v1.4.0":
+            control_reads.append(1)
+            if len(control_reads) == 2:  # the look after run-a took its slot and lease: the lease lapsed meanwhile
+                leases.release(dynamodb, LEASES, tenant="globex", run_id="run-a")
+                assert leases.acquire(dynamodb, LEASES, tenant="globex", run_id="run-b", release="v1.4.0", seconds=3600) is None
+        return False
+
+    def run_b_ends_at_run_as_third_refusal(kwargs: dict[str, Any]) -> bool:
+        if kwargs.get("TableName") == LEASES and kwargs.get("Item", {}).get("tenant", {}).get("S") == "globex":
+            tries.append(kwargs["Item"]["run_id"]["S"])
+            if len(control_reads) >= 2 and tries.count("run-a") == 5:
+                leases.release(dynamodb, LEASES, tenant="globex", run_id="run-b")
+        return False
+
+    faults.add(service="dynamodb", operation="get_item", account="tooling", when=lease_lapses_and_run_b_takes_it)
+    faults.add(service="dynamodb", operation="put_item", account="tooling", when=run_b_ends_at_run_as_third_refusal)
+    capsys.readouterr()
+
+    (event,) = _run_with_a_limit(_trigger(world, "globex", rollout=RolloutCaps(wave="general", max_parallel=1)))
+    log = capsys.readouterr().out
+
+    assert isinstance(event, TaskSuccessEvent), getattr(event, "payload", event)
+    assert "another run took its lease before this deploy began; waiting for it" in log
+    assert "tenant globex is being deployed by run run-b (v1.4.0)" in log
+    assert ledger.get(dynamodb, HISTORY, tenant="globex", release="v1.4.0").status == Outcome.SUCCEEDED
+    assert count(faults, GLOBEX, "create_change_set") == 1
+
+
+def test_a_tenant_waiting_for_a_busy_stack_keeps_its_deploy_slot(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (first,) = _run_with_a_limit(_trigger(world, "globex", run_id="run-0"))  # the stack exists, holding 1.4.0
+    assert isinstance(first, TaskSuccessEvent)
+    monkeypatch.setenv("AIRFLOW__TENANT_RELEASE__LEASE_RENEW_SECONDS", "0")  # every wait is due a renewal
+    busy_looks: list[int] = []  # how many busy looks the stack had given when the slot was renewed
+    renewed_while_busy: list[int] = []
+
+    def slot_renewal(kwargs: dict[str, Any]) -> bool:
+        key = kwargs.get("Key", {}).get("tenant", {}).get("S", "")
+        if key == "slots#run-a#general#all" and kwargs.get("UpdateExpression", "").startswith("SET holders.#t = :until"):
+            renewed_while_busy.append(busy_looks[-1] if busy_looks else 0)
+        return False
+
+    def someone_elses_operation(kwargs: dict[str, Any]) -> bool:
+        busy_looks.append(len(busy_looks) + 1)
+        return True
+
+    faults.add(service="dynamodb", operation="update_item", account="tooling", when=slot_renewal)
+    faults.add(  # an operation this release did not start holds the stack for a few looks
+        service="cloudformation",
+        operation="describe_stacks",
+        account=GLOBEX,
+        rewrite=with_status("UPDATE_IN_PROGRESS"),
+        when=someone_elses_operation,
+        times=4,
+    )
+
+    (event,) = _run_with_a_limit(_trigger(world, "globex", version="1.5.0", rollout=RolloutCaps(wave="general", max_parallel=1)))
+
+    assert isinstance(event, TaskSuccessEvent), getattr(event, "payload", event)
+    assert len(busy_looks) >= 4
+    assert [look for look in renewed_while_busy if 1 <= look < 4]  # renewed between busy looks, not only after
+    assert world.function_config("globex")["Environment"]["Variables"]["RELEASE_VERSION"] == "1.5.0"
+
+
+def test_a_tenant_with_its_own_approval_whose_deploy_began_is_not_skipped_by_an_abort_on_a_retry(
+    world: World, faults: Faults, dynamodb: Any, triggerer_sessions: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _began_before_a_restart(world, faults)  # its first try began the deploy, then died
+    _control(dynamodb, RolloutState.ABORTED, "bad migration", at="2026-12-03T09:30:00.000000+00:00")
+
+    assert [event.payload for event in _own_gate_start(world, monkeypatch)()] == [{"gates": True}]  # its worker goes on
+    assert ledger.get(dynamodb, HISTORY, tenant="globex", release="v1.4.0").status == Outcome.IN_PROGRESS
+
+
+def test_the_wave_level_wait_of_a_run_the_abort_stopped_fires_even_while_a_later_pause_holds_newer_runs(
+    world: World, dynamodb: Any, triggerer_sessions: None
+) -> None:
+    _control(dynamodb, RolloutState.ABORTED, "bad migration", at="2026-12-03T09:30:00.000000+00:00")
+    _control(dynamodb, RolloutState.PAUSED, "watching the redeploy")
+
+    def first_event(planned: str) -> Any:
+        trigger = RolloutResumedTrigger(
+            release_tag="v1.4.0", config_path=str(world.loaded.path), run_started_at=planned, poll_interval=0.0
+        )
+
+        async def first() -> Any:
+            return await asyncio.wait_for(trigger.run().__anext__(), timeout=0.5)
+
+        return asyncio.run(first())
+
+    event = first_event(PLANNED)  # planned before the abort: it is stopped, not held
+    assert event.payload["control"]["state"] == "paused" and event.payload["control"]["aborted_reason"] == "bad migration"
+    with pytest.raises(TimeoutError):
+        first_event("2026-12-03T10:00:00.000000+00:00")  # the redeploy waits for the resume

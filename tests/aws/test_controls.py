@@ -73,18 +73,75 @@ def test_an_abort_stops_the_runs_planned_before_it_not_a_later_run(dynamodb: Any
     assert control.describe() == f"aborted by {OPS}: bad migration at 2026-12-03T10:00:00.000000+00:00"
 
 
-def test_a_resume_after_an_abort_is_refused_and_says_how_to_ship_the_tag_again(dynamodb: Any) -> None:
+def test_a_resume_after_an_abort_is_refused_and_says_how_to_ship_the_tag_again_and_hold_it(dynamodb: Any) -> None:
     aborted = controls.set_control(dynamodb, LEASES, "v1.4.0", RolloutState.ABORTED, OPS, "bad migration")
 
     with pytest.raises(ControlRefused) as refused:
         controls.set_control(dynamodb, LEASES, "v1.4.0", RolloutState.RUNNING, ONCALL, "")
     message = str(refused.value)
     assert message.startswith(f"the rollout of v1.4.0 was aborted by {OPS}: bad migration at ")
-    assert "an abort is final for the runs it stopped, so it cannot be resumed" in message
+    assert "an abort is final for the runs planned before it, so it cannot be resumed" in message
     assert "tenant-release redeploy v1.4.0 --failed" in message
-    with pytest.raises(ControlRefused, match="it is stopped for good, a pause would change nothing"):
-        controls.set_control(dynamodb, LEASES, "v1.4.0", RolloutState.PAUSED, ONCALL, "")
+    assert "to hold that run, `tenant-release pause v1.4.0`" in message  # and a pause is indeed taken (below)
     assert controls.current(dynamodb, LEASES, "v1.4.0") == aborted  # nothing written
+
+
+BEFORE, ABORT, AFTER = "2026-12-03T09:00:00.000000+00:00", "2026-12-03T10:00:00.000000+00:00", "2026-12-03T11:00:00.000000+00:00"
+
+
+def test_a_redeploy_planned_after_an_abort_can_be_paused_and_resumed_while_the_abort_keeps_stopping_the_earlier_run(
+    dynamodb: Any,
+) -> None:
+    controls.set_control(dynamodb, LEASES, "v1.4.0", RolloutState.ABORTED, OPS, "bad migration", at=ABORT)
+    assert controls.current(dynamodb, LEASES, "v1.4.0").aborts(BEFORE)
+    assert not controls.current(dynamodb, LEASES, "v1.4.0").aborts(AFTER)  # the redeploy runs
+
+    paused = controls.set_control(dynamodb, LEASES, "v1.4.0", RolloutState.PAUSED, ONCALL, "watching the redeploy")
+    control = controls.current(dynamodb, LEASES, "v1.4.0")
+    assert control == paused
+    assert control.pauses() and not control.aborts(AFTER)  # the redeploy waits...
+    assert control.aborts(BEFORE)  # ...and the aborted run stays aborted, with the abort's own who and why
+    assert (control.aborted_by, control.aborted_reason, control.aborted_at) == (OPS, "bad migration", ABORT)
+    record = controls.recorded(dynamodb, LEASES, "v1.4.0")
+    assert record.describe() == (
+        f"paused: paused by {ONCALL}: watching the redeploy at {paused.at}; "
+        f"earlier aborted by {OPS}: bad migration at {ABORT}, still stopping the runs planned before it"
+    )
+
+    resumed = controls.set_control(dynamodb, LEASES, "v1.4.0", RolloutState.RUNNING, ONCALL, "")
+    control = controls.current(dynamodb, LEASES, "v1.4.0")
+    assert not control.pauses() and not control.aborts(AFTER) and control.aborts(BEFORE)
+    assert controls.recorded(dynamodb, LEASES, "v1.4.0").describe() == (
+        f"running: resumed by {ONCALL} at {resumed.at} (after: paused by {ONCALL}: watching the redeploy at {paused.at}); "
+        f"earlier aborted by {OPS}: bad migration at {ABORT}, still stopping the runs planned before it"
+    )
+    assert resumed.describe().startswith(f"resumed by {ONCALL} at {resumed.at} (after the abort, still in force")
+
+    # A second abort replaces the first: it stops every run the first did, and the redeploy planned since.
+    controls.set_control(
+        dynamodb, LEASES, "v1.4.0", RolloutState.ABORTED, ONCALL, "redeploy bad too", at="2026-12-03T12:00:00.000000+00:00"
+    )
+    control = controls.current(dynamodb, LEASES, "v1.4.0")
+    assert control.aborts(BEFORE) and control.aborts(AFTER)
+    assert (control.aborted_by, control.aborted_reason) == (ONCALL, "redeploy bad too")
+
+
+def test_an_abort_item_written_before_aborts_were_kept_apart_still_stops_the_runs_before_it(dynamodb: Any) -> None:
+    dynamodb.put_item(
+        TableName=LEASES,
+        Item={
+            "tenant": {"S": "rollout#v1.4.0"},
+            "release": {"S": "v1.4.0"},
+            "state": {"S": "aborted"},
+            "by": {"S": OPS},
+            "reason": {"S": "bad migration"},
+            "at": {"S": ABORT},
+        },
+    )
+    control = controls.current(dynamodb, LEASES, "v1.4.0")
+    assert control.aborts(BEFORE) and not control.aborts(AFTER)
+    paused = controls.set_control(dynamodb, LEASES, "v1.4.0", RolloutState.PAUSED, ONCALL, "")
+    assert paused.aborts(BEFORE) and paused.aborted_reason == "bad migration"
 
 
 def test_a_resume_of_a_rollout_that_is_not_paused_is_refused(dynamodb: Any) -> None:
@@ -180,3 +237,31 @@ def test_a_slot_given_back_is_never_brought_back_by_a_write_read_before(dynamodb
     assert slots.acquire(dynamodb, LEASES, wave, tenant="initech", seconds=900, now=T0) is None
     monkeypatch.undo()
     assert set(slots.holders(dynamodb, LEASES, wave, now=T0)) == {"globex", "initech"}
+
+
+# --- the control's time: AWS's clock, not the CLI host's -----------------------------------------------------------
+
+
+def _answer(date: str | None) -> dict[str, Any]:
+    return {"Arn": OPS, "ResponseMetadata": {"HTTPHeaders": {"date": date} if date else {}}}
+
+
+def test_a_control_is_stamped_by_aws_clock_and_a_host_clock_far_off_is_named():
+    from datetime import UTC, datetime, timedelta
+
+    received = datetime(2026, 12, 3, 9, 58, 0, 250000, tzinfo=UTC)  # this host's clock: two minutes behind AWS
+    offset, note = controls.aws_clock_offset(_answer("Thu, 03 Dec 2026 10:00:00 GMT"), received=received)
+    assert controls.stamp(received + offset) == "2026-12-03T10:00:00.000000+00:00"
+    assert note.startswith("this host's clock is 120 s behind AWS's; the control is stamped with AWS's time")
+
+    ahead = datetime(2026, 12, 3, 10, 0, 30, tzinfo=UTC)  # 30 s ahead: AWS's time is used, silently
+    offset, note = controls.aws_clock_offset(_answer("Thu, 03 Dec 2026 10:00:00 GMT"), received=ahead)
+    assert (offset, note) == (timedelta(seconds=-30), None)
+
+    # Under a second is below the header's precision: the host's clock (and its sub-second order) is kept.
+    close = datetime(2026, 12, 3, 10, 0, 0, 700000, tzinfo=UTC)
+    assert controls.aws_clock_offset(_answer("Thu, 03 Dec 2026 10:00:00 GMT"), received=close) == (timedelta(0), None)
+
+    for header in (None, "yesterday"):  # no usable header: the host's clock, and the operator is told
+        offset, note = controls.aws_clock_offset(_answer(header), received=close)
+        assert offset == timedelta(0) and "no usable Date header" in note and "stamped with this host's clock" in note

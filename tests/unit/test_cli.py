@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import boto3
@@ -253,10 +254,44 @@ def test_pause_resume_and_abort_record_the_callers_identity_and_status_shows_who
     assert "ends SKIPPED with this reason. A new run of v1.5.0 is not stopped by it" in out
     code, out, err = run(capsys, "resume", "v1.5.0")
     assert (code, out) == (2, "")
-    assert "an abort is final for the runs it stopped, so it cannot be resumed" in err
+    assert "an abort is final for the runs planned before it, so it cannot be resumed" in err
     assert "tenant-release redeploy v1.5.0 --failed" in err
+
+    # A run planned after the abort (a redeploy) can be paused and resumed; the abort stays for the runs before it.
+    code, out, err = run(capsys, "pause", "v1.5.0", "--reason", "watching the redeploy")
+    assert code == 0, err
+    assert out.splitlines()[2].startswith("  the runs planned before the abort (20") and "stay aborted" in out
+    code, out, _ = run(capsys, "status", "v1.5.0")
+    (rollout,) = [line for line in out.splitlines() if line.startswith("rollout:")]
+    assert rollout.startswith(f"rollout: paused: paused by {caller}: watching the redeploy at ")
+    assert f"; earlier aborted by {caller}: bad migration at " in rollout
+    assert rollout.endswith("still stopping the runs planned before it")
+    code, out, _ = run(capsys, "resume", "v1.5.0")
+    assert code == 0 and out.startswith(f"rollout of v1.5.0 resumed by {caller} at ")
     code, out, _ = run(capsys, "status", "v-1.5.0-qa")
     assert "rollout: running (never paused or aborted)" in out.splitlines()  # another tag: not stopped
+
+
+def test_a_control_is_stamped_with_aws_clock_when_this_hosts_clock_is_off(bootstrapped, capsys, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from tenant_release.aws import controls
+
+    real_clock = controls.local_clock
+    monkeypatch.setattr(controls, "local_clock", lambda: real_clock() - timedelta(hours=2))  # a laptop 2 h behind
+
+    code, _, err = run(capsys, "abort", "v1.5.0", "--reason", "bad migration")
+
+    assert code == 0
+    # AWS's Date header has second precision: about 7200 s.
+    assert re.match(
+        r"tenant-release: this host's clock is (7199|7200|7201) s behind AWS's; the control is stamped with AWS's time", err
+    )
+    stamped = datetime.fromisoformat(
+        controls.current(boto3.client("dynamodb", "us-east-1"), "tenant-release-leases", "v1.5.0").at
+    )
+    # moto answers with this machine's real time: the abort is stamped with it, not the laptop's two hours ago.
+    assert abs(stamped - datetime.now(UTC)) < timedelta(seconds=30)
 
 
 def test_approve_a_wave_records_it_under_the_wave_and_refuses_an_unknown_wave_before_aws(bootstrapped, fleet_file, capsys):

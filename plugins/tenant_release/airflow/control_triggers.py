@@ -23,11 +23,12 @@ def read_control(config_path: str | None, release_tag: str) -> Any:
 
 
 class RolloutResumedTrigger(_Serializable):
-    """Fires as soon as the rollout of `release_tag` is not paused: resumed, never controlled, or aborted.
+    """Fires as soon as the rollout of `release_tag` is not paused, or is aborted for this run: resumed, never
+    controlled, aborted, or paused after an abort that stops the runs planned before it (`run_started_at`).
 
     The event is `{"control": <RolloutControl JSON> | None}`; the caller decides what an abort means for its run
-    (`RolloutControl.aborts(run_started_at)`). `run_started_at` is kept for the caller's log lines and is part of
-    the trigger's identity, so two runs of one tag never share a trigger row.
+    (`RolloutControl.aborts(run_started_at)`). `run_started_at` is part of the trigger's identity too, so two runs
+    of one tag never share a trigger row.
     """
 
     fields = ("release_tag", "config_path", "run_started_at", "poll_interval")
@@ -49,7 +50,7 @@ class RolloutResumedTrigger(_Serializable):
                     raise
                 self.log.warning("reading the rollout control of %s: %s; trying again", self.release_tag, describe(exc))
             else:
-                if control is None or not control.pauses():
+                if control is None or not control.pauses() or control.aborts(self.run_started_at):
                     yield TriggerEvent({"control": control.model_dump(mode="json") if control is not None else None})
                     return
                 if said != control.at:

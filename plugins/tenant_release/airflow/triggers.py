@@ -119,6 +119,10 @@ class TenantDeployTrigger(_Serializable):
         self.local_slots: list[Any] = []  # in-process slots held (`_LocalSlots`), given back in `run`'s `finally`
         self.slots_held: list[Any] = []  # DynamoDB slots held (`aws.slots.SlotScope`), renewed with the lease
         self.lease_renewed: datetime | None = None  # when this deploy last took or renewed its tenant's lease
+        self.slots_renewed: datetime | None = None  # when its oldest deploy slot held was last taken or renewed
+        # Whether this run began this tenant's deploy already (asked only when a control would stop it): None, not asked.
+        self.begun: str | None = None
+        self.begun_asked = False
         self.tenant = tenant
         self.target_digest = target_digest
         self.config_path = config_path
@@ -151,16 +155,19 @@ class TenantDeployTrigger(_Serializable):
         )
 
     async def _take_lease(self, deployment: Any) -> None:
-        """Wait here, holding no worker slot, while another run deploys this tenant; give up after `lease_wait_minutes`."""
+        """Wait here, holding no worker slot, while another run deploys this tenant; give up once this deploy has
+        waited `lease_wait_minutes` for it in all. Its deploy slots, if it holds any, are renewed meanwhile.
+        """
         from tenant_release.errors import TenantBusyError
 
-        started = datetime.now(UTC)
         limit = timedelta(minutes=runtime.setting("lease_wait_minutes", 60.0))
         poll = runtime.setting("lease_poll_seconds", 30.0)
+        started, waited_before, said = datetime.now(UTC), self.lease_waited, False
         while (busy := await in_thread(deployment.take_lease)) is not None:
-            if not self.lease_waited:
-                self.log.info("%s; waiting for it (up to %s)", deployment.busy_reason(busy), limit)
-            self.lease_waited = datetime.now(UTC) - started
+            if not said:
+                self.log.info("%s; waiting for it (up to %s in all)", deployment.busy_reason(busy), limit)
+                said = True
+            self.lease_waited = waited_before + (datetime.now(UTC) - started)
             if self.lease_waited >= limit:
                 raise TenantBusyError(
                     f"{deployment.busy_reason(busy)}; this run waited {self.lease_waited.total_seconds() / 60:.0f} min "
@@ -168,23 +175,37 @@ class TenantDeployTrigger(_Serializable):
                     holder_release=busy.release,
                 )
             await asyncio.sleep(poll * random.uniform(0.8, 1.2))  # noqa: S311 (spreading load, not security)
-        if self.lease_waited:
-            self.log.info("%s: the other run is done after %s; deploying", deployment.target.name, self.lease_waited)
+            await self._keep_slots(deployment)
+        self.lease_renewed = datetime.now(UTC)
+        if said:
+            waited = self.lease_waited - waited_before
+            self.log.info("%s: the other run is done after %s; deploying", deployment.target.name, waited)
 
     async def _keep_lease(self, deployment: Any) -> None:
         """Renew the tenant's lease if it is due ([tenant_release] lease_renew_seconds): one UpdateItem every few
         minutes, not one per poll. The lease is short (`deploy.LEASE_SECONDS`), so a cancelled trigger (its task
-        cleared or marked failed) frees the tenant soon; a live one keeps it for as long as it waits.
+        cleared or marked failed) frees the tenant soon; a live one keeps it for as long as it waits. Its deploy
+        slots are renewed too.
         """
-        from tenant_release.deploy import LEASE_RENEW_SECONDS
-
-        every = timedelta(seconds=float(runtime.setting("lease_renew_seconds", LEASE_RENEW_SECONDS)))
         now = datetime.now(UTC)
-        if self.lease_renewed is None or now - self.lease_renewed >= every:
+        if self.lease_renewed is None or now - self.lease_renewed >= self._renew_every():
             await in_thread(deployment.renew_lease)
+            self.lease_renewed = now
+        await self._keep_slots(deployment)
+
+    async def _keep_slots(self, deployment: Any) -> None:
+        """Renew the wave's deploy slots this tenant holds, if due: also while it waits for a wider cap or its lease."""
+        now = datetime.now(UTC)
+        if self.slots_held and (self.slots_renewed is None or now - self.slots_renewed >= self._renew_every()):
             for scope in self.slots_held:
                 await in_thread(_renew_slot, deployment, scope)
-            self.lease_renewed = now
+            self.slots_renewed = now
+
+    @staticmethod
+    def _renew_every() -> timedelta:
+        from tenant_release.deploy import LEASE_RENEW_SECONDS
+
+        return timedelta(seconds=float(runtime.setting("lease_renew_seconds", LEASE_RENEW_SECONDS)))
 
     def _deadline(self) -> datetime:
         """When a stack that has not settled fails the tenant: the trigger's deadline, moved by the time it waited."""
@@ -216,20 +237,45 @@ class TenantDeployTrigger(_Serializable):
         since = time.monotonic() - runtime.setting("control_cache_seconds", 5.0)
         return await _CONTROLS.get(f"{tooling.account_id}/{tooling.leases_table}/{tag}", fetch, since=since)
 
+    async def _begun_already(self, deployment: Any) -> bool:
+        """Whether this run began this tenant's deploy already: an earlier try, or this trigger before a triggerer
+        restart (see `TargetDeployment.under_way_in_this_run`). Such a deploy is not stopped by a pause or abort read
+        now: it re-attaches to its change set instead of being reported SKIPPED with its stack change unobserved.
+        Asked once per trigger, and only when a control would stop the tenant (it costs AWS calls).
+        """
+        if not self.begun_asked:
+            self.begun = await in_thread(deployment.under_way_in_this_run)
+            self.begun_asked = True
+            if self.begun:
+                self.log.warning(
+                    "%s: this run's deploy of it began already (%s); a pause or abort does not stop a deploy under "
+                    "way: re-attaching to it",
+                    deployment.target.name,
+                    self.begun,
+                )
+        return bool(self.begun)
+
+    async def _stops(self, deployment: Any, control: RolloutControl | None) -> bool:
+        """Whether `control` keeps this tenant from starting now (a pause, or an abort of this run), unless begun already."""
+        if control is None or not (control.pauses() or control.aborts(self.run_started_at)):
+            return False
+        return not await self._begun_already(deployment)
+
     async def _while_paused(self, deployment: Any) -> str | None:
         """Wait here, holding nothing, while the rollout is paused. Returns why this tenant must not start (an abort)."""
         poll = runtime.setting("control_poll_seconds", 15.0)
         said = None
         while True:
             control = await self._control(deployment)
-            if control is not None and control.aborts(self.run_started_at):
-                return _abort_reason(control)
-            if control is None or not control.pauses():
+            if not await self._stops(deployment, control):
                 if said is not None:
                     self.log.info(
                         "rollout of %s %s; starting", deployment.run.release.tag, control.describe() if control else "resumed"
                     )
                 return None
+            assert control is not None
+            if control.aborts(self.run_started_at):
+                return _abort_reason(control)
             if said != control.at:  # once per pause, not once per poll
                 self.log.info(
                     "rollout of %s paused by %s: %s; waiting",
@@ -246,7 +292,8 @@ class TenantDeployTrigger(_Serializable):
         """Wait for a deploy slot of each of the wave's caps, narrowest first (see `aws.slots.scopes_for`).
 
         Tenants of one triggerer queue on an in-process semaphore, so only as many as could start poll DynamoDB;
-        the DynamoDB slot is what holds across triggerers. The tenant's lease is renewed while it waits.
+        the DynamoDB slot is what holds across triggerers. It holds no tenant lease yet (see `_start_when_allowed`);
+        the slots it holds already (narrower caps) are renewed while it waits for the next.
         """
         from tenant_release.aws import slots
 
@@ -277,8 +324,10 @@ class TenantDeployTrigger(_Serializable):
                     )
                     said = True
                 await asyncio.sleep(poll * random.uniform(0.8, 1.2))  # noqa: S311 (spreading load, not security)
-                await self._keep_lease(deployment)
+                await self._keep_slots(deployment)
             self.slots_held.append(scope)
+            if self.slots_renewed is None:  # the oldest slot held sets when they are due for renewal
+                self.slots_renewed = datetime.now(UTC)
             waited = datetime.now(UTC) - started
             self.queue_waited += waited
             if said:
@@ -288,6 +337,7 @@ class TenantDeployTrigger(_Serializable):
         """Free this tenant's slots (DynamoDB, then in-process): its deploy ended, or it must not start yet."""
         held, self.slots_held = self.slots_held, []
         local, self.local_slots = self.local_slots, []
+        self.slots_renewed = None
         try:
             for scope in reversed(held):
                 await in_thread(_release_slot, deployment, scope)
@@ -296,10 +346,13 @@ class TenantDeployTrigger(_Serializable):
                 slot.release()
 
     async def _start_when_allowed(self, deployment: Any) -> str | None:
-        """Wait out a pause, take the tenant's lease and the wave's slots. Returns why not to start (an abort), else None.
+        """Wait out a pause, take the wave's slots, then the tenant's lease. Returns why not to start (an abort), else None.
 
-        The control is read again once the slots are taken: a tenant that waited for a slot must not start after
-        the rollout was paused or aborted meanwhile; it gives its slots and lease back and waits again.
+        Slots before the lease: a tenant queued behind its wave's cap must not hold its tenant meanwhile (another
+        run's hotfix of it would wait for it, then time out), and there is no lease to lapse while it queues.
+        The control is read again once both are taken: a tenant that waited must not start after the rollout was
+        paused or aborted meanwhile; it gives its lease and slots back and waits again. A deploy this run began
+        already is not stopped by either (`_begun_already`): it goes on to `_begin`, which re-attaches.
         Dev (no history) is not a tenant of the rollout: it is the build's smoke test before the release gate,
         and it has no planned time an abort could be weighed against.
         """
@@ -310,13 +363,12 @@ class TenantDeployTrigger(_Serializable):
             stop = await self._while_paused(deployment)
             if stop is not None:
                 return stop
-            await self._take_lease(deployment)
             await self._take_slots(deployment)
-            control = await self._control(deployment)
-            if control is None or not (control.pauses() or control.aborts(self.run_started_at)):
+            await self._take_lease(deployment)
+            if not await self._stops(deployment, await self._control(deployment)):
                 return None
-            await self._give_back_slots(deployment)
             await in_thread(deployment.release_lease)
+            await self._give_back_slots(deployment)
 
     def _pause(self, first: bool) -> float:
         # Jittered: a thousand tenants that started together must not poll CloudFormation in lockstep.
@@ -324,20 +376,30 @@ class TenantDeployTrigger(_Serializable):
         return self.poll_interval * random.uniform(low, 1.2)  # noqa: S311 (spreading load, not security)
 
     async def _begin(self, deployment: Any, progress: DeployProgress) -> DeployProgress:
-        """Start the deploy; while someone else's operation holds the stack, wait here for it (never compete)."""
-        from tenant_release.errors import StackBusyError
+        """Start the deploy (or re-attach to this run's); while someone else's operation holds the stack, or another
+        run took the tenant's lease, wait here for it (never compete). Lease and slots are renewed while it waits.
+        """
+        from tenant_release.errors import StackBusyError, TenantBusyError
 
         while True:
             try:
-                # Each try takes the lease again (for this run): the busy-stack wait keeps it without a renewal.
-                self.lease_renewed = datetime.now(UTC)
-                return await in_thread(deployment.begin, progress, wait_for_change_set=False)
+                begun = await in_thread(deployment.begin, progress, wait_for_change_set=False)
+                self.lease_renewed = datetime.now(UTC)  # `begin` took the lease again
+                return begun
+            except TenantBusyError:
+                # This deploy's lease lapsed and another run took the tenant: wait for that run as for any lease
+                # (up to lease_wait_minutes in all, moving the deadline), not a failure. Nothing was started.
+                self.log.info("%s: another run took its lease before this deploy began; waiting for it", self.tenant)
+                await self._take_lease(deployment)
+                continue
             except StackBusyError as busy:
+                self.lease_renewed = datetime.now(UTC)  # `begin` took the lease before it found the stack busy
                 if datetime.now(UTC) >= self._deadline():
                     message = f"{busy}; still {busy.stack_status} at {self._deadline().isoformat()}"
                     raise StackBusyError(message, stack_status=busy.stack_status) from None
                 self.log.info("%s", busy)
             await asyncio.sleep(self._pause(first=False))
+            await self._keep_lease(deployment)
 
     async def _execute_when_ready(self, deployment: Any, progress: DeployProgress) -> DeployProgress:
         """Wait here, not in a thread, while CloudFormation creates the change set (seconds on AWS), then execute it."""
@@ -473,8 +535,8 @@ class TenantDeployTrigger(_Serializable):
             return None
         try:
             control = await self._control(deployment)
-            if control is None or not control.aborts(self.run_started_at):
-                return None
+            if control is None or not control.aborts(self.run_started_at) or await self._begun_already(deployment):
+                return None  # a deploy this run began already goes on (a worker hands it back to the triggerer)
             return await self._skipped(deployment, progress, _abort_reason(control))
         finally:
             deployment.sessions.forget_tenant(deployment.target, session_name=deployment.run.session_name)
@@ -493,7 +555,8 @@ class TenantDeployTrigger(_Serializable):
 
 
 def _abort_reason(control: RolloutControl) -> str:
-    return f"aborted by {control.by}: {control.reason}"
+    # The abort's own who and why: a pause set after it (for later runs) is not why this run's tenant stops.
+    return f"aborted by {control.aborted_by}: {control.aborted_reason}"
 
 
 def _slot_call(deployment: Any, what: str, step: Any, scope: Any, **more: Any) -> Any:

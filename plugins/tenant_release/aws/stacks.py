@@ -285,6 +285,29 @@ def _fix(template: str, cloudformation: Any, stack_name: str) -> str:
     return template.format(stack=stack_name, region=cloudformation.meta.region_name)
 
 
+def deploy_change_set(
+    cloudformation: Any,
+    *,
+    stack_name: str,
+    stack: dict[str, Any] | None,
+    change_set_name: str,
+    deploy_digest: str,
+    digest_before: str | None,
+) -> dict[str, Any] | None:
+    """The change set of the deploy `deploy_digest` on the stack, named as `start_deploy` names it (its `-from-`
+    form when the plain one was spent by an earlier deploy of the same build): None when it has none, or only a
+    failed one (nothing of it reached the stack). `digest_before`: the stack's digest when that deploy began.
+    """
+    found = _describe_change_set(cloudformation, stack_name, change_set_name)
+    spent = found is not None and found.get("ExecutionStatus") == "EXECUTE_COMPLETE"
+    if spent and stack_tag(stack, TAG_DEPLOY_DIGEST) != deploy_digest:
+        # Spent by an earlier deploy of this build, and the stack moved on since: this deploy makes one of its own.
+        found = _describe_change_set(cloudformation, stack_name, naming.change_set_name_from(change_set_name, digest_before))
+    if found is None or found.get("Status") == "FAILED":
+        return None
+    return found
+
+
 def _describe_change_set(cloudformation: Any, stack_name: str, name: str) -> dict[str, Any] | None:
     try:
         return cloudformation.describe_change_set(StackName=stack_name, ChangeSetName=name)
