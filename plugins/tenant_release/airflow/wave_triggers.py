@@ -88,7 +88,7 @@ class WaveBakeTrigger(_Serializable):
         tooling = runtime.cached_fleet(self.config_path).fleet.tooling
         dynamodb = runtime.shared_sessions().tooling_client("dynamodb", tooling.region)
         control = controls.current(dynamodb, tooling.leases_table, release=self.release_tag)
-        return control.describe() if control is not None and control.aborts(self.run_started_at) else None
+        return control.describe_abort() if control is not None and control.aborts(self.run_started_at) else None
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from tenant_release.errors import FleetConfigError

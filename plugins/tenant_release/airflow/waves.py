@@ -103,7 +103,7 @@ class WaveOpenOperator(ApprovalOperator):
     ) -> list[dict[str, Any]]:
         control = _control(plan)
         if control is not None and control.aborts(plan.planned_at):
-            self._stop(context, control.describe())
+            self._stop(context, control.describe_abort())
         if control is not None and control.pauses():
             from tenant_release.airflow.control_triggers import RolloutResumedTrigger
 
