@@ -185,9 +185,13 @@ def test_dispatching_a_release_supersedes_the_older_ones_it_covers_and_only_thos
         ("v1.5.1", "v1.6.0", ("acme",)),
     ]
     assert release_queue.superseded_by(by_tag["v1.5.1"], waiting, deploys) == []  # older versions, or not covered
-    assert found[0].describe_waiting().startswith(
-        "v1.5.0 waits: the newer v1.6.0 deploys every tenant it would deploy (acme, globex) and supersedes it when v1.6.0 "
-        "is dispatched; if v1.6.0 is cancelled first, v1.5.0 ships"
+    assert (
+        found[0]
+        .describe_waiting()
+        .startswith(
+            "v1.5.0 waits: the newer v1.6.0 deploys every tenant it would deploy (acme, globex) and supersedes it when v1.6.0 "
+            "is dispatched; if v1.6.0 is cancelled first, v1.5.0 ships"
+        )
     )
 
 

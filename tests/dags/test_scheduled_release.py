@@ -475,7 +475,8 @@ def test_backfills_refuse_the_release_dag_and_ship_nothing_for_past_windows(flee
 
 def hold(fleet: Path, account_id: str, reason: str) -> None:
     """Hold back the tenant with this account id in the fleet file, as an operator does after the release was queued."""
-    fleet.write_text(fleet.read_text().replace(f'account_id: "{account_id}"', f'account_id: "{account_id}"\n    hold: "{reason}"'))
+    line = f'account_id: "{account_id}"'
+    fleet.write_text(fleet.read_text().replace(line, f'{line}\n    hold: "{reason}"'))
 
 
 def test_a_named_tenant_held_since_queueing_is_left_out_of_the_run_and_recorded_skipped(fleet, scheduled_dag, clock):
