@@ -126,8 +126,9 @@ def _cmd_redeploy(args: argparse.Namespace) -> int:
     targeted = plan_release(loaded, release)
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
     if run_id is None:
-        run_id = redeploy.latest_run(dynamodb, tooling, release.tag, targeted.tenant_names)
-        _out(f"latest run of {release.tag} in the history: {run_id}")
+        picked = redeploy.run_to_redeploy(dynamodb, tooling, release.tag, targeted.tenant_names)
+        run_id = picked.run_id
+        _out(picked.describe())
     chosen = redeploy.selected(dynamodb, tooling, release.tag, run_id, targeted.tenant_names)
     holds = apply_holds([loaded.target(name) for name in chosen], release)
     if not holds.deployable:
@@ -518,7 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
     redeploy.add_argument(
         "--failed", action="store_true", required=True, help="the tenants that failed, rolled back, were skipped or lost"
     )
-    redeploy.add_argument("--run", default=None, help="the earlier run's id (default: the tag's latest run in the history)")
+    redeploy.add_argument(
+        "--run",
+        default=None,
+        help="the earlier run's id (default: the newest run that left tenants failed or skipped)",
+    )
     redeploy.add_argument(
         "--airflow-url", default=None, help="Airflow's address (default: $TENANT_RELEASE_AIRFLOW_URL or http://localhost:8080)"
     )
