@@ -272,8 +272,11 @@ def take_queued_release(*, run_id: str, now: datetime, window: tuple[datetime, d
     was parsed, or a run that starts after its window closed, ships nothing. `window` is the run's data interval
     (the window occurrence it was scheduled for): a run the scheduler creates late for a window it missed while it
     was down ships nothing, even when a later window is open by then, because that window has a run of its own: one
-    release per window, never one outside a window. Queued releases that a newer queued release covers are marked
-    SUPERSEDED first (`release_queue.supersessions`), so each tenant goes straight to the newest version.
+    release per window, never one outside a window. Queued releases that a newer queued release covers are passed
+    over (`release_queue.supersessions`), so each tenant goes straight to the newest version; they are marked
+    SUPERSEDED by `mark_dispatched` when a release covering them is dispatched, not before. A named tenant held back
+    or pinned since queueing is left out of the run's `tenants` (and recorded SKIPPED at dispatch); a named list
+    whose every tenant is held stays queued.
     """
     loaded, dynamodb = _fleet_and_queue()
     table = loaded.fleet.tooling.queue_table
