@@ -269,6 +269,9 @@ def test_a_later_one_tenant_run_does_not_hide_the_large_failed_run(fleet_history
         f"picked run {RUN_A}: the newest run of v1.8.0 that left tenants failed or skipped in the history "
         f"(acme FAILED, umbrella SKIPPED); newer runs left none: {RUN_B}"
     )
+    # globex failed in that run too and is taken again; the table says the later run deployed it since.
+    globex = next(line for line in lines if line.startswith("globex"))
+    assert globex.split()[1] == "FAILED" and globex.endswith(f"assume role denied [since then SUCCEEDED in run {RUN_B}]")
     assert json.dumps({"logical_date": None, "conf": {"release_tag": "v1.8.0", "redeploy_of": RUN_A}}) in lines
 
 
