@@ -2,11 +2,13 @@
 
 Airflow 3's simple auth manager hands out a JWT for a user and password (`POST /auth/token`); a token can also be
 given as is. Credentials come from the environment, never from the command line (it ends in shell history), and
-are never printed.
+are never printed. They go only to the address given: plain http only to this machine (loopback), and a redirect is
+never followed (urllib would resend the Authorization header, or the password, to wherever it points).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import urllib.error
@@ -36,7 +38,41 @@ def base_url(given: str | None) -> str:
         raise AirflowApiError(
             f"Airflow URL {url!r} is not an http(s) address such as {DEFAULT_URL}; fix --airflow-url or ${URL_ENV}"
         )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        host = parts.hostname
+        raise AirflowApiError(
+            f"Airflow URL {url!r} is plain http to {host}, which is not this machine: the API token or password would "
+            f"cross the network in clear text. Use https://{parts.netloc} (Airflow's API server behind TLS), or tunnel it "
+            f"(ssh -L 8080:{host}:{parts.port or 80} <a host that reaches it>) and use http://localhost:8080; "
+            f"fix --airflow-url or ${URL_ENV}"
+        )
     return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: it may resolve anywhere
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Stop at a redirect instead of sending the credentials on to wherever it points."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        fp.close()
+        raise AirflowApiError(
+            f"Airflow at {req.full_url} answered HTTP {code}, a redirect to {newurl}; not followed, because the request "
+            f"carries credentials meant for the address given. If {newurl} is Airflow's address, set --airflow-url or "
+            f"${URL_ENV} to it (https, or http to localhost)"
+        )
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
 def check_credentials() -> None:
@@ -59,7 +95,7 @@ def _call(method: str, url: str, body: Any, token: str | None = None) -> Any:
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310
+        with _OPENER.open(request, timeout=TIMEOUT_SECONDS) as response:
             payload = response.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:500]

@@ -113,6 +113,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_redeploy(args: argparse.Namespace) -> int:
     """Redeploy a release to the tenants that failed or were skipped in one of its runs (see tenant_release.redeploy)."""
     from tenant_release import airflow_rest, redeploy
+    from tenant_release.aws import ledger
     from tenant_release.aws.session import AwsSessions
     from tenant_release.holds import apply_holds
 
@@ -126,8 +127,9 @@ def _cmd_redeploy(args: argparse.Namespace) -> int:
     targeted = plan_release(loaded, release)
     dynamodb = AwsSessions().tooling_client("dynamodb", tooling.region)
     if run_id is None:
-        run_id = redeploy.latest_run(dynamodb, tooling, release.tag, targeted.tenant_names)
-        _out(f"latest run of {release.tag} in the history: {run_id}")
+        picked = redeploy.run_to_redeploy(dynamodb, tooling, release.tag, targeted.tenant_names)
+        run_id = picked.run_id
+        _out(picked.describe())
     chosen = redeploy.selected(dynamodb, tooling, release.tag, run_id, targeted.tenant_names)
     holds = apply_holds([loaded.target(name) for name in chosen], release)
     if not holds.deployable:
@@ -138,11 +140,16 @@ def _cmd_redeploy(args: argparse.Namespace) -> int:
         )
     _out(f"redeploy {release.tag} to {len(holds.deployable)} tenant(s) that failed or were skipped in run {run_id}:")
     still_held = {h.tenant: h.reason for h in holds.held}
+    # A later run may have deployed some of them since: say so (their deploy then finds them unchanged).
+    latest = ledger.get_many(dynamodb, tooling.history_table, tenants=list(chosen), release=release.tag)
     rows = [("TENANT", "IN THAT RUN", "REASON")]
     for name, result in chosen.items():
         reason = redeploy.describe(result).partition(": ")[2]
         if name in still_held:
             reason += f" [still {still_held[name]}: SKIPPED again]"
+        since = latest.get(name)
+        if since is not None and since.run_id != run_id:
+            reason += f" [since then {since.status.value} in run {since.run_id}]"
         rows.append((name, result.status.value, reason))
     _table(rows)
     conf = redeploy.trigger_conf(release.tag, run_id)
@@ -526,7 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     redeploy.add_argument(
         "--failed", action="store_true", required=True, help="the tenants that failed, rolled back, were skipped or lost"
     )
-    redeploy.add_argument("--run", default=None, help="the earlier run's id (default: the tag's latest run in the history)")
+    redeploy.add_argument(
+        "--run",
+        default=None,
+        help="the earlier run's id (default: the newest run that left tenants failed or skipped)",
+    )
     redeploy.add_argument(
         "--airflow-url", default=None, help="Airflow's address (default: $TENANT_RELEASE_AIRFLOW_URL or http://localhost:8080)"
     )

@@ -125,15 +125,63 @@ def selected(
     return {name: chosen[name] for name in tenants if name in chosen}
 
 
-def latest_run(dynamodb: object, tooling: ToolingAccount, release_tag: str, tenants: Iterable[str]) -> str:
-    """The newest run (by when it was planned) that wrote a latest history item of the release for these tenants."""
+@dataclass(frozen=True, kw_only=True)
+class PickedRun:
+    """The run `tenant-release redeploy TAG --failed` takes when no run is named, and why."""
+
+    release_tag: str
+    run_id: str
+    failed: dict[str, Outcome]  # its tenants whose latest outcome of the release is one to redeploy
+    newer: tuple[str, ...]  # runs planned after it whose tenants' latest outcomes have nothing to redeploy
+    older: tuple[str, ...]  # runs planned before it that also left tenants failed or skipped, newest first
+
+    def describe(self) -> str:
+        tenants = ", ".join(f"{name} {status.value}" for name, status in self.failed.items())
+        text = (
+            f"picked run {self.run_id}: the newest run of {self.release_tag} that left tenants failed or skipped "
+            f"in the history ({tenants})"
+        )
+        if self.newer:
+            text += f"; newer runs left none: {', '.join(self.newer)}"
+        if self.older:
+            text += f"; older runs left some too: {', '.join(self.older)} (redeploy them with --run RUN_ID)"
+        return text
+
+
+def run_to_redeploy(dynamodb: object, tooling: ToolingAccount, release_tag: str, tenants: Iterable[str]) -> PickedRun:
+    """The newest run (by when it was planned) whose tenants' latest history items of the release are to redeploy.
+
+    Judged on each tenant's latest item: a later run that deployed other tenants (or fixed some) does not hide an
+    earlier run whose other tenants still failed. Refuses when no tenant's latest outcome needs a redeploy.
+    """
     latest = ledger.get_many(dynamodb, tooling.history_table, tenants=tenants, release=release_tag)
     if not latest:
         raise RedeployError(
             f"the history has no outcome of {release_tag} for the tenants it targets, so there is no run to redeploy; "
             f"see `tenant-release history {release_tag}`"
         )
-    return max(latest.values(), key=ledger.write_order).run_id
+    order: dict[str, str] = {}  # run id -> its newest write order: runs sort by when they were planned
+    failed: dict[str, dict[str, Outcome]] = {}
+    for name, result in sorted(latest.items()):
+        order[result.run_id] = max(ledger.write_order(result), order.get(result.run_id, ""))
+        if result.status in REDEPLOY_OUTCOMES:
+            failed.setdefault(result.run_id, {})[name] = result.status
+    runs = sorted(order, key=lambda run: order[run], reverse=True)  # newest first
+    with_failures = [run for run in runs if run in failed]
+    if not with_failures:
+        raise RedeployError(
+            f"no tenant of {release_tag} failed or was skipped in its latest outcome (the newest run is {runs[0]}); "
+            f"nothing to redeploy. See `tenant-release history {release_tag}`, or name a run with --run to redeploy "
+            "what failed in it"
+        )
+    picked = with_failures[0]
+    return PickedRun(
+        release_tag=release_tag,
+        run_id=picked,
+        failed=failed[picked],
+        newer=tuple(runs[: runs.index(picked)]),
+        older=tuple(with_failures[1:]),
+    )
 
 
 def trigger_conf(release_tag: str, run_id: str) -> dict[str, str]:

@@ -114,11 +114,31 @@ def test_a_run_with_nothing_to_redeploy_is_refused(history: Any):
     assert str(refused.value) == f"run {RUN_A} of v1.4.0 has no failed or skipped tenant; nothing to redeploy"
 
 
-def test_the_latest_run_is_the_last_planned_one_that_the_history_holds(history: Any):
-    assert redeploy.latest_run(history, TOOLING, "v1.4.0", TENANTS) == RUN_B
-    assert redeploy.latest_run(history, TOOLING, "v1.4.0", ["ok", "not-in-a"]) == RUN_A
+def test_without_a_run_the_newest_run_that_left_tenants_failed_or_skipped_is_picked(history: Any):
+    picked = redeploy.run_to_redeploy(history, TOOLING, "v1.4.0", TENANTS)
+    assert (picked.run_id, picked.failed, picked.newer, picked.older) == (
+        RUN_B,
+        {"failed-later": Outcome.FAILED},
+        (),
+        (RUN_A, RUN_C),
+    )
+    # Without failed-later, B (the newest run) left nothing failed: it does not hide A's failures.
+    picked = redeploy.run_to_redeploy(history, TOOLING, "v1.4.0", [name for name in TENANTS if name != "failed-later"])
+    assert (picked.run_id, picked.newer, picked.older) == (RUN_A, (RUN_B,), (RUN_C,))
+    assert picked.failed == {
+        "broken": Outcome.FAILED,
+        "lost": Outcome.IN_PROGRESS,
+        "rolled": Outcome.ROLLED_BACK,
+        "skipped": Outcome.SKIPPED,
+    }
+    assert redeploy.run_to_redeploy(history, TOOLING, "v1.4.0", ["ok", "not-in-a"]).run_id == RUN_C
+    with pytest.raises(redeploy.RedeployError) as refused:
+        redeploy.run_to_redeploy(history, TOOLING, "v1.4.0", ["ok", "fixed-later", "unchanged"])
+    assert str(refused.value).startswith(
+        f"no tenant of v1.4.0 failed or was skipped in its latest outcome (the newest run is {RUN_B}); nothing to redeploy"
+    )
     with pytest.raises(redeploy.RedeployError, match=r"the history has no outcome of v9\.9\.9"):
-        redeploy.latest_run(history, TOOLING, "v9.9.9", TENANTS)
+        redeploy.run_to_redeploy(history, TOOLING, "v9.9.9", TENANTS)
 
 
 def test_the_hint_gives_the_command_and_the_trigger_payload():
@@ -148,7 +168,10 @@ def test_redeploy_print_only_lists_the_tenants_and_prints_the_payload(fleet_hist
     out, err = capsys.readouterr()
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0] == f"latest run of v1.6.0 in the history: {RUN_A}"
+    assert lines[0] == (
+        f"picked run {RUN_A}: the newest run of v1.6.0 that left tenants failed or skipped in the history "
+        "(acme FAILED, umbrella SKIPPED)"
+    )
     assert lines[1] == f"redeploy v1.6.0 to 2 tenant(s) that failed or were skipped in run {RUN_A}:"
     assert lines[2].split() == ["TENANT", "IN", "THAT", "RUN", "REASON"]
     assert lines[3].split()[:2] == ["acme", "FAILED"] and lines[3].endswith("stack event: Function CREATE_FAILED")
@@ -221,7 +244,35 @@ def test_redeploy_of_a_run_with_no_failures_says_so(fleet_history: Any, capsys):
     code = cli.main(["redeploy", "v1.7.0", "--failed", "--print-only"])  # the latest run is B, which fixed acme
     _, err = capsys.readouterr()
     assert code == 2
+    assert err.startswith(
+        f"tenant-release: no tenant of v1.7.0 failed or was skipped in its latest outcome (the newest run is {RUN_B}); "
+        "nothing to redeploy"
+    )
+    code = cli.main(["redeploy", "v1.7.0", "--failed", "--run", RUN_B, "--print-only"])
+    _, err = capsys.readouterr()
+    assert code == 2
     assert err == f"tenant-release: run {RUN_B} of v1.7.0 has no failed or skipped tenant; nothing to redeploy\n"
+
+
+def test_a_later_one_tenant_run_does_not_hide_the_large_failed_run(fleet_history: Any, capsys):
+    write(fleet_history, "acme", RUN_A, Outcome.FAILED, "throttled", release="v1.8.0")
+    write(fleet_history, "umbrella", RUN_A, Outcome.SKIPPED, "wave canary failed", release="v1.8.0")
+    write(fleet_history, "globex", RUN_A, Outcome.FAILED, "assume role denied", release="v1.8.0")
+    write(fleet_history, "globex", RUN_B, Outcome.SUCCEEDED, release="v1.8.0")  # a later run of globex alone
+
+    code = cli.main(["redeploy", "v1.8.0", "--failed", "--print-only"])
+
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == (
+        f"picked run {RUN_A}: the newest run of v1.8.0 that left tenants failed or skipped in the history "
+        f"(acme FAILED, umbrella SKIPPED); newer runs left none: {RUN_B}"
+    )
+    # globex failed in that run too and is taken again; the table says the later run deployed it since.
+    globex = next(line for line in lines if line.startswith("globex"))
+    assert globex.split()[1] == "FAILED" and globex.endswith(f"assume role denied [since then SUCCEEDED in run {RUN_B}]")
+    assert json.dumps({"logical_date": None, "conf": {"release_tag": "v1.8.0", "redeploy_of": RUN_A}}) in lines
 
 
 def test_the_plan_of_a_redeploy_run_takes_the_failed_tenants_and_keeps_a_tenant_held_since(

@@ -167,6 +167,34 @@ def test_partial_overlaps_and_older_or_unplannable_releases_supersede_nothing(dy
     assert [(s.older.release, s.newer.release) for s in found] == [("v1.5.0", "v1.7.0"), ("v1.6.0", "v1.7.0")]
 
 
+def test_dispatching_a_release_supersedes_the_older_ones_it_covers_and_only_those(dynamodb):
+    queue(dynamodb, "v1.5.0", at=T0)
+    queue(dynamodb, "v1.5.1", at=T0 + timedelta(minutes=1))
+    queue(dynamodb, "v1.4.0", at=T0 + timedelta(minutes=2))
+    queue(dynamodb, "v1.6.0", at=T0 + timedelta(minutes=3))
+    waiting = release_queue.list_queue(dynamodb, TABLE, statuses=[QueueStatus.QUEUED])
+    by_tag = {entry.release: entry for entry in waiting}
+    deploys = covering(
+        {"v1.5.0": {"acme", "globex"}, "v1.5.1": {"acme"}, "v1.4.0": {"acme", "initech"}, "v1.6.0": {"acme", "globex"}}
+    )
+
+    found = release_queue.superseded_by(by_tag["v1.6.0"], waiting, deploys)
+    # v1.4.0 also reaches initech, which v1.6.0 does not: it still ships.
+    assert [(s.older.release, s.newer.release, s.tenants) for s in found] == [
+        ("v1.5.0", "v1.6.0", ("acme", "globex")),
+        ("v1.5.1", "v1.6.0", ("acme",)),
+    ]
+    assert release_queue.superseded_by(by_tag["v1.5.1"], waiting, deploys) == []  # older versions, or not covered
+    assert (
+        found[0]
+        .describe_waiting()
+        .startswith(
+            "v1.5.0 waits: the newer v1.6.0 deploys every tenant it would deploy (acme, globex) and supersedes it when v1.6.0 "
+            "is dispatched; if v1.6.0 is cancelled first, v1.5.0 ships"
+        )
+    )
+
+
 def test_a_superseded_release_leaves_the_queue_says_by_what_and_may_be_queued_again(dynamodb):
     queue(dynamodb, "v1.5.0", at=T0)
     queue(dynamodb, "v1.6.0", at=T0 + timedelta(minutes=1))

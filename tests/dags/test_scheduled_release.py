@@ -468,3 +468,87 @@ def test_backfills_refuse_the_release_dag_and_ship_nothing_for_past_windows(flee
             session.query(BackfillDagRun).filter(BackfillDagRun.backfill_id == created.id).delete()
             session.query(DagRun).filter(DagRun.backfill_id == created.id).delete()
             session.query(Backfill).filter(Backfill.id == created.id).delete()
+
+
+# --- held tenants named by a queued release; supersession only at dispatch ----------------------------------------
+
+
+def hold(fleet: Path, account_id: str, reason: str) -> None:
+    """Hold back the tenant with this account id in the fleet file, as an operator does after the release was queued."""
+    line = f'account_id: "{account_id}"'
+    fleet.write_text(fleet.read_text().replace(line, f'{line}\n    hold: "{reason}"'))
+
+
+def test_a_named_tenant_held_since_queueing_is_left_out_of_the_run_and_recorded_skipped(fleet, scheduled_dag, clock):
+    from tenant_release.airflow import steps
+    from tenant_release.aws import ledger
+    from tenant_release.models import Outcome
+
+    put_in_queue("v2.0.0", ("acme", "globex"))
+    entry = queued("v2.0.0")
+    hold(fleet, "222222222222", "customer audit")  # globex, after v2.0.0 was queued for it
+    clock(IN_WINDOW)
+
+    run = scheduled_dag.test()
+
+    assert task_states(run)[("mark_dispatched", -1)] == "success"
+    run_id = release_queue.dispatch_run_id(entry)
+    assert release_run(run_id).conf == {"release_tag": "v2.0.0", "tenants": ["acme"], "override_freeze": ""}
+    globex = ledger.get(dynamodb(), "tenant-release-history", tenant="globex", release="v2.0.0")
+    assert (globex.status, globex.reason, globex.run_id) == (Outcome.SKIPPED, "held back: customer audit", run_id)
+    assert globex.written_by == "dispatch"
+    assert ledger.get(dynamodb(), "tenant-release-history", tenant="acme", release="v2.0.0") is None  # the run deploys it
+
+    # The run's plan takes the list it was given; the list as queued would have failed the whole run.
+    planned = steps.plan(release_run(run_id).conf, now=IN_WINDOW, max_map_length=1024)
+    assert [t["tenant"] for t in planned["targets"]] == ["acme"]
+    with pytest.raises(AirflowFailException, match="globex is held back: customer audit"):
+        steps.plan({**release_run(run_id).conf, "tenants": ["acme", "globex"]}, now=IN_WINDOW, max_map_length=1024)
+
+
+def test_a_queued_release_naming_only_held_tenants_stays_queued_and_another_ships(fleet, scheduled_dag, clock, caplog):
+    put_in_queue("v2.0.0", ("globex",))
+    put_in_queue("v-2.1.0-qa", ("initech",))
+    hold(fleet, "222222222222", "customer audit")
+    clock(IN_WINDOW)
+
+    run = scheduled_dag.test()
+
+    assert task_states(run)[("mark_dispatched", -1)] == "success"
+    # Never an empty tenants list (that would be the whole group): v2.0.0 waits for the hold to be lifted.
+    assert release_runs() == [release_queue.dispatch_run_id(queued("v-2.1.0-qa"))]
+    assert queued("v2.0.0").status == QueueStatus.QUEUED
+    assert (
+        "v2.0.0 is not shipped at this window: every tenant it names is held back or pinned now (globex: held back: "
+        "customer audit); it stays queued until a hold is lifted or a pin matches (or cancel it: tenant-release queue "
+        "cancel v2.0.0)"
+    ) in caplog.text
+
+    # Alone in the queue, it still ships nothing, and says so.
+    clock(datetime(2027, 3, 9, 2, 30, tzinfo=UTC))
+    run = scheduled_dag.test()
+    assert task_states(run)[("take_queued_release", -1)] == "skipped"
+    assert queued("v2.0.0").status == QueueStatus.QUEUED
+    assert len(release_runs()) == 1
+
+
+def test_cancelling_the_newer_release_before_it_ships_leaves_the_older_one_to_ship(fleet, scheduled_dag, clock, caplog):
+    put_in_queue("v-2.2.0-qa")  # another group, queued first: it takes the first window
+    put_in_queue("v2.0.0")
+    put_in_queue("v2.1.0")  # covers every tenant of v2.0.0
+    clock(IN_WINDOW)
+
+    scheduled_dag.test()
+
+    assert queued("v-2.2.0-qa").status == QueueStatus.DISPATCHED
+    # Not superseded yet: v2.1.0 has not been dispatched.
+    assert (queued("v2.0.0").status, queued("v2.1.0").status) == (QueueStatus.QUEUED, QueueStatus.QUEUED)
+    assert "v2.0.0 waits: the newer v2.1.0 deploys every tenant it would deploy (acme, globex)" in caplog.text
+
+    release_queue.cancel(dynamodb(), QUEUE, "v2.1.0", cancelled_by="bob")
+    clock(datetime(2027, 3, 9, 2, 30, tzinfo=UTC))
+    scheduled_dag.test()
+
+    older = queued("v2.0.0")
+    assert (older.status, older.superseded_by) == (QueueStatus.DISPATCHED, None)
+    assert release_run(older.run_id).conf["release_tag"] == "v2.0.0"

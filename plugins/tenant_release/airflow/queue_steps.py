@@ -9,6 +9,7 @@ approval record (tenant `*`) approves the artifact it built; otherwise it asks.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -24,8 +25,9 @@ from tenant_release.airflow.timetables import ReleaseWindowTimetable
 from tenant_release.aws import release_queue
 from tenant_release.build import check_template_locally
 from tenant_release.config import LoadedFleet, config_path, load_fleet
+from tenant_release.deploy import record_results
 from tenant_release.errors import FleetConfigError, TenantReleaseError
-from tenant_release.models import QueuedPlan, ReleaseSchedule, ToolingAccount
+from tenant_release.models import Outcome, QueuedPlan, ReleaseSchedule, TenantResult, ToolingAccount
 from tenant_release.plan import plan_release
 from tenant_release.rollout import hold_reason
 from tenant_release.tags import is_newer, parse_release_tag
@@ -187,8 +189,21 @@ def _fleet_and_queue() -> tuple[LoadedFleet, Any]:
     return loaded, _queue_client(loaded.fleet.tooling)
 
 
-def _deployable_tenants(loaded: LoadedFleet, entry: release_queue.QueuedRelease) -> frozenset[str] | None:
-    """The tenants a queued release would deploy if it shipped now (held and pinned ones left out); None: unplannable."""
+@dataclass(frozen=True, kw_only=True)
+class _QueuedSelection:
+    """What a queued release would do if it shipped now, by the fleet file as it reads now."""
+
+    deployable: frozenset[str]  # its tenants, held and pinned ones left out
+    held: dict[str, str]  # tenant -> hold or pin reason, for the tenants it names (a named list only)
+
+    @property
+    def all_named_held(self) -> bool:
+        """A named tenant list whose every tenant is held back or pinned now: nothing it could ship."""
+        return bool(self.held) and not self.deployable
+
+
+def _selection(loaded: LoadedFleet, entry: release_queue.QueuedRelease) -> _QueuedSelection | None:
+    """The tenants a queued release would deploy if it shipped now, and the named ones held back; None: unplannable."""
     try:
         release = parse_release_tag(entry.release)
         selected = plan_release(loaded, release, only_tenants=entry.tenants or None)
@@ -199,7 +214,18 @@ def _deployable_tenants(loaded: LoadedFleet, entry: release_queue.QueuedRelease)
             exc,
         )
         return None
-    return frozenset(target.name for target in selected.targets if hold_reason(target, release) is None)
+    reasons = {target.name: hold_reason(target, release) for target in selected.targets}
+    return _QueuedSelection(
+        deployable=frozenset(name for name, reason in reasons.items() if reason is None),
+        # Only a named list is narrowed at dispatch: a whole-group release's run reports its held tenants itself.
+        held={name: reason for name, reason in reasons.items() if reason is not None} if entry.tenants else {},
+    )
+
+
+def _deployable_tenants(loaded: LoadedFleet, entry: release_queue.QueuedRelease) -> frozenset[str] | None:
+    """The tenants a queued release would deploy if it shipped now (held and pinned ones left out); None: unplannable."""
+    selection = _selection(loaded, entry)
+    return None if selection is None else selection.deployable
 
 
 def _missed_window(window: tuple[datetime, datetime] | None, now: datetime) -> tuple[datetime, datetime] | None:
@@ -246,8 +272,11 @@ def take_queued_release(*, run_id: str, now: datetime, window: tuple[datetime, d
     was parsed, or a run that starts after its window closed, ships nothing. `window` is the run's data interval
     (the window occurrence it was scheduled for): a run the scheduler creates late for a window it missed while it
     was down ships nothing, even when a later window is open by then, because that window has a run of its own: one
-    release per window, never one outside a window. Queued releases that a newer queued release covers are marked
-    SUPERSEDED first (`release_queue.supersessions`), so each tenant goes straight to the newest version.
+    release per window, never one outside a window. Queued releases that a newer queued release covers are passed
+    over (`release_queue.supersessions`), so each tenant goes straight to the newest version; they are marked
+    SUPERSEDED by `mark_dispatched` when a release covering them is dispatched, not before. A named tenant held back
+    or pinned since queueing is left out of the run's `tenants` (and recorded SKIPPED at dispatch); a named list
+    whose every tenant is held stays queued.
     """
     loaded, dynamodb = _fleet_and_queue()
     table = loaded.fleet.tooling.queue_table
@@ -289,18 +318,33 @@ def take_queued_release(*, run_id: str, now: datetime, window: tuple[datetime, d
         )
     if not waiting:
         raise AirflowSkipException("nothing queued: queue a release with the tenant_release_queue DAG")
-    deploys = {entry.release: _deployable_tenants(loaded, entry) for entry in waiting}
-    superseded: set[str] = set()
-    for supersession in release_queue.supersessions(waiting, lambda entry: deploys[entry.release]):
-        try:
-            release_queue.mark_superseded(dynamodb, table, supersession.older.release, by=supersession.newer.release)
-        except TenantReleaseError as exc:
-            log.warning("%s; left as it is", exc)  # cancelled or taken meanwhile: not ours to ship either way
-        else:
-            log.warning("%s", supersession.describe())
-        superseded.add(supersession.older.release)
-    remaining = [e for e in waiting if e.release not in superseded]
-    entry = release_queue.next_to_ship(remaining, lambda entry: deploys[entry.release])
+    selections = {entry.release: _selection(loaded, entry) for entry in waiting}
+    deploys = {release: (None if found is None else found.deployable) for release, found in selections.items()}
+
+    def tenants_of(entry: release_queue.QueuedRelease) -> frozenset[str] | None:
+        return deploys[entry.release]
+
+    # A release that a newer queued one covers does not ship before it; it is marked SUPERSEDED only when a
+    # release covering it is dispatched (mark_dispatched), so cancelling the newer one while it waits leaves it queued.
+    covered = {s.older.release: s for s in release_queue.supersessions(waiting, tenants_of)}
+    for supersession in covered.values():
+        log.info("%s", supersession.describe_waiting())
+    all_held = {e.release for e in waiting if (found := selections[e.release]) is not None and found.all_named_held}
+    for entry in waiting:
+        if entry.release in all_held:
+            log.warning(
+                "%s is not shipped at this window: every tenant it names is held back or pinned now (%s); it stays "
+                "queued until a hold is lifted or a pin matches (or cancel it: tenant-release queue cancel %s)",
+                entry.release,
+                "; ".join(f"{name}: {reason}" for name, reason in selections[entry.release].held.items()),
+                entry.release,
+            )
+    remaining = [e for e in waiting if e.release not in covered and e.release not in all_held]
+    if not remaining:
+        raise AirflowSkipException(
+            f"nothing to ship at this window: {', '.join(e.release for e in waiting)} wait (see the log for why); {later}"
+        )
+    entry = release_queue.next_to_ship(remaining, tenants_of)
     if entry is not remaining[0]:
         log.info(
             "%s ships before %s, queued earlier: they share tenants, and a tenant takes the older version first",
@@ -313,6 +357,19 @@ def take_queued_release(*, run_id: str, now: datetime, window: tuple[datetime, d
             ", ".join(e.release for e in remaining if e is not entry),
         )
     _warn_about_newer_dispatched(loaded, entry, deploys[entry.release], everything)
+    selection = selections[entry.release]
+    held = selection.held if selection is not None else {}
+    # Never an empty list (that would mean the whole group); a list naming only held tenants was passed over above.
+    tenants = [name for name in entry.tenants if name not in held]
+    if held:
+        log.warning(
+            "%s names tenants held back or pinned since it was queued; the run leaves them out (its plan would refuse "
+            "them) and they are recorded SKIPPED in the history for run %s when it is dispatched: %s",
+            entry.release,
+            release_queue.dispatch_run_id(entry),
+            "; ".join(f"{name}: {reason}" for name, reason in held.items()),
+        )
+    supersedes = release_queue.superseded_by(entry, [e for e in waiting if e is not entry], tenants_of)
     log.info(
         "%s takes %s (%d queued tenant(s); approved by %s)",
         run_id,
@@ -322,21 +379,80 @@ def take_queued_release(*, run_id: str, now: datetime, window: tuple[datetime, d
     )
     return {
         "release_tag": entry.release,
-        "tenants": list(entry.tenants),
+        "tenants": tenants,
         # The release run refuses a freeze on its own; the override stays empty so that check still applies.
-        "conf": {"release_tag": entry.release, "tenants": list(entry.tenants), "override_freeze": ""},
+        "conf": {"release_tag": entry.release, "tenants": tenants, "override_freeze": ""},
         # Fixed per queue entry: any later attempt to dispatch it finds the run it created instead of making a second.
         "trigger_run_id": release_queue.dispatch_run_id(entry),
+        # Named tenants left out because they are held back or pinned now: recorded SKIPPED once the run exists.
+        "held": held,
+        # Older queued releases this one covers: marked SUPERSEDED once its run exists, not before.
+        "supersedes": {s.older.release: list(s.tenants) for s in supersedes},
     }
 
 
 def mark_dispatched(taken: dict[str, Any]) -> dict[str, Any]:
+    """After the run was triggered: supersede what it covers, record its left-out held tenants, mark it DISPATCHED.
+
+    The queue entry is marked last: a dispatch that stops midway leaves it QUEUED, and the next attempt (which finds
+    the same run) does each step again; each is idempotent.
+    """
     loaded, dynamodb = _fleet_and_queue()
+    table = loaded.fleet.tooling.queue_table
+    release_tag, run_id = taken["release_tag"], taken["trigger_run_id"]
     try:
-        entry = release_queue.mark_dispatched(
-            dynamodb, loaded.fleet.tooling.queue_table, taken["release_tag"], run_id=taken["trigger_run_id"]
-        )
+        newer = release_queue.get(dynamodb, table, release_tag)
+        for older, tenants in (taken.get("supersedes") or {}).items():
+            try:
+                closed = release_queue.mark_superseded(dynamodb, table, older, by=release_tag)
+            except TenantReleaseError as exc:
+                log.warning("%s; left as it is", exc)  # cancelled meanwhile: not ours to ship either way
+            else:
+                if newer is not None:
+                    supersession = release_queue.Supersession(older=closed, newer=newer, tenants=tuple(tenants))
+                    log.warning("%s", supersession.describe())
+        _record_held_at_dispatch(loaded, release_tag, run_id, taken.get("held") or {})
+        entry = release_queue.mark_dispatched(dynamodb, table, release_tag, run_id=run_id)
     except TenantReleaseError as exc:
         raise as_task_failure(exc) from None
     log.info("%s", entry.describe())
     return entry.to_dict()
+
+
+def _record_held_at_dispatch(loaded: LoadedFleet, release_tag: str, run_id: str, held: dict[str, str]) -> None:
+    """Record SKIPPED, with the hold or pin, each named tenant the dispatch left out of the run (no tenant silently skipped).
+
+    The run never hears of them (its `tenants` list leaves them out), so the dispatch writes their outcome under that
+    run's id: `tenant-release history TAG` shows it, and a redeploy of that run takes them once the hold is lifted.
+    """
+    if not held:
+        return
+    release = parse_release_tag(release_tag)
+    at = runtime.utcnow().isoformat()
+    results = []
+    for name, reason in held.items():
+        try:
+            target = loaded.target(name)
+        except TenantReleaseError:
+            log.warning("%s is no longer in the fleet file: nothing recorded for it", name)
+            continue
+        results.append(
+            TenantResult(
+                tenant=name,
+                account_id=target.account_id,
+                region=target.region,
+                release=release.tag,
+                version=release.version,
+                status=Outcome.SKIPPED,
+                run_id=run_id,
+                started_at=at,
+                finished_at=at,
+                reason=reason,
+                note=f"left out of queued release {release.tag}'s tenants when it was dispatched to run {run_id}",
+                run_started_at=at,
+                attempt_started_at=at,
+                written_by="dispatch",
+            )
+        )
+        log.warning("%-24s SKIPPED: %s (left out of run %s)", name, reason, run_id)
+    record_results(runtime.aws_sessions(), loaded.fleet.tooling, results)

@@ -2,8 +2,8 @@
 
 DynamoDB table `tooling.queue_table`, key `release` (the tag). An item is QUEUED (by `tenant_release_queue`),
 then DISPATCHED (the scheduled DAG triggered `tenant_release`; `run_id` names that run), CANCELLED (a person
-changed their mind) or SUPERSEDED (a newer version queued for every tenant it would deploy ships instead: see
-`supersessions`). Items are never deleted: the queue doubles as the record of what was scheduled, by whom.
+changed their mind) or SUPERSEDED (a newer version queued for every tenant it would deploy was dispatched instead:
+see `supersessions` and `superseded_by`). Items are never deleted: the queue doubles as the record of what was scheduled, by whom.
 A tag is queued once: queueing it again while it waits, or after it was dispatched, is refused; after a cancel
 or a supersession it may be queued again.
 """
@@ -222,7 +222,11 @@ def next_queued(dynamodb: Any, table: str) -> QueuedRelease | None:
 
 @dataclass(frozen=True, kw_only=True)
 class Supersession:
-    """A queued release that need not ship: a newer queued release deploys every tenant it would deploy."""
+    """A queued release that need not ship: a newer queued release deploys every tenant it would deploy.
+
+    Only a fact about the queue as it is: the older release is marked SUPERSEDED when the newer one is dispatched
+    (`superseded_by`), never before, so cancelling the newer one while it waits leaves the older one to ship.
+    """
 
     older: QueuedRelease
     newer: QueuedRelease
@@ -234,6 +238,14 @@ class Supersession:
             f"{self.newer.queued_at}): every tenant it would deploy ({', '.join(self.tenants)}) gets the newer version "
             f"from it, so {self.older.release} does not ship (shipping both could only roll a tenant back). To ship it "
             f"anyway, queue it again after {self.newer.release} shipped, or trigger tenant_release directly"
+        )
+
+    def describe_waiting(self) -> str:
+        """Why the older release is passed over while the newer one has not been dispatched yet."""
+        return (
+            f"{self.older.release} waits: the newer {self.newer.release} deploys every tenant it would deploy "
+            f"({', '.join(self.tenants)}) and supersedes it when {self.newer.release} is dispatched; if "
+            f"{self.newer.release} is cancelled first, {self.older.release} ships at a later window"
         )
 
 
@@ -254,26 +266,46 @@ def supersessions(
     tenants left out), or None when it cannot be planned (such an entry is left to ship and report its error). A
     release is superseded when another queued release of a newer version deploys every one of its tenants; only the
     newest of those is named, and it is never superseded itself. A partial overlap supersedes nothing: both ship, in
-    queue order, one per window. Pure logic on queue entries: the caller marks them (`mark_superseded`).
+    queue order, one per window. Pure logic on queue entries: a superseded release is not shipped while the newer one
+    waits, and is marked (`mark_superseded`) only when a release that covers it is dispatched (`superseded_by`).
     """
     deploys = {entry.release: tenants_of(entry) for entry in waiting}
     found: list[Supersession] = []
     for older in waiting:
-        mine, older_version = deploys[older.release], version_of(older)
-        if not mine or older_version is None:
-            continue
-        covering = [
-            newer
-            for newer in waiting
-            if newer is not older
-            and (theirs := deploys[newer.release]) is not None
-            and mine <= theirs
-            and is_newer(version_of(newer), older_version)
-        ]
+        covering = [newer for newer in waiting if _covers(newer, older, deploys)]
         if covering:
+            mine = deploys[older.release] or frozenset()
             newest = max(covering, key=lambda entry: (version_key(version_of(entry)), entry.queued_at))
             found.append(Supersession(older=older, newer=newest, tenants=tuple(sorted(mine))))
     return found
+
+
+def superseded_by(
+    newer: QueuedRelease, waiting: Sequence[QueuedRelease], tenants_of: Callable[[QueuedRelease], frozenset[str] | None]
+) -> list[Supersession]:
+    """The queued releases that dispatching `newer` makes pointless: older versions whose every tenant it deploys.
+
+    Called for the release being dispatched; the dispatch marks these SUPERSEDED once its run was triggered.
+    """
+    deploys = {entry.release: tenants_of(entry) for entry in (*waiting, newer)}
+    return [
+        Supersession(older=older, newer=newer, tenants=tuple(sorted(deploys[older.release] or ())))
+        for older in waiting
+        if _covers(newer, older, deploys)
+    ]
+
+
+def _covers(newer: QueuedRelease, older: QueuedRelease, deploys: dict[str, frozenset[str] | None]) -> bool:
+    """`newer` is a newer version that deploys every tenant `older` would (both plannable, `older` deploys some)."""
+    mine, theirs, older_version = deploys[older.release], deploys[newer.release], version_of(older)
+    return (
+        newer.release != older.release
+        and bool(mine)
+        and theirs is not None
+        and older_version is not None
+        and mine <= theirs
+        and is_newer(version_of(newer), older_version)
+    )
 
 
 def next_to_ship(
