@@ -11,6 +11,14 @@ class FleetConfigError(TenantReleaseError):
     """The fleet file is missing, unreadable or invalid."""
 
 
+class HeldSincePlannedError(FleetConfigError):
+    """A tenant was held back (or pinned to another line) in the fleet file after its run was planned."""
+
+    def __init__(self, message: str, *, hold: str) -> None:
+        super().__init__(message)
+        self.hold = hold
+
+
 class ReleaseTagError(TenantReleaseError):
     """A release tag that does not follow the convention."""
 

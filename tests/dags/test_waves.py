@@ -242,3 +242,28 @@ def test_an_abort_while_the_canary_deploys_lets_it_finish_and_starts_no_later_wa
         )
         assert version(tenant) is None
     assert task_states(run)[("wave_2.open", -1)] == "failed"
+
+
+def test_a_tenant_held_back_mid_rollout_is_skipped_with_its_hold_not_failed(moto, tmp_path, monkeypatch, release_dag, faults):
+    path = waved_fleet(tmp_path, monkeypatch)
+
+    def customer_freezes_gen1(kwargs) -> bool:  # while the canary deploys, gen1's customer asks for a freeze
+        text = path.read_text()
+        if "hold:" not in text:
+            path.write_text(
+                text.replace(
+                    '{name: gen1, account_id: "210000000005", groups: [qa]}',
+                    '{name: gen1, account_id: "210000000005", groups: [qa], hold: "customer freeze"}',
+                )
+            )
+        return False
+
+    faults.add(service="cloudformation", operation="execute_change_set", account=ACCOUNTS["can1"], when=customer_freezes_gen1)
+
+    run = release_dag.test(run_conf={"release_tag": "v-2.0.0-qa"})
+
+    assert run.state == "success"  # a hold is not a failure
+    gen1 = history()[("gen1", "v-2.0.0-qa")]
+    assert (gen1.status, gen1.reason) == (Outcome.SKIPPED, "held back: customer freeze (since this run was planned)")
+    assert version("gen1") is None
+    assert version("gen2") == "2.0.0"

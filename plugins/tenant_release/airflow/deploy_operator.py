@@ -30,7 +30,7 @@ from tenant_release.airflow.triggers import (
 )
 from tenant_release.aws import ledger
 from tenant_release.deploy import TargetDeployment, failure_reason, utc_now
-from tenant_release.errors import ReleaseGateError
+from tenant_release.errors import HeldSincePlannedError, ReleaseGateError
 from tenant_release.models import ApprovalDecision, ApprovalPolicy, DeployProgress, Outcome, OutsideWindowPolicy
 from tenant_release.windows import MaintenanceWindow
 
@@ -140,7 +140,7 @@ class TenantDeployOperator(BaseOperator):
 
     # --- steps ------------------------------------------------------------------------------------------------
 
-    def _deployment(self, context: Context) -> TargetDeployment:
+    def _deployment(self, context: Context, *, check_digest: bool = True) -> TargetDeployment:
         try:
             return runtime.planned_deployment(
                 tenant=self.tenant,
@@ -154,7 +154,10 @@ class TenantDeployOperator(BaseOperator):
                 triggered_by=self.triggered_by,
                 try_number=_try_number(context),
                 allow_rollback=self.allow_rollback,
+                check_digest=check_digest,
             )
+        except HeldSincePlannedError as held:
+            self._skip(self._deployment(context, check_digest=False), DeployProgress(started_at=utc_now()), held.hold)
         except Exception as exc:
             self.log.error("%s FAILED: %s", self.tenant, failure_reason(exc))
             raise as_task_failure(exc) from None

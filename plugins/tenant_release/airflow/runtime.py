@@ -145,7 +145,9 @@ def target_digest(target: Target, application: Application) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def planned_target(*, tenant: str, digest: str, config_path: str | None, check_digest: bool = True) -> tuple[LoadedFleet, Target]:
+def planned_target(
+    *, tenant: str, digest: str, config_path: str | None, check_digest: bool = True, release_tag: str | None = None
+) -> tuple[LoadedFleet, Target]:
     """The tenant's settings as planned; refuses to deploy a tenant whose settings changed mid-run.
 
     `check_digest=False`: the tenant as the fleet file says now, for what only reads (a wave's bake reading alarms).
@@ -153,6 +155,17 @@ def planned_target(*, tenant: str, digest: str, config_path: str | None, check_d
     loaded = cached_fleet(config_path)
     target = loaded.target(tenant)
     if check_digest and target_digest(target, loaded.fleet.application) != digest:
+        if release_tag is not None:
+            from tenant_release.errors import HeldSincePlannedError
+            from tenant_release.rollout import hold_reason
+            from tenant_release.tags import parse_release_tag
+
+            held = hold_reason(target, parse_release_tag(release_tag))
+            if held is not None:  # the customer's own freeze came in mid-rollout: not deployed, and not a failure
+                raise HeldSincePlannedError(
+                    f"tenant {tenant!r} is {held} since this run was planned; not deployed",
+                    hold=f"{held} (since this run was planned)",
+                )
         raise FleetConfigError(
             f"tenant {tenant!r} or the application changed in {loaded.path} after this run was planned; "
             "re-trigger the release so that the whole run uses one version of the fleet file"
@@ -180,7 +193,9 @@ def planned_deployment(
     from tenant_release.models import Artifact
     from tenant_release.tags import parse_release_tag
 
-    loaded, target = planned_target(tenant=tenant, digest=digest, config_path=config_path, check_digest=check_digest)
+    loaded, target = planned_target(
+        tenant=tenant, digest=digest, config_path=config_path, check_digest=check_digest, release_tag=release_tag
+    )
     run = ReleaseRun(
         release=parse_release_tag(release_tag),
         run_id=run_id,

@@ -19,6 +19,7 @@ from tenant_release import classify
 from tenant_release.airflow import runtime
 from tenant_release.airflow.fleet_targets import TARGETS_ID_KEY, FleetTargetError, TargetListCache, entry_at, targets_source
 from tenant_release.classify import describe, is_retriable
+from tenant_release.errors import HeldSincePlannedError
 from tenant_release.models import ApprovalDecision, DeployProgress, Outcome, RolloutCaps, RolloutControl
 
 T = TypeVar("T")
@@ -139,7 +140,7 @@ class TenantDeployTrigger(_Serializable):
         self.triggered_by = triggered_by
         self.try_number = try_number
 
-    def _deployment(self) -> Any:
+    def _deployment(self, *, check_digest: bool = True) -> Any:
         return runtime.planned_deployment(
             tenant=self.tenant,
             digest=self.target_digest,
@@ -152,6 +153,7 @@ class TenantDeployTrigger(_Serializable):
             triggered_by=self.triggered_by,
             try_number=self.try_number,
             allow_rollback=self.allow_rollback,
+            check_digest=check_digest,
         )
 
     async def _take_lease(self, deployment: Any) -> None:
@@ -467,7 +469,13 @@ class TenantDeployTrigger(_Serializable):
         progress = DeployProgress.model_validate(self.progress)
         deployment = None
         try:
-            deployment = await in_thread(self._deployment)
+            try:
+                deployment = await in_thread(self._deployment)
+            except HeldSincePlannedError as held:
+                deployment = await in_thread(self._deployment, check_digest=False)  # to record it, as it is now
+                started.append(deployment)
+                yield await self._skipped(deployment, progress, held.hold)
+                return
             started.append(deployment)
             self.log.info(
                 "deploying %s (sha256 %s) to %s (account %s, %s) as session %s",
