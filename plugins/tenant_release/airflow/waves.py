@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator, Context
+from airflow.sdk.bases.skipmixin import SkipMixin
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from tenant_release.airflow import runtime, steps
@@ -65,8 +66,10 @@ def _control(plan: RunPlan) -> Any:
     return controls.current(dynamodb, tooling.leases_table, release=plan.release_tag)
 
 
-class WaveOpenOperator(ApprovalOperator):
+class WaveOpenOperator(ApprovalOperator, SkipMixin):
     """Start one wave, or say why it does not start (see the module docstring); returns its tenants' deploy entries."""
+
+    inherits_from_skipmixin = True
 
     template_fields = ()
     ui_color = "#fff2cc"
@@ -83,7 +86,15 @@ class WaveOpenOperator(ApprovalOperator):
         plan = RunPlan.model_validate(ti.xcom_pull(task_ids="plan"))
         wave = planned_wave(plan, self.wave_index)
         if wave is None:
-            raise AirflowSkipException(f"this run's rollout has {len(plan.waves)} wave(s): no wave {self.wave_index}")
+            # Skip every wave task after this one at once (not the summary): one task runs, not two per unused wave.
+            self.log.info(
+                "this run's rollout has %d wave(s): no wave %d; skipping the wave tasks after it",
+                len(plan.waves),
+                self.wave_index,
+            )
+            later = [task for task in context["task"].get_flat_relatives(upstream=False) if task.task_id != "summary"]
+            self.skip(ti=ti, tasks=later)
+            return []
         ti.xcom_push(key=WAVE_KEY, value=wave.model_dump(mode="json"))
         self.log.info(
             "wave %s (%d of %d): %d tenant(s): %s; max_failures %s, bake %s min%s",
@@ -259,7 +270,10 @@ class WaveBakeOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
-        plan = RunPlan.model_validate(ti.xcom_pull(task_ids="plan"))
+        planned = ti.xcom_pull(task_ids="plan", default=None)
+        if planned is None:  # the run stopped at its plan: nothing to judge (the summary says why)
+            raise AirflowSkipException("the run has no plan: its plan task failed")
+        plan = RunPlan.model_validate(planned)
         found = ti.xcom_pull(task_ids=open_task_id(self.wave_index), key=WAVE_KEY, default=None)
         if found is None:
             wave = planned_wave(plan, self.wave_index)
