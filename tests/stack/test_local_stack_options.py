@@ -83,11 +83,13 @@ def test_progress_follows_the_dag_not_the_api_order(monkeypatch: pytest.MonkeyPa
 
 
 def test_mapped_tasks_are_named_after_their_tenant_before_they_render() -> None:
-    names = ["acme", "globex"]
-    assert local_stack.ti_label({"task_id": "deploy", "map_index": 1, "rendered_map_index": "1"}, names) == "deploy[globex]"
-    assert local_stack.ti_label({"task_id": "deploy", "map_index": 0, "rendered_map_index": "acme"}, []) == "deploy[acme]"
-    assert local_stack.ti_label({"task_id": "deploy", "map_index": 5, "rendered_map_index": None}, names) == "deploy[5]"
-    assert local_stack.ti_label({"task_id": "plan", "map_index": -1}, names) == "plan"
+    names = {"wave_1.deploy": ["acme", "globex"], "wave_2.deploy": ["initech"]}
+    label = local_stack.ti_label
+    assert label({"task_id": "wave_1.deploy", "map_index": 1, "rendered_map_index": "1"}, names) == "wave_1.deploy[globex]"
+    assert label({"task_id": "wave_2.deploy", "map_index": 0, "rendered_map_index": "0"}, names) == "wave_2.deploy[initech]"
+    assert label({"task_id": "wave_1.deploy", "map_index": 0, "rendered_map_index": "acme"}, {}) == "wave_1.deploy[acme]"
+    assert label({"task_id": "wave_1.deploy", "map_index": 5, "rendered_map_index": None}, names) == "wave_1.deploy[5]"
+    assert label({"task_id": "plan", "map_index": -1}, names) == "plan"
 
 
 def test_up_tells_the_cli_where_its_emulation_is_and_down_forgets_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
