@@ -264,7 +264,7 @@ def assert_release_succeeded(run: StackRun) -> None:
     progress = [line.strip() for line in lines if line.startswith("  ") and line.rstrip().endswith(": success")]
     assert progress[0] == "plan: success"
     assert progress[-1] == "summary: success"
-    assert all(f"deploy[{name}]: success" in progress for name in targets)
+    assert all(f"{local_stack.MAPPED_TASK}[{name}]: success" in progress for name in targets)
     table = lines[lines.index(next(line for line in lines if line.startswith("TENANT "))) :]
     for name in targets:
         assert any(line.startswith(f"{name} ") and "SUCCEEDED" in line for line in table), name
