@@ -48,9 +48,6 @@ def is_deploy_task(task_id: str) -> bool:
     return task_id.startswith("wave_") and task_id.endswith(".deploy")
 
 
-def source_of(deploy_task: str) -> str:
-    return deploy_task.rsplit(".", 1)[0] + ".open"
-
 
 # Every process `up` starts carries this variable (the state dir): `down` finds stragglers by it.
 MARKER_ENV = "TENANT_RELEASE_STACK_DIR"

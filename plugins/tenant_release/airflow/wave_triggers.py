@@ -83,11 +83,9 @@ class WaveBakeTrigger(_Serializable):
         return firing[0].describe() if firing else None
 
     def _aborted(self) -> str | None:
-        from tenant_release.aws import controls
+        from tenant_release.airflow.control_triggers import read_control
 
-        tooling = runtime.cached_fleet(self.config_path).fleet.tooling
-        dynamodb = runtime.shared_sessions().tooling_client("dynamodb", tooling.region)
-        control = controls.current(dynamodb, tooling.leases_table, release=self.release_tag)
+        control = read_control(self.config_path, self.release_tag)
         return control.describe_abort() if control is not None and control.aborts(self.run_started_at) else None
 
     async def run(self) -> AsyncIterator[TriggerEvent]:

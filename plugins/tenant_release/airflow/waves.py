@@ -24,6 +24,7 @@ from airflow.sdk.bases.skipmixin import SkipMixin
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from tenant_release.airflow import runtime, steps
+from tenant_release.airflow.control_triggers import read_control
 from tenant_release.airflow.fleet_targets import TARGETS_ID_KEY
 from tenant_release.airflow.gate import REJECT, approval_from_event, request_approval
 from tenant_release.airflow.triggers import report_problems
@@ -56,14 +57,6 @@ def planned_wave(plan: RunPlan, index: int) -> PlannedWave | None:
     if not plan.waves and index == 1:  # a plan from before waves: every tenant in one wave
         return PlannedWave(index=1, name="all", tenants=tuple(t.tenant for t in plan.targets))
     return next((wave for wave in plan.waves if wave.index == index), None)
-
-
-def _control(plan: RunPlan) -> Any:
-    from tenant_release.aws import controls
-
-    tooling = runtime.cached_fleet(plan.config_path).fleet.tooling
-    dynamodb = runtime.aws_sessions().tooling_client("dynamodb", tooling.region)
-    return controls.current(dynamodb, tooling.leases_table, release=plan.release_tag)
 
 
 class WaveOpenOperator(ApprovalOperator, SkipMixin):
@@ -112,7 +105,7 @@ class WaveOpenOperator(ApprovalOperator, SkipMixin):
     def _proceed(
         self, context: Context, plan: RunPlan, wave: PlannedWave, *, decision: ApprovalDecision | None
     ) -> list[dict[str, Any]]:
-        control = _control(plan)
+        control = read_control(plan.config_path, plan.release_tag)
         if control is not None and control.aborts(plan.planned_at):
             self._stop(context, control.describe_abort())
         if control is not None and control.pauses():
